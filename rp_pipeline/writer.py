@@ -1,0 +1,485 @@
+"""The hot-path Redis client: writes the "aidb" layout (spec/redis-layout.md) atomically.
+
+Method and parameter names are those of the old Redis adapter, so applications
+can switch writers without changes, and the keys, fields and string values are
+the ones it writes, so old and new writers can share one Redis. Unlike the old
+adapter, every record is written in one round trip by one Lua script that
+allocates the id, writes the hash and adds it to its index: no reader ever sees
+a counter ahead of the records that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+# One script serves every entity and both single and batch writes. Per call:
+#   KEYS[1]         the id counter
+#   KEYS[2..n+1]    the index (sorted set) of each record
+#   KEYS[n+2]       optional name map (hash: value of field #map_at -> id)
+#   ARGV            record key prefix, n, field count f, map_at (0 = no map),
+#                   f field names, then per record: index score ('' = the id)
+#                   and f values.
+# The record keys derive from the id allocated inside the script, so they
+# cannot be declared in KEYS; that is fine on a standalone Redis, which is all
+# the aidb layout (keys without hash tags) can live on anyway.
+_INSERT_RECORDS = """
+local prefix, n, f, map_at = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local first = redis.call('INCRBY', KEYS[1], n) - n + 1
+local pos = 4 + f
+local hash = {'id', 0}
+for j = 1, f do hash[2 * j + 1] = ARGV[4 + j] end
+for i = 0, n - 1 do
+  local id = first + i
+  local score = ARGV[pos + 1]
+  if score == '' then score = id end
+  hash[2] = id
+  for j = 1, f do hash[2 * j + 2] = ARGV[pos + 1 + j] end
+  redis.call('HSET', prefix .. id, unpack(hash))
+  redis.call('ZADD', KEYS[2 + i], score, id)
+  if map_at > 0 then redis.call('HSET', KEYS[n + 2], ARGV[pos + 1 + map_at], id) end
+  pos = pos + 1 + f
+end
+return first
+"""
+
+# Rewrites fields of an existing hash only: an update racing a FLUSHDB or an
+# expiry must not leave behind a partial record (e.g. a run without model_version_id).
+_UPDATE_EXISTING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+_JSON = json.JSONEncoder(default=str)  # same output as json.dumps(obj, default=str), built once
+
+# A batch is written as chunks of this many records, one atomic script call each,
+# so that Redis is never blocked by one huge script.
+BATCH_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class _Entity:
+    """Where an entity's records live: counter, record key, index and hash fields after `id`."""
+
+    counter: str
+    record: str
+    index: str  # "{parent}" is replaced by the parent id
+    fields: tuple[str, ...]
+    name_map: str | None = None  # hash mapping the first field's value to the latest id
+
+
+_MODEL = _Entity(
+    "counter:model",
+    "model:",
+    "idx:models",
+    (
+        "name",
+        "description",
+        "architecture",
+        "framework",
+        "task_type",
+        "input_shape",
+        "output_shape",
+        "created_at",
+        "updated_at",
+    ),
+    name_map="model:name_to_id",
+)
+_VERSION = _Entity(
+    "counter:version",
+    "version:",
+    "idx:versions:{parent}",
+    ("model_id", "version", "checkpoint_path", "config", "status", "created_at"),
+)
+_DATASET = _Entity(
+    "counter:dataset",
+    "dataset:",
+    "idx:datasets",
+    (
+        "name",
+        "description",
+        "source_path",
+        "format",
+        "size_bytes",
+        "num_samples",
+        "split_info",
+        "preprocessing",
+        "created_at",
+    ),
+)
+_RUN = _Entity(
+    "counter:run",
+    "run:",
+    "idx:runs",
+    (
+        "model_version_id",
+        "dataset_id",
+        "run_name",
+        "status",
+        "started_at",
+        "completed_at",
+        "duration_seconds",
+        "final_loss",
+        "best_metric_value",
+        "artifacts",
+    ),
+)
+_EXPERIMENT = _Entity(
+    "counter:experiment",
+    "experiment:",
+    "idx:experiments",
+    ("name", "description", "hypothesis", "status", "created_at", "completed_at", "results"),
+)
+_PREDICTION = _Entity(
+    "counter:prediction",
+    "prediction:",
+    "idx:predictions:{parent}",
+    ("model_version_id", "input", "output", "confidence", "inference_time_ms", "timestamp", "metadata"),
+)
+
+_RUN_UPDATABLE = ("status", "completed_at", "duration_seconds", "final_loss", "best_metric_value", "artifacts")
+
+
+class RedisWriter:
+    """Writes models, runs, metrics, predictions... into Redis in the aidb layout."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str = "aidb:"):
+        self.client = client
+        self.key_prefix = key_prefix
+        self._insert = client.register_script(_INSERT_RECORDS)
+        self._update = client.register_script(_UPDATE_EXISTING)
+        # The constant head of the script's ARGV, per entity.
+        self._heads = {
+            entity: [
+                key_prefix + entity.record,
+                None,  # n, filled per call
+                len(entity.fields),
+                1 if entity.name_map else 0,
+                *entity.fields,
+            ]
+            for entity in (_MODEL, _VERSION, _DATASET, _RUN, _EXPERIMENT, _PREDICTION)
+        }
+
+    @classmethod
+    def from_url(cls, url: str, key_prefix: str = "aidb:") -> RedisWriter:
+        """A writer with its own connection pool to `url` (e.g. redis://host:6379/0)."""
+        return cls(redis.Redis.from_url(url, decode_responses=True), key_prefix)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> RedisWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- entities with an id -------------------------------------------------
+
+    def create_model(
+        self,
+        name: str,
+        description: str = "",
+        architecture: str = "",
+        framework: str = "",
+        task_type: str = "",
+        input_shape: str = "",
+        output_shape: str = "",
+    ) -> int:
+        """Register a model and point `model:name_to_id` at it; returns its id."""
+        now = _utc_now()
+        values = (name, description, architecture, framework, task_type, input_shape, output_shape, now, now)
+        return self._insert_one(_MODEL, values)
+
+    def create_model_version(
+        self,
+        model_id: int,
+        version: str,
+        checkpoint_path: str = "",
+        config: dict | None = None,
+        status: str = "active",
+    ) -> int:
+        """Register a version of a model; returns its id. `status` defaults to "active", as in the old adapter."""
+        values = (model_id, version, checkpoint_path, _json(config or {}), status, _utc_now())
+        return self._insert_one(_VERSION, values, parent=model_id)
+
+    def create_dataset(
+        self,
+        name: str,
+        description: str = "",
+        source_path: str = "",
+        format: str = "",
+        size_bytes: int = 0,
+        num_samples: int = 0,
+        split_info: dict | None = None,
+        preprocessing: dict | None = None,
+    ) -> int:
+        """Register a dataset; returns its id."""
+        values = (
+            name,
+            description,
+            source_path,
+            format,
+            size_bytes,
+            num_samples,
+            _json(split_info or {}),
+            _json(preprocessing or {}),
+            _utc_now(),
+        )
+        return self._insert_one(_DATASET, values)
+
+    def create_training_run(
+        self,
+        model_version_id: int,
+        dataset_id: int | None = None,
+        run_name: str = "",
+        status: str = "started",
+    ) -> int:
+        """Start a training run (completed_at '', numbers 0 until update_training_run); returns its id."""
+        values = (model_version_id, dataset_id or 0, run_name, status, _utc_now(), "", 0, 0, 0, "{}")
+        return self._insert_one(_RUN, values)
+
+    def create_experiment(
+        self,
+        name: str,
+        description: str = "",
+        hypothesis: str = "",
+        status: str = "active",
+    ) -> int:
+        """Register an experiment; returns its id. `status` defaults to "active", as in the old adapter."""
+        values = (name, description, hypothesis, status, _utc_now(), "", "{}")
+        return self._insert_one(_EXPERIMENT, values)
+
+    def log_prediction(
+        self,
+        model_version_id: int,
+        input_data: Any,
+        output_data: Any,
+        confidence: float | None = None,
+        inference_time_ms: float | None = None,
+        metadata: dict | None = None,
+    ) -> int:
+        """Log one prediction; returns its id."""
+        score, timestamp = _logging_time()
+        values = _prediction_values(
+            model_version_id, input_data, output_data, confidence, inference_time_ms, metadata, timestamp
+        )
+        return self._insert_one(_PREDICTION, values, parent=model_version_id, score=score)
+
+    def log_predictions(self, records: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Log many predictions (dicts of log_prediction's arguments); returns their ids in order.
+
+        Each chunk of BATCH_CHUNK records is allocated and written by one atomic
+        script call, so the counter is never ahead of the records here either.
+        All records share one logging time.
+        """
+        score, timestamp = _logging_time()
+        ids: list[int] = []
+        chunk: list[tuple[Any, str, tuple]] = []
+        for record in records:
+            parent = record["model_version_id"]
+            values = _prediction_values(
+                parent,
+                record["input_data"],
+                record["output_data"],
+                record.get("confidence"),
+                record.get("inference_time_ms"),
+                record.get("metadata"),
+                timestamp,
+            )
+            chunk.append((parent, score, values))
+            if len(chunk) == BATCH_CHUNK:
+                ids += self._insert_many(_PREDICTION, chunk)
+                chunk = []
+        if chunk:
+            ids += self._insert_many(_PREDICTION, chunk)
+        return ids
+
+    # -- writes without an id ------------------------------------------------
+
+    def update_training_run(
+        self,
+        run_id: int,
+        status: str | None = None,
+        completed_at: str | datetime | None = None,
+        duration_seconds: float | None = None,
+        final_loss: float | None = None,
+        best_metric_value: float | None = None,
+        artifacts: dict | None = None,
+    ) -> bool:
+        """Rewrite the given (not None) fields of an existing run; False if the run has no hash."""
+        if isinstance(completed_at, datetime):
+            completed_at = _naive_utc(completed_at).isoformat()
+        if artifacts is not None:
+            artifacts = _json(artifacts)
+        given = (status, completed_at, duration_seconds, final_loss, best_metric_value, artifacts)
+        args = []
+        for field, value in zip(_RUN_UPDATABLE, given):
+            if value is not None:
+                args += (field, _scalar(value))
+        key = self._key(f"{_RUN.record}{run_id}")
+        if not args:
+            return bool(self.client.exists(key))
+        return bool(self._update(keys=[key], args=args))
+
+    def log_hyperparameters(self, training_run_id: int, params: Mapping[str, Any]) -> None:
+        """Add or overwrite hyperparameters of a run, each stored as str(value)."""
+        if params:
+            self.client.hset(self._key(f"hyperparam:{training_run_id}"), mapping={k: str(v) for k, v in params.items()})
+
+    def log_metric(
+        self,
+        training_run_id: int,
+        metric_name: str,
+        metric_value: float,
+        epoch: int | None = None,
+        step: int | None = None,
+        split: str = "train",
+    ) -> None:
+        """Add one point to the run's metric series; its score is the epoch, else the step, else 0."""
+        point = {
+            "epoch": epoch,
+            "step": step,
+            "metric_name": metric_name,
+            "metric_value": metric_value,
+            "split": split,
+            "timestamp": _utc_now(),
+        }
+        score = epoch if epoch is not None else step if step is not None else 0
+        self.client.zadd(self._key(f"metric:{training_run_id}:{metric_name}:{split}"), {_json(point): score})
+
+    def add_experiment_run(
+        self, experiment_id: int, training_run_id: int, variant_name: str = "", notes: str = ""
+    ) -> None:
+        """Make a run a member of an experiment (membership hash and run set, in one transaction)."""
+        fields = {
+            "experiment_id": _scalar(experiment_id),
+            "training_run_id": _scalar(training_run_id),
+            "variant_name": _scalar(variant_name),
+            "notes": _scalar(notes),
+        }
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(f"exprun:{experiment_id}:{training_run_id}"), mapping=fields)
+            pipe.sadd(self._key(f"exprun:{experiment_id}:runs"), training_run_id)
+            pipe.execute()
+
+    # -- reads ---------------------------------------------------------------
+
+    def get_statistics(self) -> dict[str, int]:
+        """Counts as the old adapter reports them.
+
+        models, datasets, training_runs and experiments are index sizes;
+        model_versions and predictions are their id counters (ids allocated),
+        since those entities have only per-parent indexes; completed_runs counts
+        indexed runs whose status is "completed".
+        """
+        with self.client.pipeline(transaction=False) as pipe:
+            for entity in (_MODEL, _DATASET, _RUN, _EXPERIMENT):
+                pipe.zcard(self._key(entity.index))
+            pipe.get(self._key(_VERSION.counter))
+            pipe.get(self._key(_PREDICTION.counter))
+            pipe.zrange(self._key(_RUN.index), 0, -1)
+            models, datasets, runs, experiments, versions, predictions, run_ids = pipe.execute()
+            for run_id in run_ids:
+                pipe.hget(self._key(f"{_RUN.record}{_text(run_id)}"), "status")
+            statuses = pipe.execute() if run_ids else []
+        return {
+            "models": models,
+            "model_versions": int(versions or 0),
+            "datasets": datasets,
+            "training_runs": runs,
+            "completed_runs": sum(1 for status in statuses if status is not None and _text(status) == "completed"),
+            "experiments": experiments,
+            "predictions": int(predictions or 0),
+        }
+
+    # -- the one write mechanism ---------------------------------------------
+
+    def _key(self, suffix: str) -> str:
+        return self.key_prefix + suffix
+
+    def _insert_one(self, entity: _Entity, values: tuple, parent: Any = None, score: str = "") -> int:
+        return self._insert_many(entity, [(parent, score, values)])[0]
+
+    def _insert_many(self, entity: _Entity, rows: list[tuple[Any, str, tuple]]) -> list[int]:
+        """Allocate ids for rows of (parent id, index score or '' for the id, field values) and write them."""
+        args = list(self._heads[entity])
+        args[1] = len(rows)
+        keys = [self._key(entity.counter)]
+        for parent, score, values in rows:
+            keys.append(self._key(entity.index.format(parent=parent)))
+            args.append(score)
+            args += map(_scalar, values)
+        if entity.name_map:
+            keys.append(self._key(entity.name_map))
+        first = int(self._insert(keys=keys, args=args))
+        return list(range(first, first + len(rows)))
+
+
+def _prediction_values(
+    model_version_id: Any,
+    input_data: Any,
+    output_data: Any,
+    confidence: Any,
+    inference_time_ms: Any,
+    metadata: Any,
+    timestamp: str,
+) -> tuple:
+    """A prediction's hash values after `id`, in _PREDICTION.fields order."""
+    return (
+        model_version_id,
+        _json(input_data if isinstance(input_data, dict) else {"data": input_data}),
+        _json(output_data if isinstance(output_data, dict) else {"data": output_data}),
+        confidence or 0,
+        inference_time_ms or 0,
+        timestamp,
+        _json(metadata) if metadata else "{}",
+    )
+
+
+def _logging_time() -> tuple[str, str]:
+    """(index score, timestamp) of a prediction logged now: the score is minus the Unix time."""
+    now = time.time()
+    return repr(-now), datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _json(obj: Any) -> str:
+    return _JSON.encode(obj)
+
+
+def _scalar(value: Any) -> str:
+    """A hash value as redis-py would store it (str, repr of numbers), numpy scalars included."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return repr(value)
+    # numpy scalars repr as "np.float64(0.5)": store the plain number instead.
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _utc_now() -> str:
+    """Naive UTC ISO-8601, as datetime.utcnow().isoformat() gives."""
+    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
