@@ -1,0 +1,199 @@
+"""The sync engine: plain Python that moves one entity (or all nine) from Redis to Postgres.
+
+Per entity, in one Postgres transaction under an advisory lock:
+extract (Redis → DataFrame chunks) → validate and map parent ids → COPY + upsert
+→ bookkeeping (pending, rejected, watermark, history). Dagster assets, the CLI and
+the Python API all call `sync_entity`; nothing here knows about Dagster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+import psycopg
+import redis
+
+from .bookkeeping import Bookkeeping
+from .entities import BY_NAME, ENTITIES, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
+from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
+from .load import Loader, LoadResult
+from .mapping import map_parent_ids, validate
+from .settings import SyncConfig
+
+log = logging.getLogger("rp_pipeline")
+
+TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "canceled", "crashed", "stopped",
+                                   "killed", "finished", "succeeded", "success", "error"})
+NOT_WRITTEN_YET = "id allocated, record not written yet"
+
+
+@dataclass
+class EntityResult:
+    """What one entity's sync did; becomes the asset's materialization metadata."""
+
+    entity: str
+    stat: str
+    started_at: datetime
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    pending: int = 0
+    deleted: int = 0
+    watermark: int | None = None
+    duration_seconds: float = 0.0
+    rejection_samples: list[dict] = field(default_factory=list)
+
+    @property
+    def synced(self) -> int:
+        return self.inserted + self.updated
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.read / self.duration_seconds if self.duration_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.update(started_at=self.started_at.isoformat(), synced=self.synced,
+                    rows_per_second=round(self.rows_per_second, 1))
+        return data
+
+
+def lock_key(config: SyncConfig, entity: str) -> str:
+    return f"rp_pipeline/{config.sync_schema}/{config.source_name}/{entity}"
+
+
+def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
+                run_id: str = "manual", logger: logging.Logger | None = None) -> EntityResult:
+    """Sync one entity; all of its rows and bookkeeping commit together or not at all."""
+    logger = logger or log
+    clock = time.perf_counter()
+    result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
+    src = RedisSource(client, config.key_prefix)
+    with conn.transaction():
+        conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                     (str(config.statement_timeout_ms), str(config.lock_timeout_ms)))
+        # Two syncs of the same entity (a one-shot run while the schedule fires) take turns here.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(config, spec.name),))
+        generation = src.generation()
+        book = Bookkeeping(conn, config.sync_schema, config.source_name, spec.name, generation)
+        loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema,
+                        source=config.source_name, generation=generation, policy=config.policy(spec.name),
+                        logger=logger)
+        book.drop_other_generations()
+        pending = set(book.pending_keys())
+        series_cards: dict[str, int] = {}
+        for frame, missing in _extract(spec, src, book, config, pending, result, series_cards):
+            result.read += len(frame)
+            ok, rejected = validate(spec, frame)
+            mapped, waiting = map_parent_ids(spec, ok, book.resolve)
+            loaded: LoadResult = loader.load(mapped)
+            result.inserted += loaded.inserted
+            result.updated += loaded.updated
+            result.unchanged += loaded.unchanged
+            result.skipped += loaded.skipped
+            rejected += loaded.rejected
+            waiting = pd.concat([waiting, missing], ignore_index=True) if not missing.empty else waiting
+            rejected.append(book.wait(waiting, config.pending_max_age_seconds))
+            rejected = pd.concat([r for r in rejected if not r.empty], ignore_index=True) if any(
+                not r.empty for r in rejected) else pd.DataFrame(columns=["_key", "raw", "reason"])
+            finished = [k for k in loaded.loaded_keys if k in pending] + [
+                k for k in rejected["_key"].tolist() if k in pending]
+            book.done(finished)
+            result.rejected += book.reject(rejected)
+            if series_cards:
+                _keep_series_waiting(series_cards, waiting)
+            for key, reason in zip(rejected["_key"], rejected["reason"]):
+                if len(result.rejection_samples) < 5:
+                    result.rejection_samples.append({"key": key, "reason": reason})
+            if len(rejected):
+                logger.warning("  %s: %d record(s) rejected, e.g. %s: %s", spec.name, len(rejected),
+                               rejected["_key"].iloc[0], rejected["reason"].iloc[0])
+        if not spec.incremental:
+            book.forget_unseen()
+        if series_cards:
+            book.set_series_cards(series_cards)
+        if result.watermark is not None:
+            book.set_watermark(result.watermark)
+        result.pending = book.pending_count()
+        result.duration_seconds = time.perf_counter() - clock
+        book.record_run(run_id, result)
+    return result
+
+
+def _extract(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: SyncConfig, pending: set[str],
+             result: EntityResult, series_cards: dict[str, int]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Chunks to load, each with the ids that had no record yet (only incremental entities have those)."""
+    no_missing = pd.DataFrame(columns=["_key", "reason"])
+    if spec.incremental:
+        watermark, counter = book.watermark(), src.counter(spec)
+        retry = sorted(int(k.rsplit(":", 1)[1]) for k in pending if k.rsplit(":", 1)[1].isdigit())
+        result.watermark = max(watermark, counter)
+        for ids in [*chunks(retry, config.chunk_size), *chunks(range(watermark + 1, counter + 1), config.chunk_size)]:
+            frame, missing = read_hashes(src, spec, ids)
+            yield frame, pd.DataFrame({"_key": [src.key(spec.key, id=i) for i in missing],
+                                       "reason": NOT_WRITTEN_YET}) if missing else no_missing
+        return
+    series = ()
+    if spec.strategy == METRIC_SERIES:
+        series = changed_metric_series(src, book, config, series_cards)
+    for frame in extract_all(src, spec, config.chunk_size, series_keys=series):
+        yield frame, no_missing
+
+
+def _keep_series_waiting(series_cards: dict[str, int], waiting: pd.DataFrame) -> None:
+    """A series with a point still waiting for its run is re-read next cycle: don't record its size."""
+    for key in set(waiting["_key"].tolist()):
+        series_cards.pop(key, None)
+
+
+def changed_metric_series(src: RedisSource, book: Bookkeeping, config: SyncConfig,
+                          series_cards: dict[str, int]) -> list[str]:
+    """Metric series that gained points since last synced.
+
+    Finding new series needs a SCAN of the whole keyspace, which costs in proportion to
+    everything in Redis (predictions included), so it runs only when runs are active or
+    changed, or every `metric_rescan_seconds`; known series are checked by ZCARD each cycle.
+    """
+    known = book.series_cards()
+    run_ids = src.all_ids(TRAINING_RUNS)
+    statuses = [s if isinstance(s, str) else "" for s in pipelined(
+        src.client, (("HGET", src.key(TRAINING_RUNS.key, id=i), "status") for i in run_ids))]
+    signature = hashlib.md5(repr(list(zip(run_ids, statuses))).encode("utf-8", "surrogateescape")).hexdigest()
+    active = any(status not in TERMINAL_RUN_STATUSES for status in statuses)
+    last = (book.state("metric_scan") or "0|").split("|", 1)
+    stale = time.time() - float(last[0]) > config.metric_rescan_seconds
+    keys = set(known)
+    if active or stale or last[1] != signature:
+        keys.update(src.client.scan_iter(match=src.prefix.replace("[", "\\[") + "metric:*", count=10_000))
+        book.set_state("metric_scan", f"{time.time()}|{signature}")
+    keys = sorted(keys)
+    cards = [c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))]
+    changed = [k for k, c in zip(keys, cards) if known.get(k) != c and c != 0]
+    series_cards.update({k: c for k, c in zip(keys, cards) if k in set(changed)})
+    return changed
+
+
+def sync_all(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, run_id: str = "manual",
+             logger: logging.Logger | None = None, entities: tuple[EntitySpec, ...] = ENTITIES) -> dict[str, EntityResult]:
+    """Every entity in dependency order (the same order the Dagster job runs them)."""
+    return {spec.name: sync_entity(spec, client, conn, config, run_id, logger) for spec in entities}
+
+
+def stats_from_results(results) -> dict[str, int]:
+    """The guide's counters (records synced per kind, and errors) from entity results or history rows."""
+    stats = {key: 0 for key in STAT_KEYS}
+    stats["experiment_runs"] = 0
+    for r in results:
+        r = r if isinstance(r, dict) else r.as_dict()
+        stats[BY_NAME[r["entity"]].stat] += r["inserted"] + r["updated"]
+        stats["errors"] += r["rejected"]
+    return stats

@@ -1,0 +1,204 @@
+"""Extract: Redis records → DataFrame chunks of raw strings, one strategy per way of finding them.
+
+Every chunk has the columns ``_key`` (the record's full Redis key), ``_id`` (its
+Redis id where it has one), ``_error`` (why the record could not be read, else
+None), then one column per Postgres column of the entity, holding the raw Redis
+string (None when the field is absent). Parent references hold the parent's Redis
+id, still raw. Nothing is parsed or converted here.
+
+All reads are pipelined: one round trip per batch of keys, never per record.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import redis
+
+from .entities import (
+    EXPERIMENTS, HASH_BY_ID, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, PARAMS_PER_RUN, TRAINING_RUNS, EntitySpec,
+)
+
+PIPELINE_BATCH = 5_000
+META_COLUMNS = ["_key", "_id", "_error"]
+GENERATION_KEY = "rp_pipeline:generation"
+
+
+@dataclass(frozen=True)
+class RedisSource:
+    client: redis.Redis
+    prefix: str
+
+    def key(self, pattern: str, **parts) -> str:
+        return self.prefix + pattern.format(**parts)
+
+    def generation(self) -> str:
+        """The id of this Redis's current life: a marker key that a flush or a restart removes."""
+        key = self.prefix + GENERATION_KEY
+        self.client.set(key, uuid.uuid4().hex, nx=True)
+        return self.client.get(key)
+
+    def counter(self, spec: EntitySpec) -> int:
+        value = self.client.get(self.prefix + spec.counter) if spec.counter else None
+        try:
+            return int(value or 0)
+        except ValueError:
+            return 0
+
+    def all_ids(self, spec: EntitySpec) -> list[int]:
+        """Every id the writer allocated (counter) plus any in the entity's index: orphans included."""
+        ids = set(range(1, self.counter(spec) + 1))
+        if spec.index:
+            for member in self.client.zrange(self.prefix + spec.index, 0, -1):
+                if member.isdigit():
+                    ids.add(int(member))
+        return sorted(ids)
+
+
+def pipelined(client: redis.Redis, commands: Iterable[tuple]) -> Iterator:
+    """Run commands in pipelined batches; a failing command yields its exception instead of raising."""
+    batch: list[tuple] = []
+
+    def flush():
+        pipe = client.pipeline(transaction=False)
+        for command in batch:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)
+
+    for command in commands:
+        batch.append(command)
+        if len(batch) >= PIPELINE_BATCH:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
+
+
+def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
+    columns = META_COLUMNS + [p.column for p in spec.parents] + spec.column_names + (
+        ["_member"] if spec.strategy == METRIC_SERIES else [])
+    return pd.DataFrame.from_records(records, columns=columns) if records else pd.DataFrame(columns=columns)
+
+
+def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple[pd.DataFrame, list[int]]:
+    """HMGET the entity's fields for these ids: (rows that exist, ids with no record)."""
+    fields = [p.field for p in spec.parents] + [c.redis_field for c in spec.columns]
+    names = [p.column for p in spec.parents] + spec.column_names
+    keys = [src.key(spec.key, id=i) for i in ids]
+    # Build columns directly from the HMGET replies: no per-record dict, which dominates for predictions.
+    out_ids, out_keys, out_errors, rows = [], [], [], []
+    missing: list[int] = []
+    for record_id, key, reply in zip(ids, keys, pipelined(src.client, (("HMGET", k, *fields) for k in keys))):
+        if isinstance(reply, Exception):
+            out_ids.append(record_id), out_keys.append(key), out_errors.append(f"cannot read: {reply}")
+            rows.append([None] * len(fields))
+        elif all(v is None for v in reply):
+            missing.append(record_id)
+        else:
+            out_ids.append(record_id), out_keys.append(key), out_errors.append(None)
+            rows.append(reply)
+    frame = pd.DataFrame(rows, columns=names, dtype=object) if rows else pd.DataFrame(columns=names, dtype=object)
+    frame.insert(0, "_error", pd.Series(out_errors, dtype=object))
+    frame.insert(0, "_id", pd.Series(out_ids, dtype="int64"))
+    frame.insert(0, "_key", pd.Series(out_keys, dtype=object))
+    return frame, missing
+
+
+def read_params(src: RedisSource, spec: EntitySpec, run_ids: Sequence[int]) -> pd.DataFrame:
+    """One row per (run, parameter) from each run's hyperparameter hash."""
+    keys = [src.key(spec.key, id=i) for i in run_ids]
+    records = []
+    for run_id, key, reply in zip(run_ids, keys, pipelined(src.client, (("HGETALL", k) for k in keys))):
+        if isinstance(reply, Exception):
+            records.append({"_key": key, "_error": f"cannot read: {reply}", "training_run_id": str(run_id)})
+            continue
+        for name, value in (reply or {}).items():
+            records.append({"_key": f"{key}#{name}", "_error": None, "training_run_id": str(run_id),
+                            "param_name": name, "param_value": value})
+    return _frame(records, spec)
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, default=str)
+
+
+def metric_run_id(src: RedisSource, key: str) -> str:
+    """The run id of a metric series key: the segment after 'metric:' (names may contain ':')."""
+    return key[len(src.prefix) + len("metric:"):].split(":", 1)[0]
+
+
+def read_metric_series(src: RedisSource, spec: EntitySpec, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per point: the JSON member's fields, never parsed out of the key."""
+    records = []
+    for key, reply in zip(keys, pipelined(src.client, (("ZRANGE", k, 0, -1) for k in keys))):
+        run_id = metric_run_id(src, key)
+        if isinstance(reply, Exception):
+            records.append({"_key": key, "_error": f"cannot read: {reply}", "training_run_id": run_id})
+            continue
+        for member in reply:
+            record = {"_key": key, "_member": member, "_error": None, "training_run_id": run_id}
+            try:
+                point = json.loads(member)
+                if not isinstance(point, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                record["_error"] = f"metric point is not a JSON object: {exc}"
+            else:
+                for column in spec.columns:
+                    record[column.name] = _text(point.get(column.redis_field))
+            records.append(record)
+    return _frame(records, spec)
+
+
+def read_memberships(src: RedisSource, spec: EntitySpec, experiment_ids: Sequence[int]) -> pd.DataFrame:
+    """One row per (experiment, run) pair listed in the experiment's run set."""
+    set_keys = [src.key("exprun:{id}:runs", id=e) for e in experiment_ids]
+    pairs = []
+    for experiment_id, reply in zip(experiment_ids, pipelined(src.client, (("SMEMBERS", k) for k in set_keys))):
+        if not isinstance(reply, Exception):
+            pairs.extend((experiment_id, run_id) for run_id in sorted(reply))
+    fields = [c.redis_field for c in spec.columns]
+    keys = [src.key(spec.key, experiment_id=e, run_id=r) for e, r in pairs]
+    records = []
+    for (experiment_id, run_id), key, reply in zip(pairs, keys,
+                                                   pipelined(src.client, (("HMGET", k, *fields) for k in keys))):
+        record = {"_key": key, "_error": None, "experiment_id": str(experiment_id), "training_run_id": run_id}
+        if isinstance(reply, Exception):
+            record["_error"] = f"cannot read: {reply}"
+        else:
+            record.update(zip(spec.column_names, reply))
+        records.append(record)
+    return _frame(records, spec)
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def extract_all(src: RedisSource, spec: EntitySpec, chunk_size: int, series_keys: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+    """Every current record of a fully re-read entity, in chunks (not for incremental predictions)."""
+    if spec.strategy == HASH_BY_ID:
+        for ids in chunks(src.all_ids(spec), chunk_size):
+            yield read_hashes(src, spec, ids)[0]
+    elif spec.strategy == PARAMS_PER_RUN:
+        for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20)):
+            yield read_params(src, spec, ids)
+    elif spec.strategy == MEMBERS_PER_EXPERIMENT:
+        for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20)):
+            yield read_memberships(src, spec, ids)
+    elif spec.strategy == METRIC_SERIES:
+        for keys in chunks(list(series_keys), max(1, chunk_size // 100)):
+            yield read_metric_series(src, spec, keys)
+    else:
+        raise ValueError(f"unknown strategy {spec.strategy!r} for {spec.name}")

@@ -1,0 +1,224 @@
+"""Load: a DataFrame chunk → COPY into a staging table → one upsert statement.
+
+Postgres converts the raw strings (JSON, timestamps, numbers) as it inserts. If a
+value is refused, the chunk is split in halves under savepoints until the single
+bad record is found; it is rejected with the field and Postgres's reason, and
+every other record loads. No value is ever put into SQL text: rows travel by COPY.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+import psycopg
+
+from .entities import PARENT_ENTITIES, TEXT, EntitySpec
+from .mapping import cast_sql, raw_record
+from .schema import has_redis_id
+
+log = logging.getLogger(__name__)
+
+_COPY_SPECIALS = ("\\", "\t", "\n", "\r")
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def copy_text(columns: list[list]) -> bytes:
+    """COPY text-format rows from columns of str/None, escaping in bulk (one pass per column)."""
+    escaped = []
+    for values in columns:
+        if None in values:
+            escaped.append(["\\N" if v is None else _escape(v) for v in values])
+            continue
+        blob = "\x00".join(values)  # validated text never holds NUL, so it can separate values
+        if any(c in blob for c in _COPY_SPECIALS):
+            blob = blob.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        escaped.append(blob.split("\x00") if values else [])
+    if not escaped or not escaped[0]:
+        return b""
+    return ("\n".join(map("\t".join, zip(*escaped))) + "\n").encode("utf-8")
+
+
+def _escape(value: str) -> str:
+    if any(c in value for c in _COPY_SPECIALS):
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _as_text(series: pd.Series) -> list:
+    if series.dtype == object:
+        return series.tolist()
+    return [None if pd.isna(v) else str(v) for v in series.to_numpy(dtype=object, na_value=None)]
+
+
+@dataclass
+class LoadResult:
+    inserted: int = 0
+    updated: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+    rejected: list[pd.DataFrame] = field(default_factory=list)
+    loaded_keys: list[str] = field(default_factory=list)
+
+    def add(self, other: "LoadResult") -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.skipped += other.skipped
+        self.unchanged += other.unchanged
+        self.rejected += other.rejected
+        self.loaded_keys += other.loaded_keys
+
+
+class Loader:
+    """Loads one entity's chunks inside the caller's transaction."""
+
+    def __init__(self, conn: psycopg.Connection, spec: EntitySpec, *, schema: str, sync_schema: str,
+                 source: str, generation: str, policy: str, logger: logging.Logger | None = None):
+        self.conn, self.spec, self.source, self.generation = conn, spec, source, generation
+        self.log = logger or log
+        self.table = f"{q(schema)}.{q(spec.name)}"
+        self.id_map = f"{q(sync_schema)}.id_map"
+        self.stage = q(f"rp_stage_{spec.name}")
+        self.casts = {p.column: f"NULLIF(s.{q(p.column)}, '')::bigint" for p in spec.parents}
+        self.casts.update({c.name: cast_sql(c.type, f"s.{q(c.name)}", c.unset) for c in spec.columns})
+        self.casts["origin_source"] = "s.origin_source"
+        if has_redis_id(spec):
+            self.casts["origin_redis_id"] = "s._id"
+        self.columns = list(self.casts)
+        self.stage_columns = ["_ord", "_id", "_key"] + [c for c in self.columns if c != "origin_redis_id"]
+        self.policy = policy
+        self.upsert_sql = self._upsert_sql()
+        conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (_ord bigint, _id bigint, _key text, "
+            + ", ".join(f"{q(c)} text" for c in self.stage_columns[3:]) + ") ON COMMIT DROP"
+        )
+
+    # -- SQL -----------------------------------------------------------------------------------
+    def _upsert_sql(self) -> str:
+        spec, cols = self.spec, self.columns
+        select = (f"SELECT {', '.join(f'{cast} AS {q(c)}' for c, cast in self.casts.items())}, s._ord "
+                  f"FROM {self.stage} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s")
+        key = ", ".join(spec.natural_key)
+        if spec.mutable:  # one row per identity, the latest record winning, or ON CONFLICT cannot update
+            select = f"SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC"
+        sql = (f"INSERT INTO {self.table} AS t ({', '.join(map(q, cols))}) "
+               f"SELECT {', '.join(map(q, cols))} FROM ({select}) v ON CONFLICT ({key})")
+        if spec.key_where:
+            sql += f" WHERE {spec.key_where}"
+        if not spec.mutable:
+            return sql + " DO NOTHING RETURNING t.id, true AS inserted"
+        keycols = {k.strip('"') for k in spec.natural_key}
+        updatable = [c for c in cols if c not in keycols and not c.startswith("origin_")]
+        if not updatable:
+            return sql + " DO NOTHING RETURNING t.id, true AS inserted"
+        ours = "t.origin_source = %(source)s"
+        if self.policy == "merge":
+            new = {c: f"CASE WHEN {ours} THEN EXCLUDED.{q(c)} ELSE COALESCE(t.{q(c)}, EXCLUDED.{q(c)}) END"
+                   for c in updatable}
+        else:
+            new = {c: f"EXCLUDED.{q(c)}" for c in updatable}
+        changed = (f"ROW({', '.join(f't.{q(c)}' for c in updatable)}) IS DISTINCT FROM "
+                   f"ROW({', '.join(new.values())})")
+        where = f"{ours} AND {changed}" if self.policy == "skip" else changed
+        return (sql + f" DO UPDATE SET {', '.join(f'{q(c)} = {e}' for c, e in new.items())} WHERE {where}"
+                " RETURNING t.id, (t.xmax = 0) AS inserted")
+
+    def _match(self) -> str:
+        """Join condition: a staged record ↔ the table row with its identity."""
+        return " AND ".join(f"t.{q(k.strip(chr(34)))} = {self.casts[k.strip(chr(34))]}" for k in self.spec.natural_key)
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self, frame: pd.DataFrame) -> LoadResult:
+        result = LoadResult()
+        if frame.empty:
+            return result
+        with self.conn.cursor() as cur:
+            cur.execute(f"TRUNCATE {self.stage}")
+            columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"]), frame["_key"].tolist()]
+            for c in self.stage_columns[3:]:
+                columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
+            with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
+                copy.write(copy_text(columns))
+            if self.spec.mutable and self.policy == "skip" and not self.spec.by_origin:
+                cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage} s JOIN {self.table} t ON {self._match()} "
+                            "WHERE t.origin_source IS DISTINCT FROM %(source)s", {"source": self.source})
+                result.skipped = cur.fetchone()[0]
+            returned: list[tuple[int, bool]] = []
+            bad: list[int] = []
+            self._insert_range(cur, 0, len(frame) - 1, returned, bad)
+            if bad:
+                rows = frame.iloc[[ord_ for ord_, _ in bad]]
+                result.rejected.append(pd.DataFrame({
+                    "_key": rows["_key"].to_numpy(),
+                    "raw": [raw_record(row) for _, row in rows.iterrows()],
+                    "reason": [reason for _, reason in bad],
+                }))
+                cur.execute(f"DELETE FROM {self.stage} WHERE _ord = ANY(%s)", ([o for o, _ in bad],))
+            result.inserted = sum(1 for _, ins in returned if ins)
+            result.updated = len(returned) - result.inserted
+            distinct_ok = len(frame) - len(bad)
+            result.unchanged = max(0, distinct_ok - result.inserted - result.updated - result.skipped)
+            bad_ords = {o for o, _ in bad}
+            result.loaded_keys = [k for i, k in enumerate(frame["_key"].tolist()) if i not in bad_ords]
+            if self.spec.name in PARENT_ENTITIES:
+                self._record_ids(cur)
+            if self.spec.log_each and returned:
+                self._log_synced(cur, [pg_id for pg_id, _ in returned])
+        return result
+
+    def _insert_range(self, cur, lo: int, hi: int, returned: list, bad: list) -> None:
+        params = {"lo": lo, "hi": hi, "source": self.source}
+        try:
+            with self.conn.transaction():
+                cur.execute(self.upsert_sql, params)
+                returned.extend(cur.fetchall())
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            if lo == hi:
+                bad.append((lo, self._reason(cur, lo, exc)))
+                return
+            mid = (lo + hi) // 2
+            self._insert_range(cur, lo, mid, returned, bad)
+            self._insert_range(cur, mid + 1, hi, returned, bad)
+
+    def _reason(self, cur, ordinal: int, exc: Exception) -> str:
+        """Name the field Postgres refused, by converting each field of the record on its own."""
+        for spec_column in self.spec.columns:
+            if spec_column.type == TEXT:
+                continue
+            try:
+                with self.conn.transaction():
+                    cur.execute(f"SELECT {self.casts[spec_column.name]} FROM {self.stage} s WHERE s._ord = %s",
+                                (ordinal,))
+            except psycopg.errors.DataError as field_exc:
+                return f"field {spec_column.redis_field!r}: {_first_line(field_exc)}"
+        return _first_line(exc)
+
+    def _record_ids(self, cur) -> None:
+        """Remember Redis id → Postgres id for every staged record, so children can be mapped."""
+        cur.execute(
+            f"INSERT INTO {self.id_map} (source, entity, redis_id, generation, pg_id) "
+            f"SELECT DISTINCT ON (s._id) %(source)s, %(entity)s, s._id, %(generation)s, t.id "
+            f"FROM {self.stage} s JOIN {self.table} t ON {self._match()} ORDER BY s._id "
+            "ON CONFLICT (source, entity, redis_id) DO UPDATE SET pg_id = EXCLUDED.pg_id, "
+            "generation = EXCLUDED.generation WHERE (id_map.pg_id, id_map.generation) "
+            "IS DISTINCT FROM (EXCLUDED.pg_id, EXCLUDED.generation)",
+            {"source": self.source, "entity": self.spec.name, "generation": self.generation},
+        )
+
+    def _log_synced(self, cur, pg_ids: list[int]) -> None:
+        cur.execute(
+            f"SELECT s._id, t.id, t.{q(self.spec.display)} FROM {self.stage} s JOIN {self.table} t "
+            f"ON {self._match()} WHERE t.id = ANY(%(ids)s) ORDER BY s._id",
+            {"ids": pg_ids, "source": self.source},
+        )
+        for redis_id, pg_id, display in cur.fetchall():
+            self.log.info("  %s synced: %s (Redis ID %s → Pg ID %s)", self.spec.label, display, redis_id, pg_id)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

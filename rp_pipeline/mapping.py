@@ -1,0 +1,150 @@
+"""Map: validate raw records and turn Redis parent ids into Postgres ids.
+
+Checks that are cheap in bulk happen here (unreadable records, missing required
+fields, text that is not valid UTF-8 or holds NUL, numbers that are not numbers);
+JSON and timestamps are validated by Postgres itself on load, and a value it
+refuses is isolated there (see load.py). A record whose parent has no Postgres
+id yet waits (pending) instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .entities import BIGINT, FLOAT, TEXT, EntitySpec
+
+# Lone surrogates are how invalid UTF-8 arrives (decoded with surrogateescape); Postgres text cannot hold NUL.
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+_SPECIAL_FLOATS = re.compile(r"^\s*[+-]?(nan|inf|infinity)\s*$", re.IGNORECASE)
+
+Resolver = Callable[[str, Iterable[int]], dict[int, int]]
+
+
+@dataclass
+class Mapped:
+    rows: pd.DataFrame  # ready to load
+    rejected: pd.DataFrame  # _key, raw, reason
+    waiting: pd.DataFrame  # _key, reason: a parent is not in Postgres yet
+
+
+def raw_record(row: pd.Series) -> str:
+    """The record as read from Redis, for the rejected-records table (escaped, never altered)."""
+    data = {k: v for k, v in row.items() if not k.startswith("_") and v is not None and v is not np.nan}
+    if "_member" in row and row["_member"] is not None:
+        data = {"member": row["_member"]}
+    return json.dumps(data, ensure_ascii=True, default=str)
+
+
+def _reject(frame: pd.DataFrame, mask: pd.Series, reasons) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows off with a reason each: (kept, rejected[_key, raw, reason])."""
+    if not mask.any():
+        return frame, _empty_rejected()
+    bad = frame[mask]
+    rejected = pd.DataFrame({
+        "_key": bad["_key"].to_numpy(),
+        "raw": [raw_record(row) for _, row in bad.iterrows()],
+        "reason": reasons[mask].to_numpy() if isinstance(reasons, pd.Series) else reasons,
+    })
+    return frame[~mask], rejected
+
+
+def _empty_rejected() -> pd.DataFrame:
+    return pd.DataFrame({"_key": pd.Series(dtype=object), "raw": pd.Series(dtype=object),
+                         "reason": pd.Series(dtype=object)})
+
+
+def _has_bad_text(values: pd.Series) -> pd.Series:
+    """Per-row flag; scans the whole column as one string first so the clean case costs one regex pass."""
+    present = values.dropna()
+    if not len(present) or not _BAD_TEXT.search("\x01".join(present.tolist())):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, str) and bool(_BAD_TEXT.search(v)))
+
+
+def _not_a_number(values: pd.Series) -> pd.Series:
+    given = values.notna() & (values != "")
+    parsed = pd.to_numeric(values.where(given), errors="coerce")
+    suspicious = given & parsed.isna()
+    if suspicious.any():
+        suspicious &= ~values.where(suspicious, "").astype(str).str.match(_SPECIAL_FLOATS)
+    return suspicious
+
+
+def validate(spec: EntitySpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Drop records that cannot load, each with a reason naming the field."""
+    rejected = []
+    frame, bad = _reject(frame, frame["_error"].notna(), frame["_error"])
+    rejected.append(bad)
+    for column in spec.columns:
+        values = frame[column.name]
+        if column.required:
+            frame, bad = _reject(frame, values.isna() | (values == ""), f"missing field {column.redis_field!r}")
+            rejected.append(bad)
+            values = frame[column.name]
+        frame, bad = _reject(frame, _has_bad_text(values),
+                             f"field {column.redis_field!r} is not valid UTF-8 text (or contains a NUL byte)")
+        rejected.append(bad)
+        if column.type in (BIGINT, FLOAT):
+            values = frame[column.name]
+            mask = _not_a_number(values)
+            frame, bad = _reject(frame, mask, "field " + repr(column.redis_field) + " is not a number: "
+                                 + values[mask].map(lambda v: repr(v)[:80]))
+            rejected.append(bad)
+    for parent in spec.parents:
+        values = frame[parent.column]
+        absent = values.isna() | (values == "")
+        if parent.optional:
+            absent |= values == "0"
+        else:
+            frame, bad = _reject(frame, absent, f"missing field {parent.field!r}")
+            rejected.append(bad)
+            values = frame[parent.column]
+            absent = pd.Series(False, index=frame.index)
+        not_int = ~absent & ~values.astype(str).str.fullmatch(r"\d{1,18}")
+        frame, bad = _reject(frame, not_int, f"field {parent.field!r} is not an id")
+        rejected.append(bad)
+    return frame, rejected
+
+
+def map_parent_ids(spec: EntitySpec, frame: pd.DataFrame, resolve: Resolver) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replace each parent's Redis id by its Postgres id; rows whose parent is unknown wait."""
+    waiting = []
+    frame = frame.copy()
+    for parent in spec.parents:
+        raw = frame[parent.column]
+        given = raw.notna() & (raw != "") & ~(parent.optional & (raw == "0"))
+        redis_ids = pd.to_numeric(raw.where(given), errors="coerce").astype("Int64")
+        known = resolve(parent.entity, sorted(set(redis_ids.dropna().astype(int).tolist())))
+        pg_ids = redis_ids.map(known, na_action="ignore").astype("Int64")
+        unknown = given & pg_ids.isna()
+        if unknown.any():
+            waiting.append(pd.DataFrame({
+                "_key": frame.loc[unknown, "_key"].to_numpy(),
+                "reason": [f"{parent.entity} Redis id {int(i)} is not in Postgres" for i in redis_ids[unknown]],
+            }))
+        frame[parent.column] = pg_ids
+        frame = frame[~unknown]
+    waiting_frame = pd.concat(waiting, ignore_index=True) if waiting else pd.DataFrame(
+        {"_key": pd.Series(dtype=object), "reason": pd.Series(dtype=object)})
+    return frame, waiting_frame
+
+
+def cast_sql(column_type: str, ref: str, unset: str | None = None) -> str:
+    """SQL turning a raw Redis string into the column's value: '' and the 'not set' value become NULL."""
+    value = f"NULLIF({ref}, '')"
+    if unset is not None:
+        value = f"NULLIF({value}, '{unset}')"
+    if column_type == TEXT:
+        return value
+    if column_type == "timestamptz":
+        return f"({value}::timestamp AT TIME ZONE 'UTC')"
+    if column_type == FLOAT and unset is not None:
+        # '0', '0.0' and '0e0' all mean "not given"
+        return f"NULLIF(NULLIF({ref}, '')::double precision, {unset})"
+    return f"{value}::{column_type}"

@@ -1,0 +1,157 @@
+"""Sync configuration: one place for every knob, read from the environment or given directly.
+
+URLs are normalised here (a plain ``postgresql://`` means psycopg 3) and redacted
+here: nothing else in the package formats a URL for humans.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from .entities import BY_NAME
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_KEY_PREFIX = "aidb:"
+DEFAULT_INTERVAL_SECONDS = 300
+CONFLICT_POLICIES = ("skip", "overwrite", "merge")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Everything one sync cycle needs to know. Plain data, safe to log via ``describe()``."""
+
+    postgres_url: str | None = None
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    schema: str = "public"  # analytics tables
+    sync_schema: str = "rp_sync"  # bookkeeping: watermarks, id map, rejected records, history
+    source: str | None = None  # name of this Redis in origin columns; derived from the URL by default
+    conflict: dict[str, str] = field(default_factory=dict)  # entity -> skip | overwrite | merge
+    pending_max_age_seconds: float = 3600.0  # a child waits this long for its parent, then is rejected
+    chunk_size: int = 20_000
+    statement_timeout_ms: int = 300_000
+    lock_timeout_ms: int = 60_000
+    metric_rescan_seconds: float = 3600.0  # full SCAN for new metric series at least this often
+    retention_hours: dict[str, float] = field(default_factory=dict)  # entity -> delete from Redis after
+
+    def __post_init__(self) -> None:
+        for name in (self.schema, self.sync_schema):
+            if not _IDENTIFIER.match(name):
+                raise ConfigError(f"schema name {name!r} is not a plain SQL identifier (letters, digits, _)")
+        if self.schema == self.sync_schema:
+            raise ConfigError("the sync's bookkeeping schema must differ from the analytics schema")
+        for entity, policy in self.conflict.items():
+            if entity not in BY_NAME:
+                raise ConfigError(f"unknown entity {entity!r} in conflict policy; known: {', '.join(BY_NAME)}")
+            if policy not in CONFLICT_POLICIES:
+                raise ConfigError(f"conflict policy for {entity} must be one of {CONFLICT_POLICIES}, not {policy!r}")
+        for entity in self.retention_hours:
+            if entity not in ("predictions", "metrics"):
+                raise ConfigError(f"retention is supported for predictions and metrics, not {entity!r}")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk size must be at least 1")
+
+    @property
+    def source_name(self) -> str:
+        """Origin of the rows: host:port/db of the Redis plus the key prefix, never credentials."""
+        if self.source:
+            return self.source
+        parts = urlsplit(self.redis_url)
+        db = (parts.path or "/0").lstrip("/") or "0"
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}/{self.key_prefix}"
+
+    def policy(self, entity: str) -> str:
+        return self.conflict.get(entity, "skip")
+
+    def require_postgres_url(self) -> str:
+        if not self.postgres_url:
+            raise ConfigError(
+                "POSTGRES_URL is not set: export POSTGRES_URL=postgresql://USER:PASSWORD@HOST:5432/DATABASE "
+                "(or put it in .env, or pass --postgres-url)"
+            )
+        return self.postgres_url
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "SyncConfig":
+        """Build from REDIS_URL, POSTGRES_URL, REDIS_KEY_PREFIX and the SYNC_* variables."""
+        env = os.environ if env is None else env
+        values: dict = {
+            "postgres_url": env.get("POSTGRES_URL") or None,
+            "redis_url": env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            "key_prefix": env.get("REDIS_KEY_PREFIX", DEFAULT_KEY_PREFIX),
+            "schema": env.get("POSTGRES_SCHEMA", "public"),
+            "sync_schema": env.get("SYNC_SCHEMA", "rp_sync"),
+            "source": env.get("SYNC_SOURCE") or None,
+            "conflict": parse_mapping(env.get("SYNC_CONFLICT_POLICY", ""), "SYNC_CONFLICT_POLICY"),
+            "retention_hours": {
+                k: _number(v, "SYNC_RETENTION_HOURS")
+                for k, v in parse_mapping(env.get("SYNC_RETENTION_HOURS", ""), "SYNC_RETENTION_HOURS").items()
+            },
+        }
+        for name, key, cast in (
+            ("pending_max_age_seconds", "SYNC_PENDING_MAX_AGE", float),
+            ("chunk_size", "SYNC_CHUNK_SIZE", int),
+            ("statement_timeout_ms", "SYNC_STATEMENT_TIMEOUT_MS", int),
+            ("lock_timeout_ms", "SYNC_LOCK_TIMEOUT_MS", int),
+            ("metric_rescan_seconds", "SYNC_METRIC_RESCAN_SECONDS", float),
+        ):
+            if env.get(key):
+                values[name] = _number(env[key], key, cast)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> str:
+        return (f"Redis {redact_url(self.redis_url)} (prefix {self.key_prefix!r}) → "
+                f"Postgres {redact_url(self.postgres_url or '(not set)')} "
+                f"(schema {self.schema}, bookkeeping {self.sync_schema})")
+
+
+def parse_mapping(text: str, what: str) -> dict[str, str]:
+    """'predictions=24,metrics=72' → {'predictions': '24', 'metrics': '72'}."""
+    result: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{what}: expected entity=value pairs separated by commas, got {item!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _number(value: str, what: str, cast=float):
+    try:
+        return cast(value)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs, metadata and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparseable URL)"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def psycopg_url(url: str) -> str:
+    """A libpq URL for psycopg: SQLAlchemy-style driver suffixes removed."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """An explicit psycopg 3 SQLAlchemy URL, whatever form the user wrote."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
