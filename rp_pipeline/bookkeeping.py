@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import pandas as pd
 import psycopg
 
-from .load import q
+from .entities import sql_name as q
 
 
 class Bookkeeping:

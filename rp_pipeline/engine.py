@@ -20,7 +20,7 @@ import psycopg
 import redis
 
 from .bookkeeping import Bookkeeping
-from .entities import BY_NAME, ENTITIES, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
+from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
 from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, validate
@@ -142,10 +142,13 @@ def _extract(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: Sync
             yield frame, pd.DataFrame({"_key": [src.key(spec.key, id=i) for i in missing],
                                        "reason": NOT_WRITTEN_YET}) if missing else no_missing
         return
-    series = ()
+    series, ids = (), None
     if spec.strategy == METRIC_SERIES:
         series = changed_metric_series(src, book, config, series_cards)
-    for frame in extract_all(src, spec, config.chunk_size, series_keys=series):
+    elif spec.strategy == HASH_BY_ID:
+        ids = src.all_ids(spec)
+        result.watermark = max(ids, default=0)  # what the reconciliation check may expect in Postgres
+    for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series):
         yield frame, no_missing
 
 

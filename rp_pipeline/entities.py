@@ -53,7 +53,7 @@ class EntitySpec:
     strategy: str
     key: str  # record key pattern, relative to the key prefix
     columns: tuple[Column, ...]
-    natural_key: tuple[str, ...]  # SQL expressions over the table's columns (its identity)
+    natural_key: tuple[str, ...]  # the columns that identify a row (nullable ones compare NULL = NULL)
     parents: tuple[Parent, ...] = ()
     counter: str | None = None  # counter key allocating ids (HASH_BY_ID)
     index: str | None = None  # sorted set of ids (HASH_BY_ID), when there is a single one
@@ -70,12 +70,25 @@ class EntitySpec:
         """Predicate of the partial unique index for origin-identified rows."""
         return "origin_source IS NOT NULL" if self.by_origin else None
 
+    def key_is_nullable(self, name: str) -> bool:
+        return any(c.name == name and not c.required for c in self.columns)
+
+    @property
+    def identity_sql(self) -> list[str]:
+        """The identity as SQL expressions: what the unique index, ON CONFLICT and DISTINCT ON use."""
+        return [f"COALESCE({sql_name(k)}, -1)" if self.key_is_nullable(k) else sql_name(k) for k in self.natural_key]
+
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
+
+
+def sql_name(name: str) -> str:
+    """A quoted SQL identifier ("timestamp" is a keyword)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 C = Column
@@ -146,8 +159,7 @@ METRICS = EntitySpec(
         C("timestamp", TIMESTAMPTZ, required=True),
     ),
     parents=(Parent("training_run_id", "training_runs", "training_run_id"),),
-    natural_key=("training_run_id", "metric_name", "split", "COALESCE(epoch, -1)",
-                 "COALESCE(step, -1)", '"timestamp"'),
+    natural_key=("training_run_id", "metric_name", "split", "epoch", "step", "timestamp"),
     by_origin=True, mutable=False, retention_field="timestamp",
 )
 
@@ -181,7 +193,7 @@ PREDICTIONS = EntitySpec(
         C("timestamp", TIMESTAMPTZ, required=True), C("metadata", JSONB),
     ),
     parents=(Parent("model_version_id", "model_versions", "model_version_id"),),
-    natural_key=("origin_source", "origin_redis_id", '"timestamp"'), by_origin=True,
+    natural_key=("origin_source", "origin_redis_id", "timestamp"), by_origin=True,
     incremental=True, mutable=False, retention_field="timestamp",
 )
 

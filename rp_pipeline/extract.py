@@ -186,10 +186,11 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def extract_all(src: RedisSource, spec: EntitySpec, chunk_size: int, series_keys: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+def extract_all(src: RedisSource, spec: EntitySpec, chunk_size: int, ids: Sequence[int] | None = None,
+                series_keys: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
     """Every current record of a fully re-read entity, in chunks (not for incremental predictions)."""
     if spec.strategy == HASH_BY_ID:
-        for ids in chunks(src.all_ids(spec), chunk_size):
+        for ids in chunks(src.all_ids(spec) if ids is None else ids, chunk_size):
             yield read_hashes(src, spec, ids)[0]
     elif spec.strategy == PARAMS_PER_RUN:
         for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20)):

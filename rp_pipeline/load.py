@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
-from .entities import PARENT_ENTITIES, TEXT, EntitySpec
+from .entities import PARENT_ENTITIES, TEXT, EntitySpec, sql_name as q
 from .mapping import cast_sql, raw_record
 from .schema import has_redis_id
 
 log = logging.getLogger(__name__)
 
 _COPY_SPECIALS = ("\\", "\t", "\n", "\r")
-
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def copy_text(columns: list[list]) -> bytes:
@@ -102,7 +98,7 @@ class Loader:
         spec, cols = self.spec, self.columns
         select = (f"SELECT {', '.join(f'{cast} AS {q(c)}' for c, cast in self.casts.items())}, s._ord "
                   f"FROM {self.stage} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s")
-        key = ", ".join(spec.natural_key)
+        key = ", ".join(spec.identity_sql)
         if spec.mutable:  # one row per identity, the latest record winning, or ON CONFLICT cannot update
             select = f"SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC"
         sql = (f"INSERT INTO {self.table} AS t ({', '.join(map(q, cols))}) "
@@ -111,7 +107,7 @@ class Loader:
             sql += f" WHERE {spec.key_where}"
         if not spec.mutable:
             return sql + " DO NOTHING RETURNING t.id, true AS inserted"
-        keycols = {k.strip('"') for k in spec.natural_key}
+        keycols = set(spec.natural_key)
         updatable = [c for c in cols if c not in keycols and not c.startswith("origin_")]
         if not updatable:
             return sql + " DO NOTHING RETURNING t.id, true AS inserted"
@@ -129,7 +125,9 @@ class Loader:
 
     def _match(self) -> str:
         """Join condition: a staged record ↔ the table row with its identity."""
-        return " AND ".join(f"t.{q(k.strip(chr(34)))} = {self.casts[k.strip(chr(34))]}" for k in self.spec.natural_key)
+        return " AND ".join(
+            f"t.{q(k)} {'IS NOT DISTINCT FROM' if self.spec.key_is_nullable(k) else '='} {self.casts[k]}"
+            for k in self.spec.natural_key)
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, frame: pd.DataFrame) -> LoadResult:

@@ -104,6 +104,17 @@ def bookkeeping_tables(metadata: sa.MetaData, schema: str) -> dict[str, sa.Table
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+_migrated: set[tuple[str, str, str]] = set()
+
+
+def ensure_schema(config: SyncConfig) -> None:
+    """Migrate once per process and target; later calls cost nothing."""
+    target = (config.require_postgres_url(), config.schema, config.sync_schema)
+    if target not in _migrated:
+        migrate(config)
+        _migrated.add(target)
+
+
 def migrate(config: SyncConfig) -> None:
     """Create or upgrade every table to the current revision; safe to call on every cycle."""
     engine = sa.create_engine(sqlalchemy_url(config.require_postgres_url()), poolclass=sa.pool.NullPool)

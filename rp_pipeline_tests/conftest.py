@@ -90,3 +90,47 @@ def _batched(iterable, size):
             batch = []
     if batch:
         yield batch
+
+
+@pytest.fixture
+def sync_config(redis_url, key_prefix, postgres_url, pg_schemas):
+    """A SyncConfig pointing at this test's Redis prefix and Postgres schemas."""
+    from rp_pipeline.settings import SyncConfig
+
+    schema, sync_schema = pg_schemas
+    return SyncConfig(postgres_url=postgres_url, redis_url=redis_url, key_prefix=key_prefix,
+                      schema=schema, sync_schema=sync_schema)
+
+
+@pytest.fixture
+def writer(redis_url, key_prefix):
+    """The hot-path client, writing the aidb layout under this test's prefix."""
+    from rp_pipeline.writer import RedisWriter
+
+    w = RedisWriter.from_url(redis_url, key_prefix=key_prefix)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def run_sync(sync_config):
+    """Run one full sync cycle (migrating first); returns {entity: EntityResult}. Accepts config overrides."""
+    import dataclasses
+
+    from rp_pipeline.connections import connect_postgres, connect_redis
+    from rp_pipeline.engine import sync_all
+    from rp_pipeline.schema import migrate
+
+    opened = []
+
+    def run(**overrides):
+        config = dataclasses.replace(sync_config, **overrides) if overrides else sync_config
+        migrate(config)
+        client, conn = connect_redis(config), connect_postgres(config)
+        opened.append((client, conn))
+        return sync_all(client, conn, config, run_id=uuid.uuid4().hex)
+
+    yield run
+    for client, conn in opened:
+        client.close()
+        conn.close()

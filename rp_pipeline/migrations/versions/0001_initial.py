@@ -50,7 +50,7 @@ def upgrade():
         where = f" WHERE {spec.key_where}" if spec.key_where else ""
         op.execute(
             f'CREATE UNIQUE INDEX IF NOT EXISTS {identity_index_name(spec)} '
-            f'ON "{schema}"."{spec.name}" ({", ".join(spec.natural_key)}){where}'
+            f'ON "{schema}"."{spec.name}" ({", ".join(spec.identity_sql)}){where}'
         )
         for column in _LOOKUP_INDEXES.get(spec.name, ()):
             op.execute(f'CREATE INDEX IF NOT EXISTS ix_{spec.name}_{column} ON "{schema}"."{spec.name}" ({column})')

@@ -1,0 +1,102 @@
+"""Dagster resources: where Redis and Postgres are, and how the sync behaves.
+
+Values come from the environment through `dg.EnvVar`, so the UI shows the
+variable's name, never its value (URLs can hold passwords).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import psycopg
+import redis
+
+from .connections import connect_postgres, connect_redis
+from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, parse_mapping
+
+
+class RedisResource(dg.ConfigurableResource):
+    """The Redis that applications write the aidb layout into."""
+
+    url: str = DEFAULT_REDIS_URL
+    key_prefix: str = DEFAULT_KEY_PREFIX
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The Postgres that holds the analytics tables and, in its own schema, the sync's bookkeeping."""
+
+    url: str | None = None
+    analytics_schema: str = "public"
+    sync_schema: str = "rp_sync"
+
+
+class SyncSettingsResource(dg.ConfigurableResource):
+    """How the sync treats conflicts, late parents, retention and big backlogs."""
+
+    conflict_policy: str = ""  # e.g. "models=overwrite,datasets=merge"; default skip
+    pending_max_age_seconds: float = 3600.0
+    chunk_size: int = 20_000
+    statement_timeout_ms: int = 300_000
+    lock_timeout_ms: int = 60_000
+    retention_hours: str = ""  # e.g. "predictions=24,metrics=72"; default: keep everything in Redis
+    source: str = ""  # origin name of this Redis; default host:port/db/prefix
+
+
+def sync_config(redis_resource: RedisResource, postgres: PostgresResource,
+                settings: SyncSettingsResource) -> SyncConfig:
+    """The engine's plain configuration from the three resources."""
+    return SyncConfig(
+        postgres_url=postgres.url,
+        redis_url=redis_resource.url,
+        key_prefix=redis_resource.key_prefix,
+        schema=postgres.analytics_schema,
+        sync_schema=postgres.sync_schema,
+        source=settings.source or None,
+        conflict=parse_mapping(settings.conflict_policy, "conflict_policy"),
+        pending_max_age_seconds=settings.pending_max_age_seconds,
+        chunk_size=settings.chunk_size,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        retention_hours={k: float(v) for k, v in parse_mapping(settings.retention_hours, "retention_hours").items()},
+    )
+
+
+def open_connections(config: SyncConfig) -> tuple[redis.Redis, psycopg.Connection]:
+    return connect_redis(config), connect_postgres(config)
+
+
+def _env(name: str):
+    """EnvVar when the variable is set (the UI shows its name), else None to keep the field's default."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def _set(**fields):
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """Resources configured by REDIS_URL, REDIS_KEY_PREFIX, POSTGRES_URL, POSTGRES_SCHEMA, SYNC_* variables."""
+    return {
+        "redis": RedisResource(**_set(url=_env("REDIS_URL"), key_prefix=_env("REDIS_KEY_PREFIX"))),
+        "postgres": PostgresResource(**_set(url=_env("POSTGRES_URL"), analytics_schema=_env("POSTGRES_SCHEMA"),
+                                            sync_schema=_env("SYNC_SCHEMA"))),
+        "sync_settings": SyncSettingsResource(**_set(
+            conflict_policy=_env("SYNC_CONFLICT_POLICY"), retention_hours=_env("SYNC_RETENTION_HOURS"),
+            source=_env("SYNC_SOURCE"),
+            pending_max_age_seconds=_number_env("SYNC_PENDING_MAX_AGE", float),
+            chunk_size=_number_env("SYNC_CHUNK_SIZE", int),
+            statement_timeout_ms=_number_env("SYNC_STATEMENT_TIMEOUT_MS", int),
+            lock_timeout_ms=_number_env("SYNC_LOCK_TIMEOUT_MS", int),
+        )),
+    }
+
+
+def _number_env(name: str, cast):
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return cast(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
