@@ -130,17 +130,31 @@ class Loader:
             for k in self.spec.natural_key)
 
     # -- loading -------------------------------------------------------------------------------
+    def _stage(self, cur, frame: pd.DataFrame) -> None:
+        cur.execute(f"TRUNCATE {self.stage}")
+        columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"]), frame["_key"].tolist()]
+        for c in self.stage_columns[3:]:
+            columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
+        with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
+            copy.write(copy_text(columns))
+
+    def find_existing(self, frame: pd.DataFrame) -> list[bool]:
+        """For each record, whether Postgres holds a row with its identity (the reconciliation check)."""
+        if frame.empty:
+            return []
+        with self.conn.cursor() as cur:
+            self._stage(cur, frame)
+            cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage} s JOIN {self.table} t ON {self._match()}",
+                        {"source": self.source})
+            found = {row[0] for row in cur.fetchall()}
+        return [i in found for i in range(len(frame))]
+
     def load(self, frame: pd.DataFrame) -> LoadResult:
         result = LoadResult()
         if frame.empty:
             return result
         with self.conn.cursor() as cur:
-            cur.execute(f"TRUNCATE {self.stage}")
-            columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"]), frame["_key"].tolist()]
-            for c in self.stage_columns[3:]:
-                columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
-            with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
-                copy.write(copy_text(columns))
+            self._stage(cur, frame)
             if self.spec.mutable and self.policy == "skip" and not self.spec.by_origin:
                 cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage} s JOIN {self.table} t ON {self._match()} "
                             "WHERE t.origin_source IS DISTINCT FROM %(source)s", {"source": self.source})

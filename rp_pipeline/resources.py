@@ -4,7 +4,6 @@ Values come from the environment through `dg.EnvVar`, so the UI shows the
 variable's name, never its value (URLs can hold passwords).
 """
 
-from __future__ import annotations
 
 import os
 

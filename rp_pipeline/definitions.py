@@ -1,0 +1,16 @@
+"""The code location: assets, checks, job, schedule and resources, assembled."""
+
+import dagster as dg
+
+from .assets import sync_assets, sync_report
+from .checks import sync_checks
+from .resources import resources_from_env
+from .schedules import redis_to_postgres_sync_job, sync_schedule
+
+defs = dg.Definitions(
+    assets=[*sync_assets, sync_report],
+    asset_checks=sync_checks,
+    jobs=[redis_to_postgres_sync_job],
+    schedules=[sync_schedule],
+    resources=resources_from_env(),
+)
