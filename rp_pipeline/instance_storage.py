@@ -1,0 +1,92 @@
+"""Dagster instance storage chosen by the environment, for `dagster.yaml`.
+
+With DAGSTER_POSTGRES_URL set, run, event-log and schedule storage live in that
+Postgres through dagster-postgres, in their own schema (DAGSTER_POSTGRES_SCHEMA,
+default `dagster`), never among the analytics tables. Without it they are SQLite
+files under `.dagster_home/` (or $DAGSTER_HOME): nothing extra to run.
+Each class returns the concrete storage from `from_config_value`, keeping its own
+`inst_data` so that run workers rebuild the same choice.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from dagster._core.storage.event_log.base import EventLogStorage as BaseEventLogStorage
+from dagster._core.storage.runs.base import RunStorage as BaseRunStorage
+from dagster._core.storage.schedules.base import ScheduleStorage as BaseScheduleStorage
+from dagster._serdes import ConfigurableClass
+
+SCHEMA_ENV, URL_ENV = "DAGSTER_POSTGRES_SCHEMA", "DAGSTER_POSTGRES_URL"
+
+
+def postgres_storage_url() -> str | None:
+    """dagster-postgres URL (psycopg2) with search_path set to the Dagster schema, creating the schema."""
+    url = os.environ.get(URL_ENV)
+    if not url:
+        return None
+    schema = os.environ.get(SCHEMA_ENV, "dagster")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", schema):
+        raise ValueError(f"{SCHEMA_ENV} must be a plain SQL identifier, got {schema!r}")
+    import psycopg
+
+    from .settings import psycopg_url
+
+    with psycopg.connect(psycopg_url(url), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg2://", url)
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def local_storage_dir() -> str:
+    base = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home") / "storage"
+    base.mkdir(parents=True, exist_ok=True)
+    return str(base)
+
+
+class _EnvSelected(ConfigurableClass):
+    """Never instantiated: `from_config_value` hands back a concrete storage."""
+
+    @classmethod
+    def config_type(cls):
+        return {}
+
+
+# Each subclasses Dagster's storage base too, as the instance checks the class it rehydrates.
+class RunStorage(_EnvSelected, BaseRunStorage):
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        url = postgres_storage_url()
+        if url:
+            from dagster_postgres import PostgresRunStorage
+
+            return PostgresRunStorage(url, inst_data=inst_data)
+        from dagster._core.storage.runs import SqliteRunStorage
+
+        return SqliteRunStorage.from_local(local_storage_dir(), inst_data=inst_data)
+
+
+class EventLogStorage(_EnvSelected, BaseEventLogStorage):
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        url = postgres_storage_url()
+        if url:
+            from dagster_postgres import PostgresEventLogStorage
+
+            return PostgresEventLogStorage(url, inst_data=inst_data)
+        from dagster._core.storage.event_log import SqliteEventLogStorage
+
+        return SqliteEventLogStorage(local_storage_dir(), inst_data=inst_data)
+
+
+class ScheduleStorage(_EnvSelected, BaseScheduleStorage):
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        url = postgres_storage_url()
+        if url:
+            from dagster_postgres import PostgresScheduleStorage
+
+            return PostgresScheduleStorage(url, inst_data=inst_data)
+        from dagster._core.storage.schedules import SqliteScheduleStorage
+
+        return SqliteScheduleStorage.from_local(local_storage_dir(), inst_data=inst_data)
