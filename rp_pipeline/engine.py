@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -91,7 +93,7 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
         book.drop_other_generations()
         pending = set(book.pending_keys())
         series_cards: dict[str, int] = {}
-        for frame, missing in _extract(spec, src, book, config, pending, result, series_cards):
+        for frame, missing in prefetched(_plan_reads(spec, src, book, config, pending, result, series_cards)):
             result.read += len(frame)
             ok, rejected = validate(spec, frame)
             mapped, waiting = map_parent_ids(spec, ok, book.resolve)
@@ -129,27 +131,75 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
     return result
 
 
-def _extract(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: SyncConfig, pending: set[str],
-             result: EntityResult, series_cards: dict[str, int]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Chunks to load, each with the ids that had no record yet (only incremental entities have those)."""
+def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: SyncConfig, pending: set[str],
+                result: EntityResult, series_cards: dict[str, int]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Decide what to read (this touches Postgres, so it runs here, in the caller's thread) and
+    return an iterator that only reads Redis: chunks to load, each with the ids that had no
+    record yet (only incremental entities have those)."""
     no_missing = pd.DataFrame(columns=["_key", "reason"])
     if spec.incremental:
         watermark, counter = book.watermark(), src.counter(spec)
         retry = sorted(int(k.rsplit(":", 1)[1]) for k in pending if k.rsplit(":", 1)[1].isdigit())
         result.watermark = max(watermark, counter)
-        for ids in [*chunks(retry, config.chunk_size), *chunks(range(watermark + 1, counter + 1), config.chunk_size)]:
-            frame, missing = read_hashes(src, spec, ids)
-            yield frame, pd.DataFrame({"_key": [src.key(spec.key, id=i) for i in missing],
-                                       "reason": NOT_WRITTEN_YET}) if missing else no_missing
-        return
+        id_chunks = [*chunks(retry, config.chunk_size), *chunks(range(watermark + 1, counter + 1), config.chunk_size)]
+
+        def incremental():
+            for ids in id_chunks:
+                frame, missing = read_hashes(src, spec, ids)
+                yield frame, pd.DataFrame({"_key": [src.key(spec.key, id=i) for i in missing],
+                                           "reason": NOT_WRITTEN_YET}) if missing else no_missing
+        return incremental()
     series, ids = (), None
     if spec.strategy == METRIC_SERIES:
         series = changed_metric_series(src, book, config, series_cards)
     elif spec.strategy == HASH_BY_ID:
         ids = src.all_ids(spec)
         result.watermark = max(ids, default=0)  # what the reconciliation check may expect in Postgres
-    for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series):
-        yield frame, no_missing
+    return ((frame, no_missing) for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series))
+
+
+def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """Run an iterator in a thread, up to `depth` items ahead, so Redis reads overlap Postgres writes."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failure(exc))
+
+    thread = threading.Thread(target=work, name="rp_pipeline-extract", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
 
 
 def _keep_series_waiting(series_cards: dict[str, int], waiting: pd.DataFrame) -> None:

@@ -48,7 +48,9 @@ def _escape(value: str) -> str:
 def _as_text(series: pd.Series) -> list:
     if series.dtype == object:
         return series.tolist()
-    return [None if pd.isna(v) else str(v) for v in series.to_numpy(dtype=object, na_value=None)]
+    missing = series.isna()
+    text = series.astype(str).tolist() if not missing.any() else series.astype(object).astype(str).tolist()
+    return text if not missing.any() else [None if m else t for t, m in zip(text, missing.tolist())]
 
 
 @dataclass
@@ -85,12 +87,12 @@ class Loader:
         if has_redis_id(spec):
             self.casts["origin_redis_id"] = "s._id"
         self.columns = list(self.casts)
-        self.stage_columns = ["_ord", "_id", "_key"] + [c for c in self.columns if c != "origin_redis_id"]
+        self.stage_columns = ["_ord", "_id"] + [c for c in self.columns if c != "origin_redis_id"]
         self.policy = policy
         self.upsert_sql = self._upsert_sql()
         conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (_ord bigint, _id bigint, _key text, "
-            + ", ".join(f"{q(c)} text" for c in self.stage_columns[3:]) + ") ON COMMIT DROP"
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (_ord bigint, _id bigint, "
+            + ", ".join(f"{q(c)} text" for c in self.stage_columns[2:]) + ") ON COMMIT DROP"
         )
 
     # -- SQL -----------------------------------------------------------------------------------
@@ -105,12 +107,14 @@ class Loader:
                f"SELECT {', '.join(map(q, cols))} FROM ({select}) v ON CONFLICT ({key})")
         if spec.key_where:
             sql += f" WHERE {spec.key_where}"
+        # Append-only rows need only a count (rowcount); returning ids costs a round of 100k tuples.
+        returning = " RETURNING t.id, true AS inserted" if spec.log_each else ""
         if not spec.mutable:
-            return sql + " DO NOTHING RETURNING t.id, true AS inserted"
+            return sql + " DO NOTHING" + returning
         keycols = set(spec.natural_key)
         updatable = [c for c in cols if c not in keycols and not c.startswith("origin_")]
         if not updatable:
-            return sql + " DO NOTHING RETURNING t.id, true AS inserted"
+            return sql + " DO NOTHING" + returning
         ours = "t.origin_source = %(source)s"
         if self.policy == "merge":
             new = {c: f"CASE WHEN {ours} THEN EXCLUDED.{q(c)} ELSE COALESCE(t.{q(c)}, EXCLUDED.{q(c)}) END"
@@ -132,8 +136,8 @@ class Loader:
     # -- loading -------------------------------------------------------------------------------
     def _stage(self, cur, frame: pd.DataFrame) -> None:
         cur.execute(f"TRUNCATE {self.stage}")
-        columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"]), frame["_key"].tolist()]
-        for c in self.stage_columns[3:]:
+        columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"])]
+        for c in self.stage_columns[2:]:
             columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
         with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
             copy.write(copy_text(columns))
@@ -160,8 +164,8 @@ class Loader:
                             "WHERE t.origin_source IS DISTINCT FROM %(source)s", {"source": self.source})
                 result.skipped = cur.fetchone()[0]
             returned: list[tuple[int, bool]] = []
-            bad: list[int] = []
-            self._insert_range(cur, 0, len(frame) - 1, returned, bad)
+            bad: list[tuple[int, str]] = []
+            inserted_count = self._insert_range(cur, 0, len(frame) - 1, returned, bad)
             if bad:
                 rows = frame.iloc[[ord_ for ord_, _ in bad]]
                 result.rejected.append(pd.DataFrame({
@@ -170,8 +174,11 @@ class Loader:
                     "reason": [reason for _, reason in bad],
                 }))
                 cur.execute(f"DELETE FROM {self.stage} WHERE _ord = ANY(%s)", ([o for o, _ in bad],))
-            result.inserted = sum(1 for _, ins in returned if ins)
-            result.updated = len(returned) - result.inserted
+            if self.returns_rows:
+                result.inserted = sum(1 for _, ins in returned if ins)
+                result.updated = len(returned) - result.inserted
+            else:
+                result.inserted = inserted_count
             distinct_ok = len(frame) - len(bad)
             result.unchanged = max(0, distinct_ok - result.inserted - result.updated - result.skipped)
             bad_ords = {o for o, _ in bad}
@@ -182,19 +189,26 @@ class Loader:
                 self._log_synced(cur, [pg_id for pg_id, _ in returned])
         return result
 
-    def _insert_range(self, cur, lo: int, hi: int, returned: list, bad: list) -> None:
+    @property
+    def returns_rows(self) -> bool:
+        return " RETURNING " in self.upsert_sql
+
+    def _insert_range(self, cur, lo: int, hi: int, returned: list, bad: list) -> int:
+        """Upsert staged records lo..hi; on a refused value, halve until the bad record is alone. Returns rowcount."""
         params = {"lo": lo, "hi": hi, "source": self.source}
         try:
             with self.conn.transaction():
                 cur.execute(self.upsert_sql, params)
-                returned.extend(cur.fetchall())
+                if self.returns_rows:
+                    returned.extend(cur.fetchall())
+                return max(cur.rowcount, 0)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             if lo == hi:
                 bad.append((lo, self._reason(cur, lo, exc)))
-                return
+                return 0
             mid = (lo + hi) // 2
-            self._insert_range(cur, lo, mid, returned, bad)
-            self._insert_range(cur, mid + 1, hi, returned, bad)
+            return (self._insert_range(cur, lo, mid, returned, bad)
+                    + self._insert_range(cur, mid + 1, hi, returned, bad))
 
     def _reason(self, cur, ordinal: int, exc: Exception) -> str:
         """Name the field Postgres refused, by converting each field of the record on its own."""

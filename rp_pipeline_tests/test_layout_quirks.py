@@ -21,6 +21,7 @@ import redis
 from psycopg.rows import dict_row
 
 from rp_pipeline.engine import stats_from_results
+from rp_pipeline.schema import migrate
 
 NASTY = "مدل تشخیص «چهره»\u200cها \"quoted\" it's \\ back\\slash\ttab\nnew line\r\n'); DROP TABLE models; --"
 
@@ -291,7 +292,7 @@ def test_prediction_whose_hash_is_written_after_a_cycle_is_synced_next_cycle(
 
 @pytest.fixture
 def corrupt(writer, redis_client, redis_url, key_prefix):
-    """Good records of every kind, and beside them the bad ones real data has; returns {key: reason fragment}."""
+    """Good records of every kind, and beside them the bad ones real data has; returns {what: (key, reason fragment)}."""
     p, c = key_prefix, redis_client
     model = writer.create_model("good-model")
     version = writer.create_model_version(model, "1.0")
@@ -300,34 +301,35 @@ def corrupt(writer, redis_client, redis_url, key_prefix):
     writer.log_hyperparameters(run, {"lr": 0.1})
     writer.log_metric(run, "loss", 0.5, epoch=1)
     writer.log_prediction(version, "good", "prediction")
-    bad: dict[str, str] = {}
+    bad: dict[str, tuple[str, str]] = {}
 
     nameless = hand_write(c, p, "model", {"description": "no name here"}, index="idx:models")
-    bad[f"{p}model:{nameless}"] = "missing field 'name'"
+    bad["nameless model"] = (f"{p}model:{nameless}", "missing field 'name'")
     string_model = c.incr(f"{p}counter:model")
     c.set(f"{p}model:{string_model}", "I am a string, not a hash")
-    bad[f"{p}model:{string_model}"] = "WRONGTYPE"
+    bad["string key"] = (f"{p}model:{string_model}", "WRONGTYPE")
     bytes_client = redis.Redis.from_url(redis_url)  # no decoding: writes raw bytes
     latin1 = bytes_client.incr(f"{p}counter:model")
     bytes_client.hset(f"{p}model:{latin1}", mapping={b"id": latin1, b"name": b"caf\xe9 \xff\xfe model"})
     bytes_client.close()
-    bad[f"{p}model:{latin1}"] = "not valid UTF-8"
+    bad["invalid utf-8"] = (f"{p}model:{latin1}", "not valid UTF-8")
     nul = hand_write(c, p, "dataset", {"name": "nul\x00dataset", "size_bytes": "1"}, index="idx:datasets")
-    bad[f"{p}dataset:{nul}"] = "NUL"
+    bad["nul byte"] = (f"{p}dataset:{nul}", "NUL")
     bad_config = hand_write(c, p, "version", {"model_id": model, "version": "2.0", "config": "{not json"})
-    bad[f"{p}version:{bad_config}"] = "config"
+    bad["invalid json config"] = (f"{p}version:{bad_config}", "config")
     bad_date = hand_write(c, p, "run", {"model_version_id": version, "dataset_id": "0", "run_name": "bad-date",
-                                        "status": "started", "started_at": "yesterday", "completed_at": ""},
+                                        "status": "started", "started_at": "22/11/2025 ten past", "completed_at": ""},
                           index="idx:runs")
-    bad[f"{p}run:{bad_date}"] = "started_at"
+    bad["unparseable timestamp"] = (f"{p}run:{bad_date}", "started_at")
     abc = hand_write(c, p, "prediction", {"model_version_id": version, "input": "{}", "output": "{}",
                                           "confidence": "abc", "timestamp": "2025-11-22T10:30:00"})
-    bad[f"{p}prediction:{abc}"] = "confidence"
+    bad["confidence abc"] = (f"{p}prediction:{abc}", "confidence")
     bad_input = hand_write(c, p, "prediction", {"model_version_id": version, "input": "{'single': quotes}",
                                                 "output": "{}", "timestamp": "2025-11-22T10:30:01"})
-    bad[f"{p}prediction:{bad_input}"] = "input"
-    c.zadd(f"{p}metric:{run}:acc:val", {"not json at all": 1})
-    bad[f"{p}metric:{run}:acc:val"] = "JSON"
+    bad["invalid json input"] = (f"{p}prediction:{bad_input}", "input")
+    other_run = writer.create_training_run(version, run_name="run-with-list-params")
+    c.rpush(f"{p}hyperparam:{other_run}", "lr=0.1")
+    bad["list key"] = (f"{p}hyperparam:{other_run}", "WRONGTYPE")
     # More good records after the bad ones: a bad record must not stop the rest of its chunk.
     writer.create_model("good-model-2")
     writer.log_prediction(version, "good-2", "prediction")
@@ -339,24 +341,45 @@ def test_corrupt_records_are_rejected_with_key_raw_and_reason(corrupt, run_sync,
 
     rejected = {r["redis_key"]: r for r in rows(
         pg_conn, f"SELECT redis_key, raw, reason FROM {bookkeeping(pg_schemas, 'rejected_records')}")}
-    assert set(rejected) == set(corrupt)
-    for key, fragment in corrupt.items():
+    assert set(rejected) == {key for key, _ in corrupt.values()}
+    for key, fragment in corrupt.values():
         assert fragment.lower() in rejected[key]["reason"].lower(), (key, rejected[key]["reason"])
         assert rejected[key]["raw"], key
     assert stats_from_results(results.values())["errors"] == len(corrupt)
     assert sum(r.rejected for r in results.values()) == len(corrupt)
 
 
-def test_rejected_raw_keeps_the_offending_value(corrupt, run_sync, pg_conn, pg_schemas, key_prefix):
+def test_rejected_raw_keeps_the_offending_value(corrupt, run_sync, pg_conn, pg_schemas):
     run_sync()
 
-    raw = {r["redis_key"][len(key_prefix):]: r["raw"] for r in rows(
+    by_key = {r["redis_key"]: r["raw"] for r in rows(
         pg_conn, f"SELECT redis_key, raw FROM {bookkeeping(pg_schemas, 'rejected_records')}")}
-    assert json.loads(raw["model:3"]) == {"description": "no name here"}
-    assert "{not json" in json.loads(raw["version:2"])["config"]
-    assert json.loads(raw["prediction:2"])["confidence"] == "abc"
-    assert json.loads(raw["metric:1:acc:val"]) == {"member": "not json at all"}
-    assert "\\u0000" in raw["dataset:2"]
+    raw = {what: json.loads(by_key[key]) for what, (key, _) in corrupt.items()}
+    assert raw["nameless model"] == {"description": "no name here"}
+    assert "{not json" in raw["invalid json config"].values()
+    assert "abc" in raw["confidence abc"].values()
+    assert "{'single': quotes}" in raw["invalid json input"].values()
+    assert "nul\x00dataset" in raw["nul byte"].values()
+    assert "22/11/2025 ten past" in raw["unparseable timestamp"].values()
+    assert "caf\udce9 \udcff\udcfe model" in raw["invalid utf-8"].values()  # undecodable bytes kept, escaped
+
+
+@pytest.mark.xfail(strict=True, reason="Loader.load (load.py) builds the raw of a record Postgres refused from "
+                   "the mapped frame: parent ids are already Postgres ids and dataset_id '0' reads '<NA>'")
+def test_raw_of_a_record_refused_by_postgres_keeps_its_redis_values(
+        writer, redis_client, key_prefix, sync_config, run_sync, pg_conn, pg_schemas):
+    migrate(sync_config)
+    pg_conn.execute("ALTER TABLE model_versions ALTER COLUMN id RESTART WITH 500")
+    version = writer.create_model_version(writer.create_model("m"), "1")
+    run = hand_write(redis_client, key_prefix, "run", {
+        "model_version_id": version, "dataset_id": "0", "run_name": "bad-date", "status": "started",
+        "started_at": "not a date", "completed_at": ""}, index="idx:runs")
+
+    run_sync()
+
+    raw = json.loads(scalar(pg_conn, f"SELECT raw FROM {bookkeeping(pg_schemas, 'rejected_records')} "
+                                     "WHERE redis_key = %s", f"{key_prefix}run:{run}"))
+    assert (raw["model_version_id"], raw["dataset_id"]) == (str(version), "0")
 
 
 def test_every_good_record_loads_beside_corrupt_ones(corrupt, run_sync, pg_conn):
@@ -366,7 +389,8 @@ def test_every_good_record_loads_beside_corrupt_ones(corrupt, run_sync, pg_conn)
         "good-model", "good-model-2"]
     assert [r["name"] for r in rows(pg_conn, "SELECT name FROM datasets")] == ["good-dataset"]
     assert [r["version"] for r in rows(pg_conn, "SELECT version FROM model_versions")] == ["1.0"]
-    assert [r["run_name"] for r in rows(pg_conn, "SELECT run_name FROM training_runs")] == ["good-run"]
+    assert [r["run_name"] for r in rows(pg_conn, "SELECT run_name FROM training_runs ORDER BY run_name")] == [
+        "good-run", "run-with-list-params"]
     assert scalar(pg_conn, "SELECT count(*) FROM hyperparameters") == 1
     assert rows(pg_conn, "SELECT metric_name, metric_value FROM metrics") == [
         {"metric_name": "loss", "metric_value": 0.5}]
@@ -384,3 +408,46 @@ def test_corrupt_records_seen_again_are_not_duplicated(corrupt, run_sync, pg_con
     assert all(r["n"] == 1 for r in by_key)
     # Fully re-read entities meet their bad records again; predictions are read once (watermark).
     assert {r["seen"] for r in by_key} <= {1, 2}
+
+
+@pytest.mark.xfail(strict=True, reason="an invalid metric member crashes validate() (mapping.py): the 'is not "
+                   "a number' reason is built by str + an empty float64 Series; metrics and every later entity "
+                   "stop syncing")
+@pytest.mark.parametrize("damage", ["invalid JSON member", "series key of the wrong type"])
+def test_corrupt_metric_series_is_rejected_and_everything_else_loads(
+        damage, writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
+    version = writer.create_model_version(writer.create_model("m"), "1")
+    run = writer.create_training_run(version)
+    writer.log_metric(run, "loss", 0.5, epoch=1)
+    bad_key = f"{key_prefix}metric:{run}:acc:val"
+    if damage == "invalid JSON member":
+        redis_client.zadd(bad_key, {"not json at all": 1})
+    else:
+        redis_client.set(bad_key, "a string where a sorted set belongs")
+    writer.log_prediction(version, "after", "metrics")
+
+    results = run_sync()
+
+    assert rows(pg_conn, f"SELECT redis_key FROM {bookkeeping(pg_schemas, 'rejected_records')}") == [
+        {"redis_key": bad_key}]
+    assert rows(pg_conn, "SELECT metric_name, metric_value FROM metrics") == [
+        {"metric_name": "loss", "metric_value": 0.5}]
+    assert scalar(pg_conn, "SELECT count(*) FROM predictions") == 1
+    assert stats_from_results(results.values())["errors"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="cast_sql (mapping.py) casts with ::timestamp, which accepts words such as "
+                   "'now'; the run's identity then changes every cycle and a new row is inserted each time")
+def test_run_with_a_word_for_started_at_is_rejected_not_duplicated_every_cycle(
+        writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
+    version = writer.create_model_version(writer.create_model("m"), "1")
+    hand_write(redis_client, key_prefix, "run", {"model_version_id": version, "dataset_id": "0", "run_name": "x",
+                                                 "status": "started", "started_at": "now", "completed_at": ""},
+               index="idx:runs")
+
+    for _ in range(3):
+        run_sync()
+
+    assert scalar(pg_conn, "SELECT count(*) FROM training_runs") == 0
+    assert [r["reason"] for r in rows(pg_conn, f"SELECT reason FROM {bookkeeping(pg_schemas, 'rejected_records')}")
+            if "started_at" in r["reason"]]
