@@ -19,6 +19,7 @@ class Bookkeeping:
         self.conn, self.source, self.entity, self.generation = conn, source, entity, generation
         self.s = q(sync_schema)
         self._id_cache: dict[tuple[str, int], int] = {}
+        self._preloaded: set[str] = set()
 
     def _params(self, **extra) -> dict:
         return {"source": self.source, "entity": self.entity, "generation": self.generation, **extra}
@@ -39,9 +40,19 @@ class Bookkeeping:
             self._params(last_id=last_id))
 
     # -- id map ---------------------------------------------------------------------------------
+    def preload_ids(self, entities: Iterable[str]) -> None:
+        """Load the whole id map of these parent entities, after which `resolve` needs no query."""
+        for entity in entities:
+            rows = self.conn.execute(
+                f"SELECT redis_id, pg_id FROM {self.s}.id_map WHERE source = %(source)s AND entity = %(parent)s "
+                "AND generation = %(generation)s", self._params(parent=entity)).fetchall()
+            self._id_cache.update({(entity, r): p for r, p in rows})
+            self._preloaded.add(entity)
+
     def resolve(self, entity: str, redis_ids: Iterable[int]) -> dict[int, int]:
         """Postgres ids of parents by their Redis ids, in this generation; unknown ones are absent."""
-        wanted = [i for i in redis_ids if (entity, i) not in self._id_cache]
+        redis_ids = list(redis_ids)
+        wanted = [] if entity in self._preloaded else [i for i in redis_ids if (entity, i) not in self._id_cache]
         if wanted:
             rows = self.conn.execute(
                 f"SELECT redis_id, pg_id FROM {self.s}.id_map WHERE source = %(source)s AND entity = %(parent)s "

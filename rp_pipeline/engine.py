@@ -92,27 +92,27 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
                         logger=logger)
         book.drop_other_generations()
         pending = set(book.pending_keys())
+        book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
         series_cards: dict[str, int] = {}
-        for frame, missing in prefetched(_plan_reads(spec, src, book, config, pending, result, series_cards)):
-            result.read += len(frame)
-            ok, rejected = validate(spec, frame)
-            mapped, waiting = map_parent_ids(spec, ok, book.resolve)
-            loaded: LoadResult = loader.load(mapped)
+        reads = _plan_reads(spec, src, book, config, pending, result, series_cards)
+        # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
+        # loads; this thread only talks to Postgres, so the server is never waiting on Python.
+        for batch in prefetched(_prepare(spec, reads, book.resolve, loader)):
+            result.read += batch.read
+            loaded: LoadResult = loader.load(batch.mapped, batch.payload)
             result.inserted += loaded.inserted
             result.updated += loaded.updated
             result.unchanged += loaded.unchanged
             result.skipped += loaded.skipped
-            rejected += loaded.rejected
-            waiting = pd.concat([waiting, missing], ignore_index=True) if not missing.empty else waiting
-            rejected.append(book.wait(waiting, config.pending_max_age_seconds))
+            rejected = batch.rejected + loaded.rejected
+            rejected.append(book.wait(batch.waiting, config.pending_max_age_seconds))
             rejected = pd.concat([r for r in rejected if not r.empty], ignore_index=True) if any(
                 not r.empty for r in rejected) else pd.DataFrame(columns=["_key", "raw", "reason"])
-            finished = [k for k in loaded.loaded_keys if k in pending] + [
-                k for k in rejected["_key"].tolist() if k in pending]
-            book.done(finished)
+            if pending:
+                book.done([k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending])
             result.rejected += book.reject(rejected)
             if series_cards:
-                _keep_series_waiting(series_cards, waiting)
+                _keep_series_waiting(series_cards, batch.waiting)
             for key, reason in zip(rejected["_key"], rejected["reason"]):
                 if len(result.rejection_samples) < 5:
                     result.rejection_samples.append({"key": key, "reason": reason})
@@ -156,6 +156,26 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
         ids = src.all_ids(spec)
         result.watermark = max(ids, default=0)  # what the reconciliation check may expect in Postgres
     return ((frame, no_missing) for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series))
+
+
+@dataclass
+class _Batch:
+    read: int
+    mapped: pd.DataFrame
+    payload: bytes
+    rejected: list[pd.DataFrame]
+    waiting: pd.DataFrame
+
+
+def _prepare(spec: EntitySpec, reads: Iterator[tuple[pd.DataFrame, pd.DataFrame]], resolve,
+             loader: Loader) -> Iterator[_Batch]:
+    """Everything before the load that needs no Postgres round trip (ids are preloaded)."""
+    for frame, missing in reads:
+        ok, rejected = validate(spec, frame)
+        mapped, waiting = map_parent_ids(spec, ok, resolve)
+        if not missing.empty:
+            waiting = pd.concat([waiting, missing], ignore_index=True)
+        yield _Batch(len(frame), mapped, loader.copy_payload(mapped), rejected, waiting)
 
 
 def prefetched(items: Iterator, depth: int = 2) -> Iterator:

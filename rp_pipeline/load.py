@@ -134,31 +134,36 @@ class Loader:
             for k in self.spec.natural_key)
 
     # -- loading -------------------------------------------------------------------------------
-    def _stage(self, cur, frame: pd.DataFrame) -> None:
-        cur.execute(f"TRUNCATE {self.stage}")
+    def copy_payload(self, frame: pd.DataFrame) -> bytes:
+        """The staging rows as COPY text; pure Python, so it can run ahead in another thread."""
         columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"])]
         for c in self.stage_columns[2:]:
             columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
+        return copy_text(columns)
+
+    def _stage(self, cur, payload: bytes) -> None:
+        cur.execute(f"TRUNCATE {self.stage}")
         with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
-            copy.write(copy_text(columns))
+            copy.write(payload)
 
     def find_existing(self, frame: pd.DataFrame) -> list[bool]:
         """For each record, whether Postgres holds a row with its identity (the reconciliation check)."""
         if frame.empty:
             return []
         with self.conn.cursor() as cur:
-            self._stage(cur, frame)
+            self._stage(cur, self.copy_payload(frame))
             cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage} s JOIN {self.table} t ON {self._match()}",
                         {"source": self.source})
             found = {row[0] for row in cur.fetchall()}
         return [i in found for i in range(len(frame))]
 
-    def load(self, frame: pd.DataFrame) -> LoadResult:
+    def load(self, frame: pd.DataFrame, payload: bytes | None = None) -> LoadResult:
+        """Upsert a mapped chunk (its COPY text may be prepared already by `copy_payload`)."""
         result = LoadResult()
         if frame.empty:
             return result
         with self.conn.cursor() as cur:
-            self._stage(cur, frame)
+            self._stage(cur, self.copy_payload(frame) if payload is None else payload)
             if self.spec.mutable and self.policy == "skip" and not self.spec.by_origin:
                 cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage} s JOIN {self.table} t ON {self._match()} "
                             "WHERE t.origin_source IS DISTINCT FROM %(source)s", {"source": self.source})
