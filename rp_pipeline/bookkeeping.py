@@ -161,3 +161,8 @@ class Bookkeeping:
                          updated=result.updated, unchanged=result.unchanged, skipped=result.skipped,
                          rejected=result.rejected, pending=result.pending, deleted=result.deleted,
                          watermark=result.watermark, duration=result.duration_seconds))
+
+    def record_deleted(self, run_id: str, deleted: int) -> None:
+        self.conn.execute(
+            f"UPDATE {self.s}.entity_runs SET deleted = %(deleted)s WHERE run_id = %(run_id)s "
+            "AND source = %(source)s AND entity = %(entity)s", self._params(run_id=run_id, deleted=deleted))

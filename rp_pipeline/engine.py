@@ -26,6 +26,7 @@ from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, T
 from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, validate
+from .retention import apply_retention
 from .settings import SyncConfig
 
 log = logging.getLogger("rp_pipeline")
@@ -128,6 +129,14 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
         result.pending = book.pending_count()
         result.duration_seconds = time.perf_counter() - clock
         book.record_run(run_id, result)
+    if spec.name in config.retention_hours:
+        # Only after the commit: what is deleted from Redis is already durable in Postgres.
+        result.deleted = apply_retention(spec, client, conn, config)
+        with conn.transaction():
+            book.record_deleted(run_id, result.deleted)
+        if result.deleted:
+            logger.info("  %s: %d record(s) deleted from Redis (retention %g h)", spec.name, result.deleted,
+                        config.retention_hours[spec.name])
     return result
 
 

@@ -146,13 +146,18 @@ class Loader:
         with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
             copy.write(payload)
 
-    def find_existing(self, frame: pd.DataFrame) -> list[bool]:
-        """For each record, whether Postgres holds a row with its identity (the reconciliation check)."""
+    def find_existing(self, frame: pd.DataFrame, exact: bool = False) -> list[bool]:
+        """For each record, whether Postgres holds a row with its identity (and, if `exact`, all its values)."""
         if frame.empty:
             return []
+        same = ""
+        if exact:
+            columns = [c for c in self.columns if not c.startswith("origin_")]
+            same = (f" AND ROW({', '.join(f't.{q(c)}' for c in columns)}) IS NOT DISTINCT FROM "
+                    f"ROW({', '.join(self.casts[c] for c in columns)})")
         with self.conn.cursor() as cur:
             self._stage(cur, self.copy_payload(frame))
-            cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage} s JOIN {self.table} t ON {self._match()}",
+            cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage} s JOIN {self.table} t ON {self._match()}{same}",
                         {"source": self.source})
             found = {row[0] for row in cur.fetchall()}
         return [i in found for i in range(len(frame))]

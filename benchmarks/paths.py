@@ -1,0 +1,311 @@
+"""The measured paths. Each runs in a process of its own (see run.py) and returns a dict of figures.
+
+- project: the real sync, `migrate` then `engine.sync_all`, as the Dagster assets run it; then the
+  cost of cycles with nothing new and with 1% new predictions.
+- floor: pipelined HMGET over a raw hiredis connection, values formatted straight into COPY text
+  (Postgres parses the JSON), COPY into a temp staging table, one INSERT … SELECT … ON CONFLICT.
+- floor_overlapped: the same, with Redis reads and COPY-text building in a thread while the main
+  thread waits on Postgres: what overlapping the two costs (the issue's 1.0× stretch).
+- pandas: pipelined HGETALL (redis-py) → DataFrame → json.loads per field → re-dump → COPY → upsert.
+- dlt: a dlt resource reading Redis, yielding prediction dicts into dlt's postgres destination.
+
+The non-project paths load predictions only, into tables made by `rp_pipeline.schema.migrate`
+(identical indexes), with the versions they point at inserted first (untimed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import random
+import statistics
+import threading
+import time
+
+import psycopg
+import redis
+
+from raw_redis import RawRedis
+from workload import PREFIX, write_predictions
+
+CHUNK = 20_000
+PREDICTION_FIELDS = (b"model_version_id", b"input", b"output", b"confidence", b"inference_time_ms", b"timestamp",
+                     b"metadata")
+STAGE_COLUMNS = "model_version_id, origin_redis_id, input_data, output_data, confidence, inference_time_ms, " \
+                "ts, metadata"
+# The project's value mapping ('0' = not given → NULL, naive ISO → UTC), so every path loads the same rows.
+INSERT_FROM_STAGE = """
+INSERT INTO predictions (model_version_id, input_data, output_data, confidence, inference_time_ms, "timestamp",
+                         metadata, origin_source, origin_redis_id)
+SELECT model_version_id, NULLIF(input_data, '')::jsonb, NULLIF(output_data, '')::jsonb,
+       NULLIF(NULLIF(confidence, '')::double precision, 0), NULLIF(NULLIF(inference_time_ms, '')::double precision, 0),
+       ts::timestamp AT TIME ZONE 'UTC', NULLIF(metadata, '')::jsonb, %s, origin_redis_id
+FROM stage
+ON CONFLICT (origin_source, origin_redis_id, "timestamp") WHERE origin_source IS NOT NULL DO NOTHING
+"""
+CREATE_STAGE = ("CREATE TEMP TABLE stage (model_version_id bigint, origin_redis_id bigint, input_data text, "
+                "output_data text, confidence text, inference_time_ms text, ts text, metadata text)")
+
+
+def _config(redis_url: str, pg_url: str):
+    from rp_pipeline.settings import SyncConfig
+
+    return SyncConfig(postgres_url=pg_url, redis_url=redis_url, key_prefix=PREFIX)
+
+
+def _prepare_predictions_table(redis_url: str, pg_url: str, conn: psycopg.Connection) -> dict[int, int]:
+    """The project's schema, plus models and versions as in Redis: Redis version id → Postgres id."""
+    from rp_pipeline.schema import migrate
+
+    migrate(_config(redis_url, pg_url))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    version_ids: dict[int, int] = {}
+    model_ids: dict[str, int] = {}
+    for vid in range(1, int(client.get(PREFIX + "counter:version") or 0) + 1):
+        model_id, version = client.hmget(f"{PREFIX}version:{vid}", "model_id", "version")
+        name = client.hget(f"{PREFIX}model:{model_id}", "name")
+        if name not in model_ids:
+            model_ids[name] = conn.execute("INSERT INTO models (name) VALUES (%s) RETURNING id", (name,)).fetchone()[0]
+        version_ids[vid] = conn.execute("INSERT INTO model_versions (model_id, version) VALUES (%s, %s) RETURNING id",
+                                        (model_ids[name], version)).fetchone()[0]
+    client.close()
+    return version_ids
+
+
+def _count(conn: psycopg.Connection, table: str = "predictions") -> int:
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+# -- project ---------------------------------------------------------------------------------------
+
+def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    from rp_pipeline.engine import sync_all, sync_entity
+    from rp_pipeline.entities import PREDICTIONS
+    from rp_pipeline.resources import open_connections
+    from rp_pipeline.schema import migrate
+
+    config = _config(redis_url, pg_url)
+    started = time.perf_counter()
+    migrate(config)
+    migrate_seconds = time.perf_counter() - started
+    client, conn = open_connections(config)
+    started = time.perf_counter()
+    results = sync_all(client, conn, config, run_id="bench-bulk")
+    wall = time.perf_counter() - started
+    bulk_rss = rss()
+    entities = {name: {"read": r.read, "inserted": r.inserted, "rejected": r.rejected, "pending": r.pending,
+                       "seconds": r.duration_seconds, "rows_per_s": r.rows_per_second} for name, r in results.items()}
+    loaded = _count(conn)
+    rows = sum(r.read for r in results.values())
+
+    def timed(call) -> float:
+        clock = time.perf_counter()
+        call()
+        return time.perf_counter() - clock
+
+    idle_all = statistics.median(timed(lambda: sync_all(client, conn, config, run_id="bench-idle")) for _ in range(3))
+    idle_predictions = statistics.median(
+        timed(lambda: sync_entity(PREDICTIONS, client, conn, config, run_id="bench-idle")) for _ in range(3))
+
+    raw = RawRedis(redis_url)
+    new = max(1, n // 100)
+    write_predictions(raw, n + 1, new, random.Random(99))
+    started = time.perf_counter()
+    increment = sync_all(client, conn, config, run_id="bench-1pct")
+    increment_all = time.perf_counter() - started
+
+    # A run still training makes every cycle look for new metric series (a SCAN of the whole keyspace).
+    raw.call(b"HSET", PREFIX.encode() + b"run:1", b"status", b"started")
+    raw.close()
+    sync_all(client, conn, config, run_id="bench-active")
+    idle_active = timed(lambda: sync_all(client, conn, config, run_id="bench-idle-active"))
+    client.close()
+    conn.close()
+    return {
+        "predictions": results["predictions"].read, "loaded": loaded,
+        "predictions_seconds": results["predictions"].duration_seconds,
+        "predictions_per_s": results["predictions"].rows_per_second,
+        "rows": rows, "wall_seconds": wall, "rows_per_s": rows / wall, "migrate_seconds": migrate_seconds,
+        "entities": entities, "peak_rss": bulk_rss,
+        "idle_all_seconds": idle_all, "idle_predictions_seconds": idle_predictions,
+        "increment_new": new, "increment_inserted": increment["predictions"].inserted,
+        "increment_all_seconds": increment_all,
+        "increment_predictions_seconds": increment["predictions"].duration_seconds,
+        "idle_active_run_seconds": idle_active,
+    }
+
+
+# -- floor ---------------------------------------------------------------------------------------
+
+def _hmget_commands(ids: range) -> list[bytes]:
+    tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in PREDICTION_FIELDS)
+    head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(PREDICTION_FIELDS))
+    prefix = PREFIX.encode() + b"prediction:"
+    out = []
+    for i in ids:
+        key = prefix + b"%d" % i
+        out.append(head + b"$%d\r\n%s\r\n" % (len(key), key) + tail)
+    return out
+
+
+def _copy_rows(ids: range, replies: list, versions: dict[bytes, bytes]) -> tuple[bytes, int]:
+    """COPY text for one chunk of HMGET replies: values as Redis holds them, escaped in bulk."""
+    rows = []
+    for rid, reply in zip(ids, replies):
+        mv, inp, out, conf, inf, ts, meta = reply
+        if ts is None or mv not in versions:  # no record (or no parent): the project's pending case
+            continue
+        rows.append(b"\t".join((versions[mv], b"%d" % rid, inp or b"", out or b"", conf or b"", inf or b"", ts, meta or b"")))
+    blob = b"\n".join(rows) + b"\n" if rows else b""
+    if blob.count(b"\t") != 7 * len(rows) or blob.count(b"\n") != len(rows) or b"\r" in blob:
+        raise ValueError("a value holds a tab or newline: this floor path does not escape those")
+    # '\' is never a separator, so doubling every one in the blob escapes exactly the values' ones.
+    return (blob.replace(b"\\", b"\\\\") if b"\\" in blob else blob), len(rows)
+
+
+def _floor_batches(redis_url: str, versions: dict[bytes, bytes]):
+    raw = RawRedis(redis_url)
+    last = int(raw.call(b"GET", PREFIX.encode() + b"counter:prediction") or 0)
+    for lo in range(1, last + 1, CHUNK):
+        ids = range(lo, min(lo + CHUNK, last + 1))
+        yield _copy_rows(ids, raw.pipeline(_hmget_commands(ids)), versions)
+    raw.close()
+
+
+def _floor(redis_url: str, pg_url: str, overlapped: bool) -> dict:
+    conn = psycopg.connect(pg_url, autocommit=True)
+    versions = {b"%d" % r: b"%d" % p for r, p in _prepare_predictions_table(redis_url, pg_url, conn).items()}
+    source = "bench-floor"
+    started = time.perf_counter()
+    batches = _overlapped(_floor_batches(redis_url, versions)) if overlapped else _floor_batches(redis_url, versions)
+    read = inserted = 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(CREATE_STAGE + " ON COMMIT DROP")
+        for blob, count in batches:
+            read += count
+            cur.execute("TRUNCATE stage")
+            with cur.copy(f"COPY stage ({STAGE_COLUMNS}) FROM STDIN") as copy:
+                copy.write(blob)
+            cur.execute(INSERT_FROM_STAGE, (source,))
+            inserted += cur.rowcount
+    seconds = time.perf_counter() - started
+    loaded = _count(conn)
+    conn.close()
+    return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
+            "predictions_per_s": read / seconds}
+
+
+def _overlapped(batches):
+    """Produce batches in a thread (Redis + formatting) while the consumer waits on Postgres."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    done = object()
+
+    def produce():
+        try:
+            for batch in batches:
+                q.put(batch)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def floor(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    return _floor(redis_url, pg_url, overlapped=False)
+
+
+def floor_overlapped(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    return _floor(redis_url, pg_url, overlapped=True)
+
+
+# -- pandas ----------------------------------------------------------------------------------------
+
+def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    import pandas as pd
+
+    conn = psycopg.connect(pg_url, autocommit=True)
+    versions = _prepare_predictions_table(redis_url, pg_url, conn)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    started = time.perf_counter()
+    last = int(client.get(PREFIX + "counter:prediction") or 0)
+    read = inserted = 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(CREATE_STAGE + " ON COMMIT DROP")
+        for lo in range(1, last + 1, CHUNK):
+            pipe = client.pipeline(transaction=False)
+            for i in range(lo, min(lo + CHUNK, last + 1)):
+                pipe.hgetall(f"{PREFIX}prediction:{i}")
+            df = pd.DataFrame.from_records([r for r in pipe.execute() if r])
+            for column in ("input", "output", "metadata"):
+                df[column] = df[column].map(json.loads).map(json.dumps)
+            df["model_version_id"] = df["model_version_id"].astype(int).map(versions).astype("Int64")
+            df["origin_redis_id"] = df["id"].astype(int)
+            for column in ("confidence", "inference_time_ms"):
+                df[column] = pd.to_numeric(df[column], errors="coerce")
+            df = df.dropna(subset=["model_version_id", "timestamp"])
+            buf = io.StringIO()
+            df[["model_version_id", "origin_redis_id", "input", "output", "confidence", "inference_time_ms",
+                "timestamp", "metadata"]].to_csv(buf, header=False, index=False)
+            read += len(df)
+            cur.execute("TRUNCATE stage")
+            with cur.copy(f"COPY stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT csv)") as copy:
+                copy.write(buf.getvalue())
+            cur.execute(INSERT_FROM_STAGE, ("bench-pandas",))
+            inserted += cur.rowcount
+    seconds = time.perf_counter() - started
+    loaded = _count(conn)
+    conn.close()
+    client.close()
+    return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
+            "predictions_per_s": read / seconds}
+
+
+# -- dlt -------------------------------------------------------------------------------------------
+
+def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    import os
+    import tempfile
+
+    import dlt
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    # JSON fields are declared json, so dlt stores them as jsonb instead of unnesting them into child tables.
+    @dlt.resource(name="predictions", write_disposition="append",
+                  columns={"input_data": {"data_type": "json"}, "output_data": {"data_type": "json"},
+                           "metadata": {"data_type": "json"}, "timestamp": {"data_type": "timestamp"}})
+    def redis_predictions():
+        last = int(client.get(PREFIX + "counter:prediction") or 0)
+        for lo in range(1, last + 1, CHUNK):
+            pipe = client.pipeline(transaction=False)
+            for i in range(lo, min(lo + CHUNK, last + 1)):
+                pipe.hgetall(f"{PREFIX}prediction:{i}")
+            yield [{"redis_id": int(r["id"]), "model_version_id": int(r["model_version_id"]),
+                    "input_data": json.loads(r["input"]), "output_data": json.loads(r["output"]),
+                    "confidence": float(r["confidence"]) or None,
+                    "inference_time_ms": float(r["inference_time_ms"]) or None,
+                    "timestamp": r["timestamp"], "metadata": json.loads(r["metadata"])}
+                   for r in pipe.execute() if r]
+
+    with tempfile.TemporaryDirectory(prefix="rp_bench_dlt") as work_dir:
+        os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
+        pipeline = dlt.pipeline(pipeline_name="rp_bench", pipelines_dir=work_dir, dataset_name="dlt_bench",
+                                destination=dlt.destinations.postgres(credentials=pg_url))
+        started = time.perf_counter()
+        pipeline.run(redis_predictions())
+        seconds = time.perf_counter() - started
+    client.close()
+    with psycopg.connect(pg_url) as conn:
+        loaded = _count(conn, "dlt_bench.predictions")
+    return {"predictions": loaded, "loaded": loaded, "predictions_seconds": seconds,
+            "predictions_per_s": loaded / seconds, "note": "append (no dedupe), dlt defaults"}
+
+
+PATHS = {"project": project, "floor": floor, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
+         "dlt": dlt_path}

@@ -1,0 +1,141 @@
+"""Retention: delete old records from Redis once Postgres durably holds them (off by default).
+
+Runs after the entity's sync transaction has committed. A record is deleted only when
+(1) it is older than the entity's retention, (2) a committed Postgres row has its identity
+*and every one of its values* (so a record changed since its sync is kept for the next
+cycle), and (3) at the moment of deletion it is still exactly what was checked: a Lua
+script compares every field before it deletes the hash and its index entry together, so
+no index member is left without its hash and no concurrent write is ever lost.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+import psycopg
+import redis
+
+from .bookkeeping import Bookkeeping
+from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
+from .extract import RedisSource, chunks, pipelined, read_hashes, read_metric_series
+from .load import Loader
+from .mapping import map_parent_ids, validate
+from .settings import SyncConfig
+
+# KEYS: hash, index. ARGV: member id, then field/value pairs the hash must still hold.
+_DELETE_IF_UNCHANGED = """
+for i = 2, #ARGV, 2 do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
+  if value == false then value = '' end
+  if value ~= ARGV[i + 1] then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+BATCH = 5_000
+
+
+def apply_retention(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig) -> int:
+    """Delete this entity's synced records older than its retention; returns how many were deleted."""
+    hours = config.retention_hours.get(spec.name)
+    if hours is None:
+        return 0
+    cutoff = time.time() - hours * 3600
+    src = RedisSource(client, config.key_prefix)
+    if spec is PREDICTIONS:
+        return _expire_predictions(src, conn, config, cutoff)
+    if spec is METRICS:
+        return _expire_metric_points(src, conn, config, cutoff)
+    raise ValueError(f"retention is not supported for {spec.name}")
+
+
+def _confirmed(spec: EntitySpec, frame: pd.DataFrame, conn: psycopg.Connection, config: SyncConfig,
+               generation: str) -> pd.DataFrame:
+    """The records of `frame` that Postgres holds with exactly these values."""
+    ok, _ = validate(spec, frame)
+    with conn.transaction():
+        book = Bookkeeping(conn, config.sync_schema, config.source_name, spec.name, generation)
+        mapped, _ = map_parent_ids(spec, ok, book.resolve)
+        mapped = mapped.reset_index(drop=True)
+        loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema, source=config.source_name,
+                        generation=generation, policy=config.policy(spec.name))
+        found = loader.find_existing(mapped, exact=True)
+    return mapped[pd.Series(found, dtype=bool)] if len(mapped) else mapped
+
+
+def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float) -> int:
+    generation = src.generation()
+    book = Bookkeeping(conn, config.sync_schema, config.source_name, PREDICTIONS.name, generation)
+    with conn.transaction():
+        synced_up_to = book.watermark()
+        waiting = set(book.pending_keys())
+    candidates: list[tuple[int, str]] = []  # (id, index key)
+    version_ids = src.all_ids(MODEL_VERSIONS)
+    index_keys = [src.key("idx:predictions:{id}", id=v) for v in version_ids]
+    # Index scores are minus the logging time: old records have scores above -cutoff.
+    for index_key, members in zip(index_keys, pipelined(
+            src.client, (("ZRANGEBYSCORE", k, f"({-cutoff}", "+inf") for k in index_keys))):
+        if isinstance(members, Exception):
+            continue
+        candidates += [(int(m), index_key) for m in members if m.isdigit() and int(m) <= synced_up_to]
+    deleted = 0
+    script = src.client.register_script(_DELETE_IF_UNCHANGED)
+    fields = [p.field for p in PREDICTIONS.parents] + [c.redis_field for c in PREDICTIONS.columns]
+    for batch in chunks(candidates, BATCH):
+        index_of = dict(batch)
+        frame, _ = read_hashes(src, PREDICTIONS, [i for i, _ in batch])
+        frame = frame[~frame["_key"].isin(waiting) & frame["_error"].isna()]
+        if frame.empty:
+            continue
+        raw = {row[0]: row[1:] for row in frame[["_id", *_raw_columns(PREDICTIONS)]].itertuples(index=False)}
+        confirmed = _confirmed(PREDICTIONS, frame, conn, config, generation)
+        pipe = src.client.pipeline(transaction=False)
+        for record_id, key in zip(confirmed["_id"].tolist(), confirmed["_key"].tolist()):
+            args = [record_id]
+            for name, value in zip(fields, raw[record_id]):
+                args += [name, "" if value is None else value]
+            script(keys=[key, index_of[record_id]], args=args, client=pipe)
+        deleted += sum(1 for r in pipe.execute(raise_on_error=False) if r == 1)
+    return deleted
+
+
+def _raw_columns(spec: EntitySpec) -> list[str]:
+    return [p.column for p in spec.parents] + spec.column_names
+
+
+def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float) -> int:
+    generation = src.generation()
+    book = Bookkeeping(conn, config.sync_schema, config.source_name, METRICS.name, generation)
+    with conn.transaction():
+        series = sorted(book.series_cards())
+    deleted = 0
+    cutoff_iso = datetime.fromtimestamp(cutoff, timezone.utc).replace(tzinfo=None).isoformat()
+    for keys in chunks(series, 200):
+        frame = read_metric_series(src, METRICS, keys)
+        old = frame[frame["_error"].isna() & frame["timestamp"].notna()]
+        old = old[old["timestamp"].map(_iso_before(cutoff_iso))]
+        if old.empty:
+            continue
+        confirmed = _confirmed(METRICS, old, conn, config, generation)
+        pipe = src.client.pipeline(transaction=False)
+        for key, member in zip(confirmed["_key"], confirmed["_member"]):
+            pipe.zrem(key, member)  # the member is the point itself: removing it cannot lose a newer write
+        deleted += sum(r for r in pipe.execute(raise_on_error=False) if isinstance(r, int))
+        cards = [c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))]
+        with conn.transaction():
+            book.set_series_cards(dict(zip(keys, cards)))
+    return deleted
+
+
+def _iso_before(cutoff_iso: str):
+    def before(value: str) -> bool:
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=None).isoformat() < cutoff_iso
+        except ValueError:
+            return False
+    return before
+
