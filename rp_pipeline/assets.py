@@ -55,7 +55,7 @@ def build_sync_asset(spec: EntitySpec) -> dg.AssetsDefinition:
         client, conn = open_connections(config)
         try:
             context.log.info(f"Syncing {spec.name}...")
-            result = sync_entity(spec, client, conn, config, run_id=context.run_id, logger=context.log)
+            result = sync_entity(spec, client, conn, config, run_id=context.run.run_id, logger=context.log)
         finally:
             client.close()
             conn.close()
@@ -76,11 +76,11 @@ sync_assets = [build_sync_asset(spec) for spec in ENTITIES]
 def sync_report(context: dg.AssetExecutionContext, redis: RedisResource, postgres: PostgresResource,
                 sync_settings: SyncSettingsResource) -> dg.MaterializeResult:
     config = sync_config(redis, postgres, sync_settings)
-    stats, seconds = run_statistics(config, context.run_id)
+    stats, seconds = run_statistics(config, context.run.run_id)
     context.log.info(f"=== Sync Complete in {seconds:.2f}s ===")
     for key in STAT_KEYS:
         context.log.info(f"  {key.capitalize()}: {stats[key]}")
-    context.instance.add_run_tags(context.run_id, {f"rp_pipeline/{k}": str(v) for k, v in stats.items()})
+    context.instance.add_run_tags(context.run.run_id, {f"rp_pipeline/{k}": str(v) for k, v in stats.items()})
     return dg.MaterializeResult(metadata={**stats, "duration_seconds": round(seconds, 3)})
 
 
