@@ -13,14 +13,18 @@ from rp_pipeline.schema import bookkeeping_tables, entity_table, identity_index_
 revision = "0001"
 down_revision = None
 
-# Old column types that are widened in place: (type name prefix, new type, USING expression).
+# Old column types widened in place: wanted type -> {old type: USING expression}.
 _WIDENINGS = {
-    "BIGINT": (("INTEGER", "SMALLINT"), "bigint", "{col}::bigint"),
-    "JSONB": (("JSON", "TEXT", "VARCHAR"), "jsonb", "{col}::jsonb"),
-    "TIMESTAMP": (("TIMESTAMP",), "timestamptz", "{col} AT TIME ZONE 'UTC'"),
-    "TEXT": (("VARCHAR", "CHAR"), "text", "{col}::text"),
-    "DOUBLE": (("REAL", "NUMERIC", "INTEGER"), "double precision", "{col}::double precision"),
+    "bigint": {"integer": "{col}::bigint", "smallint": "{col}::bigint"},
+    "double precision": {t: "{col}::double precision" for t in ("real", "numeric", "integer", "smallint", "bigint")},
+    "jsonb": {t: "{col}::jsonb" for t in ("json", "text", "character varying")},
+    "timestamp with time zone": {"timestamp without time zone": "{col} AT TIME ZONE 'UTC'",
+                                 "text": "{col}::timestamp AT TIME ZONE 'UTC'",
+                                 "character varying": "{col}::timestamp AT TIME ZONE 'UTC'"},
+    "text": {"character varying": "{col}::text", "character": "{col}::text"},
 }
+_WANTED = {"BIGINT": "bigint", "FLOAT(53)": "double precision", "DOUBLE PRECISION": "double precision",
+           "JSONB": "jsonb", "TIMESTAMP WITH TIME ZONE": "timestamp with time zone", "TEXT": "text"}
 
 # Foreign-key columns that analysts and the sync look rows up by.
 _LOOKUP_INDEXES = {
@@ -28,11 +32,6 @@ _LOOKUP_INDEXES = {
     "metrics": ("training_run_id",),
     "predictions": ("model_version_id",),
 }
-
-
-def _kind(sa_type) -> str:
-    text = str(sa_type.compile(dialect=op.get_bind().dialect)).upper()
-    return text
 
 
 def upgrade():
@@ -46,7 +45,7 @@ def upgrade():
         if not inspector.has_table(spec.name, schema=schema):
             table.create(bind)
         else:
-            _bring_up_to_date(table, inspector, schema)
+            _bring_up_to_date(table, schema)
         where = f" WHERE {spec.key_where}" if spec.key_where else ""
         op.execute(
             f'CREATE UNIQUE INDEX IF NOT EXISTS {identity_index_name(spec)} '
@@ -58,18 +57,17 @@ def upgrade():
         table.create(bind, checkfirst=True)
 
 
-def _bring_up_to_date(table: sa.Table, inspector, schema: str) -> None:
+def _bring_up_to_date(table: sa.Table, schema: str) -> None:
     """Add missing columns and widen types the old adapter got too narrow; never drops anything."""
-    existing = {c["name"]: c for c in inspector.get_columns(table.name, schema=schema)}
+    existing = dict(op.get_bind().execute(sa.text(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = :schema AND table_name = :table"), {"schema": schema, "table": table.name}).all())
     for column in table.columns:
         if column.name not in existing:
             op.add_column(table.name, sa.Column(column.name, column.type), schema=schema)
             continue
-        have, want = _kind(existing[column.name]["type"]), _kind(column.type)
-        for target, (old_prefixes, new_type, using) in _WIDENINGS.items():
-            if want.startswith(target) and not have.startswith(target.split()[0]) and have.startswith(old_prefixes):
-                op.execute(
-                    f'ALTER TABLE "{schema}"."{table.name}" ALTER COLUMN "{column.name}" '
-                    f'TYPE {new_type} USING {using.format(col=chr(34) + column.name + chr(34))}'
-                )
-                break
+        wanted = _WANTED.get(str(column.type.compile(dialect=op.get_bind().dialect)).upper())
+        using = _WIDENINGS.get(wanted, {}).get(existing[column.name])
+        if using:
+            op.execute(f'ALTER TABLE "{schema}"."{table.name}" ALTER COLUMN "{column.name}" '
+                       f'TYPE {wanted} USING {using.format(col=chr(34) + column.name + chr(34))}')
