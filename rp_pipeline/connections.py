@@ -10,11 +10,8 @@ from urllib.parse import urlsplit
 import psycopg
 import redis
 
+from .errors import ConnectionProblem, first_line
 from .settings import SyncConfig, psycopg_url, redact_url
-
-
-class ConnectionProblem(RuntimeError):
-    """A server could not be reached or refused us; the message is meant for the user as is."""
 
 
 def _where(url: str, default_port: int) -> str:
@@ -60,16 +57,11 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
         raise ConnectionProblem(f"Redis at {_where(url, 6379)} rejected the password in REDIS_URL.") from None
     except redis.ConnectionError as exc:
         raise ConnectionProblem(
-            f"cannot connect to Redis at {_where(url, 6379)} ({_short(exc)}): is it running? Start it "
+            f"cannot connect to Redis at {_where(url, 6379)} ({first_line(exc)}): is it running? Start it "
             "(e.g. `redis-server --daemonize yes`, or `sudo systemctl start redis-server`) or fix REDIS_URL "
             f"({redact_url(url)}).") from None
     except redis.ResponseError as exc:
-        raise ConnectionProblem(f"Redis at {_where(url, 6379)} refused us: {_short(exc)}") from None
+        raise ConnectionProblem(f"Redis at {_where(url, 6379)} refused us: {first_line(exc)}") from None
     except ValueError as exc:
         raise ConnectionProblem(f"REDIS_URL is not a valid Redis URL ({redact_url(url)}): {exc}") from None
     return client
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -23,6 +23,7 @@ import redis
 
 from .bookkeeping import Bookkeeping
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
+from .errors import SyncFailed, first_line
 from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, validate
@@ -77,7 +78,24 @@ def lock_key(config: SyncConfig, entity: str) -> str:
 def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
                 run_id: str = "manual", logger: logging.Logger | None = None) -> EntityResult:
     """Sync one entity; all of its rows and bookkeeping commit together or not at all."""
-    logger = logger or log
+    try:
+        return _sync_entity(spec, client, conn, config, run_id, logger or log)
+    except psycopg.errors.LockNotAvailable:
+        raise SyncFailed(f"{spec.name}: waited more than {config.lock_timeout_ms} ms for a Postgres lock (another "
+                         "sync of the same data running?); nothing committed, the next cycle retries") from None
+    except psycopg.errors.QueryCanceled as exc:
+        raise SyncFailed(f"{spec.name}: a Postgres statement ran past the {config.statement_timeout_ms} ms "
+                         f"statement timeout ({first_line(exc)}); nothing committed, the next cycle retries") from None
+    except psycopg.OperationalError as exc:
+        raise SyncFailed(f"{spec.name}: lost the Postgres connection ({first_line(exc)}); nothing committed, "
+                         "the next cycle retries") from None
+    except redis.RedisError as exc:
+        raise SyncFailed(f"{spec.name}: Redis failed while reading ({first_line(exc)}); nothing committed, "
+                         "the next cycle retries") from None
+
+
+def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
+                 run_id: str, logger: logging.Logger) -> EntityResult:
     clock = time.perf_counter()
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)

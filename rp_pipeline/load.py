@@ -15,6 +15,7 @@ import pandas as pd
 import psycopg
 
 from .entities import PARENT_ENTITIES, TEXT, EntitySpec, sql_name as q
+from .errors import first_line
 from .mapping import cast_sql, raw_record
 from .schema import has_redis_id
 
@@ -230,8 +231,8 @@ class Loader:
                     cur.execute(f"SELECT {self.casts[spec_column.name]} FROM {self.stage} s WHERE s._ord = %s",
                                 (ordinal,))
             except psycopg.errors.DataError as field_exc:
-                return f"field {spec_column.redis_field!r}: {_first_line(field_exc)}"
-        return _first_line(exc)
+                return f"field {spec_column.redis_field!r}: {first_line(field_exc)}"
+        return first_line(exc)
 
     def _record_ids(self, cur) -> None:
         """Remember Redis id → Postgres id for every staged record, so children can be mapped."""
@@ -253,8 +254,3 @@ class Loader:
         )
         for redis_id, pg_id, display in cur.fetchall():
             self.log.info("  %s synced: %s (Redis ID %s → Pg ID %s)", self.spec.label, display, redis_id, pg_id)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
