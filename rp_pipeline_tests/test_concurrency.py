@@ -111,7 +111,7 @@ def test_two_syncs_at_once_create_no_duplicates_and_lose_nothing(migrated, write
 
 def test_syncs_at_once_while_the_writer_keeps_writing_lose_nothing(migrated, writer, pg_conn, run_sync):
     expected = fill(writer, models=2, predictions=100)
-    version = 1
+    version = 1  # the first model's version, written by fill()
     stop = threading.Event()
     written = {"predictions": 0, "metrics": 0}
 

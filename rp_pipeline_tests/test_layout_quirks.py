@@ -292,7 +292,7 @@ def test_prediction_whose_hash_is_written_after_a_cycle_is_synced_next_cycle(
 
 @pytest.fixture
 def corrupt(writer, redis_client, redis_url, key_prefix):
-    """Good records of every kind, and beside them the bad ones real data has; returns {what: (key, reason fragment)}."""
+    """Good records of every kind, and beside them the bad ones real data has: {what: (key, reason fragment)}."""
     p, c = key_prefix, redis_client
     model = writer.create_model("good-model")
     version = writer.create_model_version(model, "1.0")

@@ -11,6 +11,7 @@ the Redis ids here); and the guide's statistics from `stats_from_results`.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -41,13 +42,8 @@ def utc(redis_timestamp: str) -> datetime:
     return datetime.fromisoformat(redis_timestamp).replace(tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def synced(writer, redis_client, key_prefix, sync_config, pg_conn, run_sync):
-    """A small but complete tree of all nine entities, synced once; Postgres ids start far from Redis ids."""
-    migrate(sync_config)
-    for n, table in enumerate(TABLES, start=1):
-        pg_conn.execute(f"ALTER TABLE {table} ALTER COLUMN id RESTART WITH {n * 1000}")
-    w = writer
+def fill_tree(w) -> SimpleNamespace:
+    """A small but complete tree of all nine entities; returns the Redis ids."""
     ids = SimpleNamespace()
     ids.resnet = w.create_model("resnet-50", description="image classifier", architecture="ResNet-50",
                                 framework="pytorch", task_type="classification", input_shape="[3, 224, 224]",
@@ -77,6 +73,16 @@ def synced(writer, redis_client, key_prefix, sync_config, pg_conn, run_sync):
                                   confidence=0.98, inference_time_ms=12.5, metadata={"client": "web"})
     ids.p_list = w.log_prediction(ids.v_resnet, [1, 2, 3], "cat")
     ids.p_text = w.log_prediction(ids.v_bert, "some text", 0.5, confidence=0.5)
+    return ids
+
+
+@pytest.fixture
+def synced(writer, redis_client, key_prefix, sync_config, pg_conn, run_sync):
+    """The tree, synced once; Postgres ids start far from the Redis ids so that a mix-up shows."""
+    migrate(sync_config)
+    for n, table in enumerate(TABLES, start=1):
+        pg_conn.execute(f"ALTER TABLE {table} ALTER COLUMN id RESTART WITH {n * 1000}")
+    ids = fill_tree(writer)
     results = run_sync()
     return SimpleNamespace(ids=ids, results=results, raw=lambda key: redis_client.hgetall(key_prefix + key))
 
@@ -270,3 +276,49 @@ def test_stats_count_synced_records_per_kind_and_no_errors(synced):
         "models": (2, 2, 0, 0), "datasets": (1, 1, 0, 0), "experiments": (1, 1, 0, 0),
         "model_versions": (2, 2, 0, 0), "training_runs": (2, 2, 0, 0), "hyperparameters": (3, 3, 0, 0),
         "metrics": (4, 4, 0, 0), "experiment_runs": (2, 2, 0, 0), "predictions": (3, 3, 0, 0)}
+
+
+def everything(conn) -> dict[str, list[tuple]]:
+    """Every table's rows with foreign keys replaced by the parent's natural key, ids left out."""
+    return {
+        "models": conn.execute("SELECT name, description, architecture, framework, task_type, input_shape, "
+                               "output_shape FROM models ORDER BY name").fetchall(),
+        "model_versions": conn.execute("SELECT m.name, v.version, v.config FROM model_versions v "
+                                       "JOIN models m ON m.id = v.model_id ORDER BY 1, 2").fetchall(),
+        "training_runs": conn.execute("SELECT r.run_name, v.version, d.name, r.status, r.best_metric_value "
+                                      "FROM training_runs r JOIN model_versions v ON v.id = r.model_version_id "
+                                      "LEFT JOIN datasets d ON d.id = r.dataset_id ORDER BY 1").fetchall(),
+        "hyperparameters": conn.execute("SELECT r.run_name, h.param_name, h.param_value FROM hyperparameters h "
+                                        "JOIN training_runs r ON r.id = h.training_run_id ORDER BY 1, 2").fetchall(),
+        "metrics": conn.execute("SELECT r.run_name, x.metric_name, x.split, x.epoch, x.step, x.metric_value "
+                                "FROM metrics x JOIN training_runs r ON r.id = x.training_run_id "
+                                "ORDER BY 1, 2, 3, 4, 5").fetchall(),
+        "experiment_runs": conn.execute("SELECT e.name, r.run_name, er.variant_name FROM experiment_runs er "
+                                        "JOIN experiments e ON e.id = er.experiment_id "
+                                        "JOIN training_runs r ON r.id = er.training_run_id ORDER BY 2").fetchall(),
+        "predictions": conn.execute("SELECT v.version, p.input_data, p.output_data, p.confidence FROM predictions p "
+                                    "JOIN model_versions v ON v.id = p.model_version_id "
+                                    "ORDER BY p.origin_redis_id").fetchall(),
+    }
+
+
+@pytest.fixture
+def other_target(pg_conn):
+    """A second pair of schemas to sync the same Redis into; dropped afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    yield {"schema": f"a2_{tag}", "sync_schema": f"s2_{tag}"}
+    for schema in (f"a2_{tag}", f"s2_{tag}"):
+        pg_conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_chunks_of_one_record_load_the_same_rows_as_one_big_chunk(writer, run_sync, pg_conn, other_target):
+    fill_tree(writer)
+
+    small = run_sync(chunk_size=1)
+    big = run_sync(**other_target)
+
+    loaded = everything(pg_conn)
+    pg_conn.execute(f'SET search_path TO "{other_target["schema"]}"')
+    assert loaded == everything(pg_conn)
+    assert [len(loaded[t]) for t in loaded] == [2, 2, 2, 3, 4, 2, 3]
+    assert stats_from_results(small.values()) == stats_from_results(big.values())
