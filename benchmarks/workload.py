@@ -94,7 +94,8 @@ def _write_metadata(raw: RawRedis, work: Workload, rng: random.Random) -> None:
     for v in range(1, VERSIONS + 1):
         model = (v - 1) % MODELS + 1
         cmds += [command(b"HSET", p + b"version:%d" % v, b"id", b"%d" % v, b"model_id", b"%d" % model,
-                         b"version", b"1.%d" % ((v - 1) // MODELS), b"checkpoint_path", b"/ckpt/m%d/v%d.pt" % (model, v),
+                         b"version", b"1.%d" % ((v - 1) // MODELS),
+                         b"checkpoint_path", b"/ckpt/m%d/v%d.pt" % (model, v),
                          b"config", json.dumps({"lr": 0.001 * v, "batch_size": 64}).encode(),
                          b"status", b"active", b"created_at", _iso(now - SPAN_SECONDS - v)),
                  command(b"ZADD", p + b"idx:versions:%d" % model, b"%d" % v, b"%d" % v)]
@@ -108,7 +109,8 @@ def _write_metadata(raw: RawRedis, work: Workload, rng: random.Random) -> None:
     points_left = work.metric_points
     for r in range(1, work.runs + 1):
         started = now - SPAN_SECONDS + r
-        cmds += [command(b"HSET", p + b"run:%d" % r, b"id", b"%d" % r, b"model_version_id", b"%d" % ((r - 1) % VERSIONS + 1),
+        cmds += [command(b"HSET", p + b"run:%d" % r, b"id", b"%d" % r,
+                         b"model_version_id", b"%d" % ((r - 1) % VERSIONS + 1),
                          b"dataset_id", b"%d" % (r % (DATASETS + 1)), b"run_name", b"run-%d" % r,
                          b"status", b"completed", b"started_at", _iso(started), b"completed_at", _iso(started + 3600),
                          b"duration_seconds", b"3600.0", b"final_loss", b"%.4f" % rng.random(),
@@ -172,3 +174,14 @@ def write_predictions(raw: RawRedis, first_id: int, count: int, rng: random.Rand
         cmds += [command(b"ZADD", p + b"idx:predictions:%d" % v, *members) for v, members in index.items()]
         _send(raw, cmds)
     raw.call(b"SET", p + b"counter:prediction", b"%d" % total)
+
+
+def remove_predictions(raw: RawRedis, first_id: int, count: int) -> None:
+    """Undo write_predictions(raw, first_id, count, ...): the keys, their index entries, the counter."""
+    p = PREFIX.encode()
+    ids = range(first_id, first_id + count)
+    cmds = [command(b"DEL", p + b"prediction:%d" % i) for i in ids]
+    cmds += [command(b"ZREM", p + b"idx:predictions:%d" % v, *[b"%d" % i for i in ids if i % VERSIONS + 1 == v])
+             for v in range(1, VERSIONS + 1) if any(i % VERSIONS + 1 == v for i in ids)]
+    _send(raw, cmds)
+    raw.call(b"SET", p + b"counter:prediction", b"%d" % (first_id - 1))

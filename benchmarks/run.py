@@ -1,0 +1,369 @@
+"""The sync benchmark: the real sync against a floor path, a pandas path and dlt, on one workload.
+
+    .venv/bin/python benchmarks/run.py [--n 1000000] [--sizes 100000,1000000] [--skip-dlt] [--quick]
+        [--redis-url redis://127.0.0.1:6379/12] [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres]
+
+For each N it fills an isolated Redis db (FLUSHDB at start and end: give it a db of its own), then
+runs every path in a process of its own, each into a fresh database `rp_bench_<path>` (created
+beside the one in --postgres-url, dropped after), so peak RSS is per path. It prints one table per
+N, the sizes side by side, the cost of cycles with nothing new and with 1% new, the hot-path
+client's figures, and a PASS/FAIL line per target of the performance issue. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # the package, from a checkout
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+MEMORY_BASELINE = 10_000
+MiB = 1 << 20
+LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_overlapped": "(a') floor, overlapped",
+          "pandas": "(b) pandas", "dlt": "(c) dlt"}
+# Targets of the performance issue.
+FLOOR_RATIO, RSS_GROWTH, IDLE_SECONDS, P99_MS, BATCH_PER_S, SCALING_FALL = 0.8, 100 * MiB, 0.5, 0.5, 50_000, 0.15
+
+
+# -- the worker: one path, one process ------------------------------------------------------------
+
+def peak_rss() -> int:
+    """Peak resident set of this process (VmHWM: unlike ru_maxrss, not inherited across fork/exec), in bytes."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1]) * 1024
+                    break
+            else:
+                raise OSError
+    except OSError:
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # e.g. dlt's helpers
+    return max(own, children)
+
+
+def worker(args) -> None:
+    from paths import PATHS
+
+    result = PATHS[args.worker](args.redis_url, args.postgres_url, args.n, peak_rss)
+    result.setdefault("peak_rss", peak_rss())
+    Path(args.result).write_text(json.dumps(result))
+
+
+# -- the orchestrator -------------------------------------------------------------------------------
+
+def database_url(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def admin(postgres_url: str):
+    import psycopg
+
+    return psycopg.connect(postgres_url, autocommit=True)
+
+
+def run_path(path: str, n: int, args) -> dict:
+    """Run one path in a child process against a fresh database; its figures, or {'error': ...}."""
+    db = f"rp_bench_{path}"
+    with admin(args.postgres_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db}")
+        conn.execute("CHECKPOINT")  # the previous path's WAL is not flushed on this one's time
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
+        result_file = out.name
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", path, "--n", str(n),
+             "--redis-url", args.redis_url, "--postgres-url", database_url(args.postgres_url, db),
+             "--result", result_file],
+            capture_output=True, text=True, timeout=3 * 3600)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            print(f"  {path}: FAILED (exit {proc.returncode}):\n{tail}", flush=True)
+            return {"error": f"exit {proc.returncode}"}
+        result = json.loads(Path(result_file).read_text())
+    finally:
+        os.unlink(result_file)
+        with admin(args.postgres_url) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    print(f"  {LABELS[path]}: {result['predictions_per_s']:,.0f} predictions/s, "
+          f"peak RSS {result['peak_rss'] / MiB:,.0f} MiB ({time.perf_counter() - started:.0f} s with start-up)",
+          flush=True)
+    return result
+
+
+def repetitions(n: int, args) -> int:
+    """Short runs are noisy on 2 cores shared by Redis, Postgres and the client: repeat them."""
+    if args.repeat:
+        return args.repeat
+    return 3 if n <= 200_000 else 1
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median predictions/s (failed runs only if all failed)."""
+    ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["predictions_per_s"])
+    return ok[(len(ok) - 1) // 2] if ok else runs[0]
+
+
+def dlt_available(args) -> tuple[bool, str]:
+    """dlt is optional: installed here into the running interpreter if missing, never a project dependency."""
+    if args.skip_dlt:
+        return False, "skipped (--skip-dlt)"
+    if importlib.util.find_spec("dlt") is None:
+        print("dlt is not installed: trying `pip install dlt[postgres]` into this interpreter...", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "dlt[postgres]"],
+                              capture_output=True, text=True, timeout=900)
+        importlib.invalidate_caches()
+        if proc.returncode != 0 or importlib.util.find_spec("dlt") is None:
+            reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown error"]
+            return False, f"skipped: dlt[postgres] did not install ({reason[0]})"
+    return True, ""
+
+
+def flush(redis_url: str) -> None:
+    from raw_redis import RawRedis
+
+    raw = RawRedis(redis_url)
+    raw.call(b"FLUSHDB")
+    raw.close()
+
+
+def measure(args) -> dict:
+    from workload import fill
+
+    code, load_before = measured_code(), " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with_dlt, dlt_note = dlt_available(args)
+    if dlt_note:
+        print(f"dlt: {dlt_note}")
+    results: dict[int, dict[str, dict]] = {}
+    try:
+        for n in args.sizes:
+            print(f"N = {n:,}: filling Redis...", flush=True)
+            started = time.perf_counter()
+            work = fill(args.redis_url, n)
+            print(f"  {sum(work.rows().values()):,} records written in {time.perf_counter() - started:.1f} s",
+                  flush=True)
+            paths = ["floor", "floor_overlapped", "pandas"] + (["dlt"] if with_dlt else []) + ["project"]
+            repeat = repetitions(n, args)
+            runs: dict[str, list[dict]] = {path: [] for path in paths}
+            for round_ in range(repeat):  # rounds, not path after path: drift on the box hits every path alike
+                if repeat > 1:
+                    print(f"  round {round_ + 1} of {repeat}", flush=True)
+                for path in paths:
+                    runs[path].append(run_path(path, n, args))
+            results[n] = {"workload": work.rows(), "repeat": repeat,
+                          **{path: median_run(found) for path, found in runs.items()}}
+        if args.memory_baseline and args.memory_baseline not in results:
+            n = args.memory_baseline
+            print(f"N = {n:,} (memory baseline): filling Redis...", flush=True)
+            results[n] = {"workload": fill(args.redis_url, n).rows(), "project": run_path("project", n, args)}
+    finally:
+        flush(args.redis_url)
+    print(f"hot-path client: measure_writer(n={args.writer_n:,})...", flush=True)
+    from bench_writer import measure_writer
+
+    try:
+        writer = measure_writer(args.redis_url, args.writer_n)
+    finally:
+        flush(args.redis_url)
+    return {"results": results, "writer": writer, "dlt_note": dlt_note, "code": code, "load_before": load_before}
+
+
+# -- the report ----------------------------------------------------------------------------------------
+
+def server_versions(args) -> str:
+    import redis
+
+    try:
+        redis_version = redis.Redis.from_url(args.redis_url).info("server")["redis_version"]
+    except Exception:  # noqa: BLE001 - only for the header
+        redis_version = "?"
+    with admin(args.postgres_url) as conn:
+        pg_version = conn.execute("SHOW server_version").fetchone()[0]
+    return f"Redis {redis_version}, PostgreSQL {pg_version}"
+
+
+def measured_code() -> str:
+    """Which rp_pipeline the children import, at which commit: the engine changes under a benchmark."""
+    import rp_pipeline
+
+    root = Path(rp_pipeline.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "rp_pipeline"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"rp_pipeline from {root} (not a git checkout)"
+    return f"rp_pipeline from {root} at {commit}" + (" with uncommitted changes" if dirty else "")
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(data: dict, args) -> list[str]:
+    results, writer = data["results"], data["writer"]
+    lines: list[str] = []
+    say = lines.append
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    say(f"Machine: {cores} cores ({usable} usable), {platform.machine()}, Python {platform.python_version()}, "
+        f"{server_versions(args)}")
+    say(f"Measured: {data['code']}; load average before the run {data['load_before']}")
+    main = args.n
+    for n in args.sizes:
+        r = results[n]
+        project = r["project"]
+        base = project.get("predictions_per_s")
+        say("")
+        work = r["workload"]
+        say(f"== N = {n:,} predictions (+ {work['training_runs']:,} runs, {work['hyperparameters']:,} hyperparameters, "
+            f"{work['metrics']:,} metric points, {work['models']} models, {work['model_versions']} versions)"
+            + (f"; each path run {r['repeat']}×, the median shown" if r.get("repeat", 1) > 1 else "") + " ==")
+        say(f"{'path':<26}{'predictions/s':>14}{'× project':>11}{'seconds':>9}{'peak RSS':>11}{'rows loaded':>13}")
+        for path in ("project", "floor", "floor_overlapped", "pandas", "dlt"):
+            if path not in r:
+                if path == "dlt":
+                    say(f"{LABELS[path]:<26}  {data['dlt_note']}")
+                continue
+            p = r[path]
+            if "error" in p:
+                say(f"{LABELS[path]:<26}  failed ({p['error']})")
+                continue
+            ratio = p["predictions_per_s"] / base if base else float("nan")
+            say(f"{LABELS[path]:<26}{p['predictions_per_s']:>14,.0f}{ratio:>10.2f}×{p['predictions_seconds']:>9.1f}"
+                f"{p['peak_rss'] / MiB:>7,.0f} MiB{p['loaded']:>13,}" + (f"  {p['note']}" if p.get("note") else ""))
+        if "error" in project:
+            continue
+        say(f"project, per entity (one sync_all, {project['wall_seconds']:.1f} s; migrate before it "
+            f"{project['migrate_seconds']:.2f} s):")
+        say(f"  {'entity':<18}{'rows':>10}{'seconds':>9}{'rows/s':>10}")
+        for name, e in project["entities"].items():
+            say(f"  {name:<18}{e['read']:>10,}{e['seconds']:>9.2f}{e['rows_per_s']:>10,.0f}"
+                + (f"  ({e['rejected']} rejected, {e['pending']} pending)" if e["rejected"] or e["pending"] else ""))
+        say(f"  {'overall':<18}{project['rows']:>10,}{project['wall_seconds']:>9.2f}{project['rows_per_s']:>10,.0f}"
+            "  (all rows / wall time of sync_all)")
+        say(f"cycles after {n:,} are synced: nothing new: sync_all {project['idle_all_seconds']:.3f} s, "
+            f"sync_entity(PREDICTIONS) {project['idle_predictions_seconds']:.3f} s (median of 3); "
+            f"{project['increment_new']:,} new (1%): sync_all {project['increment_all_seconds']:.2f} s "
+            f"(predictions {project['increment_predictions_seconds']:.2f} s, "
+            f"{project['increment_inserted']:,} inserted); "
+            f"nothing new but one run still training: sync_all {project['idle_active_run_seconds']:.2f} s")
+
+    sized = [n for n in args.sizes if "error" not in results[n]["project"]]
+    if len(sized) >= 2:
+        small, large = sized[0], sized[-1]
+        say("")
+        say(f"== scaling: N = {small:,} vs N = {large:,} ==")
+        say(f"{'':<30}{f'N={small:,}':>14}{f'N={large:,}':>14}{'change':>9}")
+        for label, path, key, scale in (("project predictions/s", "project", "predictions_per_s", 1),
+                                        ("project overall rows/s", "project", "rows_per_s", 1),
+                                        ("project peak RSS (MiB)", "project", "peak_rss", MiB),
+                                        ("floor predictions/s", "floor", "predictions_per_s", 1),
+                                        ("floor, overlapped predictions/s", "floor_overlapped", "predictions_per_s", 1),
+                                        ("pandas predictions/s", "pandas", "predictions_per_s", 1),
+                                        ("dlt predictions/s", "dlt", "predictions_per_s", 1)):
+            a, b = results[small].get(path, {}), results[large].get(path, {})
+            if key in a and key in b:
+                say(f"{label:<30}{a[key] / scale:>14,.0f}{b[key] / scale:>14,.0f}{(b[key] / a[key] - 1) * 100:>8.1f}%")
+
+    say("")
+    say(f"hot-path client (measure_writer, n={writer['n']:,}): log_prediction p50 {writer['single_p50_ms']:.3f} ms, "
+        f"p99 {writer['single_p99_ms']:.3f} ms; log_predictions batch {writer['batch_throughput']:,.0f}/s; "
+        f"old adapter's 3 round trips p50 {writer['naive_p50_ms']:.3f} ms")
+
+    say("")
+    say("== targets ==")
+    at_main = results.get(main, {})
+    project, floor_ = at_main.get("project", {}), at_main.get("floor", {})
+    if "predictions_per_s" in project and "predictions_per_s" in floor_:
+        ratio = project["predictions_per_s"] / floor_["predictions_per_s"]
+        say(f"{verdict(ratio >= FLOOR_RATIO)}  bulk: project {project['predictions_per_s']:,.0f} predictions/s = "
+            f"{ratio:.2f}× the floor's {floor_['predictions_per_s']:,.0f} (target ≥ {FLOOR_RATIO}×, N={main:,})")
+    base = results.get(args.memory_baseline, {}).get("project", {})
+    largest = max(sized) if sized else None
+    if args.memory_baseline and largest and "peak_rss" in base and largest > args.memory_baseline:
+        growth = results[largest]["project"]["peak_rss"] - base["peak_rss"]
+        say(f"{verdict(growth <= RSS_GROWTH)}  memory: peak RSS N={largest:,} − N={args.memory_baseline:,} = "
+            f"{growth / MiB:,.0f} MiB ({results[largest]['project']['peak_rss'] / MiB:,.0f} − "
+            f"{base['peak_rss'] / MiB:,.0f}; target ≤ {RSS_GROWTH // MiB} MB)")
+    else:
+        say("SKIP  memory: needs a size above the memory baseline (not in --quick)")
+    if "idle_predictions_seconds" in project:
+        say(f"{verdict(project['idle_predictions_seconds'] < IDLE_SECONDS)}  nothing new: sync_entity(PREDICTIONS) "
+            f"{project['idle_predictions_seconds']:.3f} s after {main:,} synced (target < {IDLE_SECONDS} s); "
+            f"whole sync_all {project['idle_all_seconds']:.3f} s")
+    say(f"{verdict(writer['single_p99_ms'] < P99_MS)}  hot path: log_prediction p99 {writer['single_p99_ms']:.3f} ms "
+        f"(target < {P99_MS} ms)")
+    say(f"{verdict(writer['batch_throughput'] >= BATCH_PER_S)}  hot path: batch {writer['batch_throughput']:,.0f} "
+        f"predictions/s (target ≥ {BATCH_PER_S:,})")
+    if len(sized) >= 2:
+        small, large = sized[0], sized[-1]
+        for key, label in (("predictions_per_s", "predictions/s"), ("rows_per_s", "overall rows/s")):
+            change = results[large]["project"][key] / results[small]["project"][key] - 1
+            say(f"{verdict(change >= -SCALING_FALL)}  scaling: project {label} N={small:,} → N={large:,} "
+                f"{change * 100:+.1f}% (target: no fall beyond {SCALING_FALL * 100:.0f}%)")
+    else:
+        say("SKIP  scaling: needs two sizes (not in --quick)")
+    return lines
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="N of the main comparison and the targets")
+    parser.add_argument("--sizes", default="100000,1000000", help="sizes measured side by side (N is added)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="a Redis db of its own: it is flushed")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
+                        help="a database to connect to for CREATE/DROP DATABASE rp_bench_<path>")
+    parser.add_argument("--skip-dlt", action="store_true", help="do not run (or install) the dlt path")
+    parser.add_argument("--quick", action="store_true", help="smoke test: N=20,000 only, no dlt, under a minute")
+    parser.add_argument("--memory-baseline", type=int, default=MEMORY_BASELINE,
+                        help="the small N whose project peak RSS the largest N is compared with (0: none)")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="runs per path and N, the median reported (default: 3 up to N=200,000, else 1)")
+    parser.add_argument("--writer-n", type=int, default=20_000, help="predictions per measure_writer path")
+    parser.add_argument("--save", help="also write the raw figures (JSON) to this file")
+    parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.sizes, args.skip_dlt, args.memory_baseline, args.writer_n = 20_000, str(20_000), True, 0, 5_000
+        args.repeat = args.repeat or 1
+    if not args.worker:
+        args.sizes = sorted({int(s) for s in str(args.sizes).split(",") if s.strip()} | {args.n})
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    started = time.perf_counter()
+    data = measure(args)
+    if args.save:
+        Path(args.save).write_text(json.dumps(data, indent=1))
+    print()
+    print("\n".join(report(data, args)))
+    print(f"\n(benchmark took {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
