@@ -182,7 +182,8 @@ def measure(args) -> dict:
         writer = measure_writer(args.redis_url, args.writer_n)
     finally:
         flush(args.redis_url)
-    return {"results": results, "writer": writer, "dlt_note": dlt_note, "code": code, "load_before": load_before}
+    return {"results": results, "writer": writer, "dlt_note": dlt_note, "code": code, "load_before": load_before,
+            "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -226,7 +227,8 @@ def report(data: dict, args) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     say(f"Machine: {cores} cores ({usable} usable), {platform.machine()}, Python {platform.python_version()}, "
         f"{server_versions(args)}")
-    say(f"Measured: {data['code']}; load average before the run {data['load_before']}")
+    say(f"Measured: {data['code']}; load average before the run {data['load_before']}, "
+        f"after {data['load_after']} (other work on the box moves the figures)")
     main = args.n
     for n in args.sizes:
         r = results[n]
