@@ -114,30 +114,38 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
         series_cards: dict[str, int] = {}
         reads = _plan_reads(spec, src, book, config, pending, result, series_cards)
-        # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
-        # loads; this thread only talks to Postgres, so the server is never waiting on Python.
-        for batch in prefetched(_prepare(spec, reads, book.resolve, loader)):
-            result.read += batch.read
-            loaded: LoadResult = loader.load(batch.mapped, batch.payload)
+
+        def account(loaded: LoadResult, rejected: list[pd.DataFrame], waiting: pd.DataFrame) -> None:
             result.inserted += loaded.inserted
             result.updated += loaded.updated
             result.unchanged += loaded.unchanged
             result.skipped += loaded.skipped
-            rejected = batch.rejected + loaded.rejected
-            rejected.append(book.wait(batch.waiting, config.pending_max_age_seconds))
-            rejected = pd.concat([r for r in rejected if not r.empty], ignore_index=True) if any(
-                not r.empty for r in rejected) else pd.DataFrame(columns=["_key", "raw", "reason"])
+            rejected = [r for r in [*rejected, *loaded.rejected, book.wait(waiting, config.pending_max_age_seconds)]
+                        if not r.empty]
+            rejected = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
+                columns=["_key", "raw", "reason"])
             if pending:
                 book.done([k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending])
             result.rejected += book.reject(rejected)
             if series_cards:
-                _keep_series_waiting(series_cards, batch.waiting)
+                _keep_series_waiting(series_cards, waiting)
             for key, reason in zip(rejected["_key"], rejected["reason"]):
                 if len(result.rejection_samples) < 5:
                     result.rejection_samples.append({"key": key, "reason": reason})
             if len(rejected):
                 logger.warning("  %s: %d record(s) rejected, e.g. %s: %s", spec.name, len(rejected),
                                rejected["_key"].iloc[0], rejected["reason"].iloc[0])
+
+        # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
+        # loads; this thread only talks to Postgres, so the server is never waiting on Python.
+        nothing = LoadResult()
+        for batch in prefetched(_prepare(spec, reads, book.resolve, loader)):
+            result.read += batch.read
+            loader.stage(batch.mapped, batch.raw, batch.payload, batch.start)
+            # Append-only rows load chunk by chunk; mutable ones once, so duplicates settle on the latest.
+            account(nothing if spec.mutable else loader.flush(), batch.rejected, batch.waiting)
+        if spec.mutable:
+            account(loader.flush(), [], pd.DataFrame(columns=["_key", "reason"]))
         if not spec.incremental:
             book.forget_unseen()
         if series_cards:
@@ -189,6 +197,8 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
 class _Batch:
     read: int
     mapped: pd.DataFrame
+    raw: pd.DataFrame  # the valid records as read, before mapping (for rejections by Postgres)
+    start: int  # ordinal of the first mapped record in this cycle's staging
     payload: bytes
     rejected: list[pd.DataFrame]
     waiting: pd.DataFrame
@@ -197,12 +207,14 @@ class _Batch:
 def _prepare(spec: EntitySpec, reads: Iterator[tuple[pd.DataFrame, pd.DataFrame]], resolve,
              loader: Loader) -> Iterator[_Batch]:
     """Everything before the load that needs no Postgres round trip (ids are preloaded)."""
+    start = 0
     for frame, missing in reads:
         ok, rejected = validate(spec, frame)
         mapped, waiting = map_parent_ids(spec, ok, resolve)
         if not missing.empty:
             waiting = pd.concat([waiting, missing], ignore_index=True)
-        yield _Batch(len(frame), mapped, loader.copy_payload(mapped), rejected, waiting)
+        yield _Batch(len(frame), mapped, ok, start, loader.copy_payload(mapped, start), rejected, waiting)
+        start += len(mapped)
 
 
 def prefetched(items: Iterator, depth: int = 2) -> Iterator:
@@ -267,7 +279,9 @@ def changed_metric_series(src: RedisSource, book: Bookkeeping, config: SyncConfi
     run_ids = src.all_ids(TRAINING_RUNS)
     statuses = [s if isinstance(s, str) else "" for s in pipelined(
         src.client, (("HGET", src.key(TRAINING_RUNS.key, id=i), "status") for i in run_ids))]
-    signature = hashlib.md5(repr(list(zip(run_ids, statuses))).encode("utf-8", "surrogateescape")).hexdigest()
+    # The generation is part of it: after a flush the same run ids and statuses are new runs.
+    signature = hashlib.md5(repr((book.generation, list(zip(run_ids, statuses)))).encode(
+        "utf-8", "surrogateescape")).hexdigest()
     active = any(status not in TERMINAL_RUN_STATUSES for status in statuses)
     last = (book.state("metric_scan") or "0|").split("|", 1)
     stale = time.time() - float(last[0]) > config.metric_rescan_seconds

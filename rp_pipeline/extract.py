@@ -119,9 +119,11 @@ def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) 
 
 
 def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
+    """Records as a frame of strings and None (absent fields are None, never NaN)."""
     columns = META_COLUMNS + [p.column for p in spec.parents] + spec.column_names + (
         ["_member"] if spec.strategy == METRIC_SERIES else [])
-    return pd.DataFrame.from_records(records, columns=columns) if records else pd.DataFrame(columns=columns)
+    rows = [[record.get(c) for c in columns] for record in records]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
 def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple[pd.DataFrame, list[int]]:

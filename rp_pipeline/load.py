@@ -81,7 +81,7 @@ class Loader:
         self.log = logger or log
         self.table = f"{q(schema)}.{q(spec.name)}"
         self.id_map = f"{q(sync_schema)}.id_map"
-        self.stage = q(f"rp_stage_{spec.name}")
+        self.stage_table = q(f"rp_stage_{spec.name}")
         self.casts = {p.column: f"NULLIF(s.{q(p.column)}, '')::bigint" for p in spec.parents}
         self.casts.update({c.name: cast_sql(c.type, f"s.{q(c.name)}", c.unset) for c in spec.columns})
         self.casts["origin_source"] = "s.origin_source"
@@ -91,8 +91,10 @@ class Loader:
         self.stage_columns = ["_ord", "_id"] + [c for c in self.columns if c != "origin_redis_id"]
         self.policy = policy
         self.upsert_sql = self._upsert_sql()
+        self._next_ord = 0  # ordinals number staged records across the whole cycle
+        self._chunks: list[tuple[int, list[str], pd.DataFrame]] = []  # (first ordinal, keys, raw records)
         conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (_ord bigint, _id bigint, "
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage_table} (_ord bigint, _id bigint, "
             + ", ".join(f"{q(c)} text" for c in self.stage_columns[2:]) + ") ON COMMIT DROP"
         )
 
@@ -100,7 +102,7 @@ class Loader:
     def _upsert_sql(self) -> str:
         spec, cols = self.spec, self.columns
         select = (f"SELECT {', '.join(f'{cast} AS {q(c)}' for c, cast in self.casts.items())}, s._ord "
-                  f"FROM {self.stage} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s")
+                  f"FROM {self.stage_table} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s")
         key = ", ".join(spec.identity_sql)
         if spec.mutable:  # one row per identity, the latest record winning, or ON CONFLICT cannot update
             select = f"SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC"
@@ -135,16 +137,15 @@ class Loader:
             for k in self.spec.natural_key)
 
     # -- loading -------------------------------------------------------------------------------
-    def copy_payload(self, frame: pd.DataFrame) -> bytes:
-        """The staging rows as COPY text; pure Python, so it can run ahead in another thread."""
-        columns = [list(map(str, range(len(frame)))), _as_text(frame["_id"])]
+    def copy_payload(self, frame: pd.DataFrame, start: int = 0) -> bytes:
+        """The staging rows as COPY text, numbered from `start`; pure Python, so it can run in another thread."""
+        columns = [list(map(str, range(start, start + len(frame)))), _as_text(frame["_id"])]
         for c in self.stage_columns[2:]:
             columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
         return copy_text(columns)
 
-    def _stage(self, cur, payload: bytes) -> None:
-        cur.execute(f"TRUNCATE {self.stage}")
-        with cur.copy(f"COPY {self.stage} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
+    def _copy(self, cur, payload: bytes) -> None:
+        with cur.copy(f"COPY {self.stage_table} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
             copy.write(payload)
 
     def find_existing(self, frame: pd.DataFrame, exact: bool = False) -> list[bool]:
@@ -157,48 +158,71 @@ class Loader:
             same = (f" AND ROW({', '.join(f't.{q(c)}' for c in columns)}) IS NOT DISTINCT FROM "
                     f"ROW({', '.join(self.casts[c] for c in columns)})")
         with self.conn.cursor() as cur:
-            self._stage(cur, self.copy_payload(frame))
-            cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage} s JOIN {self.table} t ON {self._match()}{same}",
+            cur.execute(f"TRUNCATE {self.stage_table}")
+            self._copy(cur, self.copy_payload(frame))
+            cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage_table} s JOIN {self.table} t ON {self._match()}{same}",
                         {"source": self.source})
             found = {row[0] for row in cur.fetchall()}
+            cur.execute(f"TRUNCATE {self.stage_table}")
         return [i in found for i in range(len(frame))]
 
-    def load(self, frame: pd.DataFrame, payload: bytes | None = None) -> LoadResult:
-        """Upsert a mapped chunk (its COPY text may be prepared already by `copy_payload`)."""
-        result = LoadResult()
+    def stage(self, frame: pd.DataFrame, raw: pd.DataFrame, payload: bytes | None = None, start: int | None = None):
+        """Add a mapped chunk to the staging table; `raw` holds the same records as read (for rejections)."""
         if frame.empty:
-            return result
+            return
+        if start is not None and start != self._next_ord:
+            raise RuntimeError(f"chunk numbered from {start}, expected {self._next_ord}")
         with self.conn.cursor() as cur:
-            self._stage(cur, self.copy_payload(frame) if payload is None else payload)
+            self._copy(cur, self.copy_payload(frame, self._next_ord) if payload is None else payload)
+        self._chunks.append((self._next_ord, frame["_key"].tolist(), raw.loc[frame.index]))
+        self._next_ord += len(frame)
+
+    def flush(self) -> LoadResult:
+        """Upsert everything staged since the last flush in one statement (halving around refused records).
+
+        Mutable entities flush once per cycle, so a name that appears in several chunks is written
+        once, with its latest record; append-only ones flush every chunk to keep the stage small.
+        """
+        result = LoadResult()
+        if not self._chunks:
+            return result
+        lo, hi = self._chunks[0][0], self._next_ord - 1
+        with self.conn.cursor() as cur:
             if self.spec.mutable and self.policy == "skip" and not self.spec.by_origin:
-                cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage} s JOIN {self.table} t ON {self._match()} "
+                cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
                             "WHERE t.origin_source IS DISTINCT FROM %(source)s", {"source": self.source})
                 result.skipped = cur.fetchone()[0]
             returned: list[tuple[int, bool]] = []
             bad: list[tuple[int, str]] = []
-            inserted_count = self._insert_range(cur, 0, len(frame) - 1, returned, bad)
+            inserted_count = self._insert_range(cur, lo, hi, returned, bad)
             if bad:
-                rows = frame.iloc[[ord_ for ord_, _ in bad]]
-                result.rejected.append(pd.DataFrame({
-                    "_key": rows["_key"].to_numpy(),
-                    "raw": [raw_record(row) for _, row in rows.iterrows()],
-                    "reason": [reason for _, reason in bad],
-                }))
-                cur.execute(f"DELETE FROM {self.stage} WHERE _ord = ANY(%s)", ([o for o, _ in bad],))
+                result.rejected.append(self._rejected(bad))
+                cur.execute(f"DELETE FROM {self.stage_table} WHERE _ord = ANY(%s)", ([o for o, _ in bad],))
             if self.returns_rows:
                 result.inserted = sum(1 for _, ins in returned if ins)
                 result.updated = len(returned) - result.inserted
             else:
                 result.inserted = inserted_count
-            distinct_ok = len(frame) - len(bad)
-            result.unchanged = max(0, distinct_ok - result.inserted - result.updated - result.skipped)
+            result.unchanged = max(0, hi - lo + 1 - len(bad) - result.inserted - result.updated - result.skipped)
             bad_ords = {o for o, _ in bad}
-            result.loaded_keys = [k for i, k in enumerate(frame["_key"].tolist()) if i not in bad_ords]
+            result.loaded_keys = [key for start, keys, _ in self._chunks for i, key in enumerate(keys, start)
+                                  if i not in bad_ords]
             if self.spec.name in PARENT_ENTITIES:
                 self._record_ids(cur)
             if self.spec.log_each and returned:
                 self._log_synced(cur, [pg_id for pg_id, _ in returned])
+            cur.execute(f"TRUNCATE {self.stage_table}")
+        self._chunks = []
         return result
+
+    def _rejected(self, bad: list[tuple[int, str]]) -> pd.DataFrame:
+        """Rejected-records rows for staged ordinals, with the records as read from Redis."""
+        keys, raws = [], []
+        for ordinal, _ in bad:
+            start, chunk_keys, raw = next(c for c in self._chunks if c[0] <= ordinal < c[0] + len(c[1]))
+            keys.append(chunk_keys[ordinal - start])
+            raws.append(raw_record(raw.iloc[ordinal - start], self.spec))
+        return pd.DataFrame({"_key": keys, "raw": raws, "reason": [reason for _, reason in bad]})
 
     @property
     def returns_rows(self) -> bool:
@@ -228,7 +252,7 @@ class Loader:
                 continue
             try:
                 with self.conn.transaction():
-                    cur.execute(f"SELECT {self.casts[spec_column.name]} FROM {self.stage} s WHERE s._ord = %s",
+                    cur.execute(f"SELECT {self.casts[spec_column.name]} FROM {self.stage_table} s WHERE s._ord = %s",
                                 (ordinal,))
             except psycopg.errors.DataError as field_exc:
                 return f"field {spec_column.redis_field!r}: {first_line(field_exc)}"
@@ -239,7 +263,7 @@ class Loader:
         cur.execute(
             f"INSERT INTO {self.id_map} (source, entity, redis_id, generation, pg_id) "
             f"SELECT DISTINCT ON (s._id) %(source)s, %(entity)s, s._id, %(generation)s, t.id "
-            f"FROM {self.stage} s JOIN {self.table} t ON {self._match()} ORDER BY s._id "
+            f"FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} ORDER BY s._id "
             "ON CONFLICT (source, entity, redis_id) DO UPDATE SET pg_id = EXCLUDED.pg_id, "
             "generation = EXCLUDED.generation WHERE (id_map.pg_id, id_map.generation) "
             "IS DISTINCT FROM (EXCLUDED.pg_id, EXCLUDED.generation)",
@@ -248,7 +272,7 @@ class Loader:
 
     def _log_synced(self, cur, pg_ids: list[int]) -> None:
         cur.execute(
-            f"SELECT s._id, t.id, t.{q(self.spec.display)} FROM {self.stage} s JOIN {self.table} t "
+            f"SELECT s._id, t.id, t.{q(self.spec.display)} FROM {self.stage_table} s JOIN {self.table} t "
             f"ON {self._match()} WHERE t.id = ANY(%(ids)s) ORDER BY s._id",
             {"ids": pg_ids, "source": self.source},
         )

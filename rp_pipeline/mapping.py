@@ -14,14 +14,16 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
-from .entities import BIGINT, FLOAT, TEXT, EntitySpec
+from .entities import BIGINT, FLOAT, TEXT, TIMESTAMPTZ, EntitySpec
 
 # Lone surrogates are how invalid UTF-8 arrives (decoded with surrogateescape); Postgres text cannot hold NUL.
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 _SPECIAL_FLOATS = re.compile(r"^\s*[+-]?(nan|inf|infinity)\s*$", re.IGNORECASE)
+_ISO_TEXT = r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,6})?)?)?"
+_ISO = re.compile(_ISO_TEXT)
+_ISO_COLUMN = re.compile(f"{_ISO_TEXT}(?:\x01{_ISO_TEXT})*")
 
 Resolver = Callable[[str, Iterable[int]], dict[int, int]]
 
@@ -33,23 +35,27 @@ class Mapped:
     waiting: pd.DataFrame  # _key, reason: a parent is not in Postgres yet
 
 
-def raw_record(row: pd.Series) -> str:
-    """The record as read from Redis, for the rejected-records table (escaped, never altered)."""
-    data = {k: v for k, v in row.items() if not k.startswith("_") and v is not None and v is not np.nan}
-    if "_member" in row and row["_member"] is not None:
-        data = {"member": row["_member"]}
-    return json.dumps(data, ensure_ascii=True, default=str)
+def raw_record(row: pd.Series, spec: EntitySpec) -> str:
+    """The record as read from Redis, by Redis field name, for the rejected-records table (escaped, not altered)."""
+    if "_member" in row and isinstance(row["_member"], str):
+        return json.dumps({"member": row["_member"]}, ensure_ascii=True)
+    names = {p.column: p.field for p in spec.parents} | {c.name: c.redis_field for c in spec.columns}
+    data = {names.get(k, k): v for k, v in row.items() if not k.startswith("_") and isinstance(v, str)}
+    return json.dumps(data, ensure_ascii=True)
 
 
-def _reject(frame: pd.DataFrame, mask: pd.Series, reasons) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split rows off with a reason each: (kept, rejected[_key, raw, reason])."""
+def _reject(spec: EntitySpec, frame: pd.DataFrame, mask: pd.Series, reason) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows off with a reason each: (kept, rejected[_key, raw, reason]).
+
+    `reason` is a string, or a function of the rejected rows returning one reason per row.
+    """
     if not mask.any():
         return frame, _empty_rejected()
     bad = frame[mask]
     rejected = pd.DataFrame({
         "_key": bad["_key"].to_numpy(),
-        "raw": [raw_record(row) for _, row in bad.iterrows()],
-        "reason": reasons[mask].to_numpy() if isinstance(reasons, pd.Series) else reasons,
+        "raw": [raw_record(row, spec) for _, row in bad.iterrows()],
+        "reason": list(reason(bad)) if callable(reason) else reason,
     })
     return frame[~mask], rejected
 
@@ -76,39 +82,47 @@ def _not_a_number(values: pd.Series) -> pd.Series:
     return suspicious
 
 
+def _not_a_timestamp(values: pd.Series) -> pd.Series:
+    """ISO-8601 only: Postgres would also take words like 'now' or 'epoch', which are not what was logged."""
+    given = values.dropna()
+    given = given[given != ""]
+    if not len(given) or _ISO_COLUMN.fullmatch("\x01".join(given.tolist())):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, str) and v != "" and not _ISO.fullmatch(v))
+
+
 def validate(spec: EntitySpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """Drop records that cannot load, each with a reason naming the field."""
     rejected = []
-    frame, bad = _reject(frame, frame["_error"].notna(), frame["_error"])
-    rejected.append(bad)
-    for column in spec.columns:
-        values = frame[column.name]
-        if column.required:
-            frame, bad = _reject(frame, values.isna() | (values == ""), f"missing field {column.redis_field!r}")
-            rejected.append(bad)
-            values = frame[column.name]
-        frame, bad = _reject(frame, _has_bad_text(values),
-                             f"field {column.redis_field!r} is not valid UTF-8 text (or contains a NUL byte)")
+
+    def reject(mask, reason):
+        nonlocal frame
+        frame, bad = _reject(spec, frame, mask, reason)
         rejected.append(bad)
+
+    reject(frame["_error"].notna(), lambda bad: bad["_error"])
+    for column in spec.columns:
+        name, field = column.name, column.redis_field
+        if column.required:
+            reject(frame[name].isna() | (frame[name] == ""), f"missing field {field!r}")
+        reject(_has_bad_text(frame[name]), f"field {field!r} is not valid UTF-8 text (or contains a NUL byte)")
         if column.type in (BIGINT, FLOAT):
-            values = frame[column.name]
-            mask = _not_a_number(values)
-            frame, bad = _reject(frame, mask, "field " + repr(column.redis_field) + " is not a number: "
-                                 + values[mask].map(lambda v: repr(v)[:80]))
-            rejected.append(bad)
+            reject(_not_a_number(frame[name]),
+                   lambda bad, name=name, field=field: [f"field {field!r} is not a number: {v!r:.80}" for v in bad[name]])
+        elif column.type == TIMESTAMPTZ:
+            reject(_not_a_timestamp(frame[name]),
+                   lambda bad, name=name, field=field: [f"field {field!r} is not an ISO-8601 timestamp: {v!r:.80}"
+                                                        for v in bad[name]])
     for parent in spec.parents:
         values = frame[parent.column]
         absent = values.isna() | (values == "")
         if parent.optional:
             absent |= values == "0"
         else:
-            frame, bad = _reject(frame, absent, f"missing field {parent.field!r}")
-            rejected.append(bad)
+            reject(absent, f"missing field {parent.field!r}")
             values = frame[parent.column]
             absent = pd.Series(False, index=frame.index)
-        not_int = ~absent & ~values.astype(str).str.fullmatch(r"\d{1,18}")
-        frame, bad = _reject(frame, not_int, f"field {parent.field!r} is not an id")
-        rejected.append(bad)
+        reject(~absent & ~values.astype(str).str.fullmatch(r"\d{1,18}"), f"field {parent.field!r} is not an id")
     return frame, rejected
 
 

@@ -95,8 +95,6 @@ def test_same_model_version_under_two_version_ids_is_one_row_owning_both_childre
     assert stats_from_results(results.values())["errors"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="duplicates split across chunks overwrite each other every cycle: "
-                   "Loader.load dedupes (DISTINCT ON) only within one chunk")
 def test_duplicate_names_across_chunks_settle_instead_of_updating_every_cycle(writer, run_sync, pg_conn):
     writer.create_model("detector", description="first")
     writer.create_model("detector", description="second")
@@ -364,8 +362,6 @@ def test_rejected_raw_keeps_the_offending_value(corrupt, run_sync, pg_conn, pg_s
     assert "caf\udce9 \udcff\udcfe model" in raw["invalid utf-8"].values()  # undecodable bytes kept, escaped
 
 
-@pytest.mark.xfail(strict=True, reason="Loader.load (load.py) builds the raw of a record Postgres refused from "
-                   "the mapped frame: parent ids are already Postgres ids and dataset_id '0' reads '<NA>'")
 def test_raw_of_a_record_refused_by_postgres_keeps_its_redis_values(
         writer, redis_client, key_prefix, sync_config, run_sync, pg_conn, pg_schemas):
     migrate(sync_config)
@@ -410,9 +406,6 @@ def test_corrupt_records_seen_again_are_not_duplicated(corrupt, run_sync, pg_con
     assert {r["seen"] for r in by_key} <= {1, 2}
 
 
-@pytest.mark.xfail(strict=True, reason="an invalid metric member crashes validate() (mapping.py): the 'is not "
-                   "a number' reason is built by str + an empty float64 Series; metrics and every later entity "
-                   "stop syncing")
 @pytest.mark.parametrize("damage", ["invalid JSON member", "series key of the wrong type"])
 def test_corrupt_metric_series_is_rejected_and_everything_else_loads(
         damage, writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
@@ -436,8 +429,6 @@ def test_corrupt_metric_series_is_rejected_and_everything_else_loads(
     assert stats_from_results(results.values())["errors"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="cast_sql (mapping.py) casts with ::timestamp, which accepts words such as "
-                   "'now'; the run's identity then changes every cycle and a new row is inserted each time")
 def test_run_with_a_word_for_started_at_is_rejected_not_duplicated_every_cycle(
         writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
     version = writer.create_model_version(writer.create_model("m"), "1")

@@ -141,9 +141,6 @@ def test_sync_after_a_flush_with_nothing_new_deletes_nothing(writer, redis_clien
     assert sum(r.inserted + r.updated + r.deleted + r.rejected for r in results.values()) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="changed_metric_series (engine.py) skips the key SCAN when the run ids and "
-                   "statuses look the same as last cycle; its signature ignores the Redis generation, so after a "
-                   "flush the new series of finished runs wait for the hourly rescan")
 def test_metrics_of_finished_runs_written_after_a_flush_reach_postgres_next_cycle(
         writer, redis_client, key_prefix, run_sync, pg_conn):
     def life(tag: str) -> None:
