@@ -100,8 +100,9 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)
     with conn.transaction():
-        conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                     (str(config.statement_timeout_ms), str(config.lock_timeout_ms)))
+        # TimeZone UTC: the layout's naive timestamps are UTC, also where COPY parses them directly.
+        conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
+                     "set_config('TimeZone', 'UTC', true)", (str(config.statement_timeout_ms), str(config.lock_timeout_ms)))
         # Two syncs of the same entity (a one-shot run while the schedule fires) take turns here.
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(config, spec.name),))
         generation = src.generation()
