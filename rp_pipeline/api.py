@@ -1,0 +1,392 @@
+"""The guide's Python API: `RedisPgSync` runs the Dagster job `redis_to_postgres_sync` in process.
+
+One cycle is: pre-flight (Redis and Postgres answer) → the same job `dagster dev`
+schedules, executed in this process on the instance `dagster dev` shows → the
+guide's statistics from the run's history. The CLI and the demo run their cycles
+through `RedisPgSync.sync_once`; nothing else executes the job outside Dagster.
+
+    sync = RedisPgSync(redis_url="redis://localhost:6379/0", postgres_url="postgresql://...")
+    stats = sync.full_sync()            # {'models': 2, 'versions': 0, ..., 'errors': 0}
+    sync.run_continuous(interval_seconds=300)   # until stop(), SIGTERM or Ctrl+C
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+from dagster._core.instance.ref import InstanceRef
+
+from .assets import run_statistics, sync_report
+from .connections import connect_postgres, connect_redis, explain_postgres_error
+from .definitions import defs
+from .entities import ENTITIES, STAT_KEYS
+from .errors import ConnectionProblem, SyncFailed
+from .resources import PostgresResource, RedisResource, SyncSettingsResource
+from .schedules import JOB_NAME
+from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig
+
+log = logging.getLogger("rp_pipeline")
+
+# The guide's counters in its order, plus ours (experiment membership) before the errors.
+COUNTERS = (*STAT_KEYS[:-1], "experiment_runs", "errors")
+
+# Exceptions whose message is written for the user: shown as is, without the class name.
+USER_FACING_ERRORS = ("SyncFailed", "ConnectionProblem", "ConfigError")
+
+# Storage for a working directory without a dagster.yaml (an installed package, a container):
+# the same environment-driven choice as the repository's dagster.yaml.
+PACKAGED_INSTANCE = {
+    **{kind: {"module": "rp_pipeline.instance_storage", "class": cls}
+       for kind, cls in (("run_storage", "RunStorage"), ("event_log_storage", "EventLogStorage"),
+                         ("schedule_storage", "ScheduleStorage"))},
+    "telemetry": {"enabled": False},
+}
+
+
+class InstanceProblem(ConnectionProblem):
+    """The Dagster instance's storage (the run history) could not be opened or reached."""
+
+
+class SyncRunFailed(SyncFailed):
+    """A sync cycle ran but a step failed; `outcome` holds what committed before the failure."""
+
+    def __init__(self, outcome: SyncOutcome):
+        super().__init__("; ".join(outcome.failures))
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """One cycle: the Dagster run, whether it succeeded, the guide's counters and the wall time."""
+
+    run_id: str
+    success: bool
+    stats: dict[str, int]
+    seconds: float
+    failures: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def sync_instance() -> Iterator[dg.DagsterInstance]:
+    """The instance runs are recorded in: $DAGSTER_HOME's if set, else the one `dagster dev` uses here.
+
+    `dagster dev` started without DAGSTER_HOME in a directory reads ./dagster.yaml, whose
+    storage (rp_pipeline.instance_storage) is Postgres at DAGSTER_POSTGRES_URL or SQLite
+    in ./.dagster_home/storage; this builds the same instance, so runs of the CLI and the
+    API show up in that UI. Without a ./dagster.yaml the same storage choice is applied.
+    """
+    try:
+        if os.environ.get("DAGSTER_HOME"):
+            instance = dg.DagsterInstance.get()
+        else:
+            cwd = Path.cwd()
+            has_yaml = (cwd / "dagster.yaml").exists()
+            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(
+                str(cwd / ".dagster_home"), config_dir=str(cwd), overrides=None if has_yaml else PACKAGED_INSTANCE))
+    except Exception as exc:  # noqa: BLE001 - any storage error becomes one readable line
+        raise InstanceProblem(_instance_error(exc)) from None
+    with instance:
+        yield instance
+
+
+def _instance_error(exc: Exception) -> str:
+    where = (f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}" if os.environ.get("DAGSTER_HOME")
+             else f"{Path.cwd() / 'dagster.yaml'} semantics, storage in ./.dagster_home")
+    url = os.environ.get("DAGSTER_POSTGRES_URL")
+    if url:
+        detail = explain_postgres_error(exc, url) + " (DAGSTER_POSTGRES_URL, Dagster's run storage)"
+    else:
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return f"cannot open the Dagster instance ({where}): {detail}"
+
+
+def resources_for(config: SyncConfig) -> dict[str, dg.ConfigurableResource]:
+    """The job's resources carrying `config` (the inverse of resources.sync_config)."""
+    if config.metric_rescan_seconds != SyncConfig.metric_rescan_seconds:
+        raise ConfigError("metric_rescan_seconds cannot be set through the Dagster job's resources yet")
+    return {
+        "redis": RedisResource(url=config.redis_url, key_prefix=config.key_prefix),
+        "postgres": PostgresResource(url=config.postgres_url, analytics_schema=config.schema,
+                                     sync_schema=config.sync_schema),
+        "sync_settings": SyncSettingsResource(
+            conflict_policy=",".join(f"{k}={v}" for k, v in config.conflict.items()),
+            pending_max_age_seconds=config.pending_max_age_seconds,
+            chunk_size=config.chunk_size,
+            statement_timeout_ms=config.statement_timeout_ms,
+            lock_timeout_ms=config.lock_timeout_ms,
+            retention_hours=",".join(f"{k}={v}" for k, v in config.retention_hours.items()),
+            source=config.source or "",
+        ),
+    }
+
+
+def _counter_label(key: str) -> str:
+    return key.replace("_", " ").capitalize()
+
+
+class RedisPgSync:
+    """Sync Redis (the aidb layout under `key_prefix`) into Postgres, once or every N seconds.
+
+    URLs left as None come from REDIS_URL / POSTGRES_URL; `settings` are further
+    `SyncConfig` fields (schema, sync_schema, conflict, chunk_size, ...).
+    """
+
+    def __init__(self, redis_url: str | None = None, postgres_url: str | None = None,
+                 key_prefix: str = DEFAULT_KEY_PREFIX, *, logger: logging.Logger | None = None, **settings):
+        unknown = set(settings) - {f.name for f in fields(SyncConfig)}
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}; see rp_pipeline.settings.SyncConfig")
+        self._setup(SyncConfig(redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+                               postgres_url=postgres_url or os.environ.get("POSTGRES_URL") or None,
+                               key_prefix=key_prefix, **settings), logger)
+
+    def _setup(self, config: SyncConfig, logger: logging.Logger | None) -> None:
+        self.config = config
+        self.log = logger or log
+        self.last_outcome: SyncOutcome | None = None
+        self._stop_requested = False  # set by stop() or a signal; a plain flag, safe in a signal handler
+        self._stop_signal: int | None = None
+
+    @classmethod
+    def from_config(cls, config: SyncConfig, logger: logging.Logger | None = None) -> RedisPgSync:
+        sync = cls.__new__(cls)
+        sync._setup(config, logger)
+        return sync
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, logger: logging.Logger | None = None,
+                 **overrides) -> RedisPgSync:
+        """Configured like the CLI: REDIS_URL, POSTGRES_URL, REDIS_KEY_PREFIX, POSTGRES_SCHEMA, SYNC_*,
+        with ./.env filling what the environment does not set."""
+        if env is None:
+            from dotenv import dotenv_values
+
+            env = {**{k: v for k, v in dotenv_values(Path.cwd() / ".env").items() if v is not None}, **os.environ}
+        return cls.from_config(SyncConfig.from_env(env, **overrides), logger)
+
+    # -- one cycle -----------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Raise ConfigError or ConnectionProblem (InstanceProblem for Dagster's storage) unless a cycle can start."""
+        resources_for(self.config)
+        self._check_servers()
+        with sync_instance():
+            pass
+
+    def _check_servers(self) -> None:
+        connect_redis(self.config).close()
+        connect_postgres(self.config).close()
+
+    def full_sync(self) -> dict[str, int]:
+        """One sync of every entity; the guide's statistics. Raises SyncRunFailed (a SyncFailed) if a step failed."""
+        outcome = self.sync_once()
+        if not outcome.success:
+            raise SyncRunFailed(outcome)
+        return outcome.stats
+
+    def sync_once(self) -> SyncOutcome:
+        """Pre-flight, then one run of the Dagster job; logs in the guide's style, never half-stops.
+
+        Called on the main thread, SIGINT/SIGTERM during the cycle only request a stop
+        (see `stop_requested`); a second signal interrupts with KeyboardInterrupt.
+        """
+        with self._stop_on_signals():
+            self._check_servers()
+            self.log.info("=== Starting Redis → PostgreSQL Sync ===")
+            clock = time.perf_counter()
+            run_id = str(uuid.uuid4())
+            with sync_instance() as instance:
+                instance.add_event_listener(run_id, self._forward_log)
+                result = self._on_worker_thread(lambda: defs.resolve_job_def(JOB_NAME).execute_in_process(
+                    instance=instance, run_id=run_id, resources=resources_for(self.config), raise_on_error=False,
+                    tags={"rp_pipeline/trigger": "python"},
+                    # Dagster's own console output is replaced by the guide-style lines forwarded below.
+                    run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}))
+            seconds = time.perf_counter() - clock
+            failures = self._failures(result)
+            try:
+                found = run_statistics(self.config, run_id)
+                stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
+            except Exception as exc:  # noqa: BLE001 - the run already failed or Postgres went away
+                if result.success:
+                    raise
+                self.log.warning("  (statistics unavailable: %s)", exc)
+                stats = {key: 0 for key in COUNTERS}
+            outcome = SyncOutcome(run_id, result.success and not failures, dict(stats), seconds, failures)
+            self._log_outcome(outcome)
+            self.last_outcome = outcome
+            return outcome
+
+    def _forward_log(self, entry) -> None:
+        """The assets' log lines and failed checks, as they happen (called on the cycle's thread).
+
+        sync_report's summary is left out (it is printed from the statistics), and so is
+        Dagster's one line per step skipped behind a failed parent (summed up at the end).
+        """
+        if entry.is_dagster_event:
+            if entry.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+                self._log_check(entry.dagster_event.asset_check_evaluation_data)
+            return
+        if entry.step_key == sync_report.op.name or entry.user_message.startswith("Dependencies for step"):
+            return
+        self.log.log(entry.level, entry.user_message)
+
+    def _log_check(self, evaluation) -> None:
+        if evaluation.passed:
+            return
+        details = ", ".join(f"{k}={v.value}" for k, v in evaluation.metadata.items()
+                            if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 80)
+        level = logging.WARNING if evaluation.severity == dg.AssetCheckSeverity.WARN else logging.ERROR
+        self.log.log(level, "  Check failed: %s.%s%s", evaluation.asset_key.to_user_string(), evaluation.check_name,
+                     f" ({details})" if details else "")
+
+    def _failures(self, result) -> list[str]:
+        """One line per failed step (the run's own failure only when no step failed), then what did not run."""
+        failures, failed_steps = [], set()
+        run_failures = []
+        for event in result.all_events:
+            if event.is_step_failure:
+                failed_steps.add(event.step_key)
+                failures.append(self._error_line(event.step_key, event.step_failure_data.error))
+            elif event.event_type == dg.DagsterEventType.RUN_FAILURE and event.event_specific_data:
+                error = getattr(event.event_specific_data, "error", None)
+                if error is not None:
+                    run_failures.append(self._error_line("run", error))
+        failures = failures or run_failures
+        if not result.success and not failures:
+            failures.append(f"run {result.run_id} failed; see it in the Dagster UI")
+        if failures:
+            succeeded = {e.step_key for e in result.all_events if e.is_step_success}
+            not_run = [spec.name for spec in ENTITIES if spec.name not in succeeded | failed_steps]
+            if not_run:
+                failures.append(f"not synced this cycle, waiting on a failed parent: {', '.join(not_run)}")
+        return failures
+
+    def _error_line(self, step: str, error) -> str:
+        """'step: message' from the exception a step raised (inside Dagster's wrapper), redacted."""
+        while error.cause is not None:
+            error = error.cause
+        first = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
+        _qualified_name, sep, text = first.partition(": ")
+        if not sep:
+            text = first
+        elif error.cls_name not in USER_FACING_ERRORS:
+            text = f"{error.cls_name}: {text}"
+        return self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")
+
+    def _redact(self, text: str) -> str:
+        for url in (self.config.postgres_url or "", self.config.redis_url):
+            password = urlsplit(url).password
+            if password:
+                text = text.replace(password, "***")
+        return text
+
+    def _log_outcome(self, outcome: SyncOutcome) -> None:
+        if outcome.success:
+            self.log.info("=== Sync Complete in %.2fs ===", outcome.seconds)
+        else:
+            self.log.error("=== Sync Failed after %.2fs (Dagster run %s) ===", outcome.seconds, outcome.run_id)
+            for failure in outcome.failures:
+                self.log.error("  %s", failure)
+        for key in COUNTERS:
+            self.log.info("  %s: %s", _counter_label(key), outcome.stats.get(key, 0))
+
+    # -- continuous mode -----------------------------------------------------
+
+    def run_continuous(self, interval_seconds: float = 300) -> int:
+        """Sync every `interval_seconds` until stop(), SIGTERM or Ctrl+C, each ending after the current
+        cycle. A failed cycle is logged and retried at the next interval. Returns the cycles run."""
+        if interval_seconds <= 0:
+            raise ConfigError(f"the interval must be a positive number of seconds, got {interval_seconds}")
+        self._stop_requested, self._stop_signal = False, None
+        cycles = 0
+        with self._stop_on_signals():
+            while not self._stop_requested:
+                started = time.monotonic()
+                try:
+                    self.sync_once()
+                except (ConfigError, ConnectionProblem) as exc:
+                    self.log.error("Sync cycle skipped: %s", exc)
+                cycles += 1
+                wait = interval_seconds - (time.monotonic() - started)
+                if not self._stop_requested and wait > 0:
+                    self.log.info("Next sync in %.0fs", wait)
+                deadline = time.monotonic() + wait
+                while not self._stop_requested and time.monotonic() < deadline:
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        self.log.info("Stopped after %d cycle(s)%s.", cycles,
+                      f" ({signal.Signals(self._stop_signal).name})" if self._stop_signal else "")
+        return cycles
+
+    def stop(self) -> None:
+        """End run_continuous after the cycle in progress (or at once if it is waiting)."""
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal (SIGINT, SIGTERM) that requested the stop, if one did."""
+        return self._stop_signal
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """On the main thread, SIGINT and SIGTERM request a stop; a second one raises KeyboardInterrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, _frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal, self._stop_requested = signum, True
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_worker_thread(self, work):
+        """Run `work` on a worker thread while this thread waits and notices stop requests.
+
+        On the main thread Dagster turns SIGINT/SIGTERM into an interrupt of the running
+        step; on another thread it leaves signals alone, so the cycle always finishes and
+        each entity's transaction commits whole.
+        """
+        box: dict = {}
+
+        def target():
+            try:
+                box["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name="rp_pipeline-sync-cycle", daemon=True)
+        worker.start()
+        noted = False
+        while worker.is_alive():
+            worker.join(0.2)
+            if self._stop_signal is not None and not noted:
+                noted = True
+                self.log.info("Received %s: stopping after the current cycle (press Ctrl+C again to abort it).",
+                              signal.Signals(self._stop_signal).name)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+

@@ -1,0 +1,161 @@
+"""The guide's command line: `python -m rp_pipeline --once` or `--interval SECONDS` (also `rp-pipeline`).
+
+Each cycle is the Dagster job `redis_to_postgres_sync`, run in this process by
+`RedisPgSync` (api.py) and recorded in the instance `dagster dev` shows.
+Exit codes: 0 success (rejected records do not fail a sync), 1 a sync failed,
+2 configuration or connection problem found before syncing, 130 aborted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .settings import DEFAULT_INTERVAL_SECONDS, ConfigError, SyncConfig
+
+EXIT_OK, EXIT_SYNC_FAILED, EXIT_PROBLEM, EXIT_ABORTED = 0, 1, 2, 130
+
+# Import name → what to pip install, for the "package missing" message.
+PIP_NAMES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "dotenv": "python-dotenv",
+             "dagster_postgres": "dagster-postgres", "dagster_webserver": "dagster-webserver", "yaml": "pyyaml"}
+
+ENVIRONMENT_HELP = """\
+environment (a .env file in the working directory fills what is not set):
+  REDIS_URL           Redis to read (default redis://localhost:6379/0)
+  POSTGRES_URL        Postgres to write, e.g. postgresql://user:password@localhost:5432/ai_models (required)
+  REDIS_KEY_PREFIX    key prefix of the aidb layout (default aidb:)
+  SYNC_INTERVAL       seconds between syncs when neither --once nor --interval is given (default 300)
+  POSTGRES_SCHEMA     schema of the analytics tables (default public)
+  SYNC_SCHEMA         schema of the sync's bookkeeping (default rp_sync)
+  SYNC_CONFLICT_POLICY, SYNC_RETENTION_HOURS, SYNC_LOCK_TIMEOUT_MS, ...  see deploy/dagster-production.md
+  DAGSTER_HOME        Dagster instance to record runs in (default: ./dagster.yaml, storage in ./.dagster_home)
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rp-pipeline" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline",
+        description="Sync Redis (aidb layout) into PostgreSQL by running the Dagster job redis_to_postgres_sync "
+                    "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first).",
+        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="run one sync and exit")
+    mode.add_argument("--interval", type=float, metavar="SECONDS",
+                      help="sync continuously, every SECONDS (default: SYNC_INTERVAL, else 300)")
+    parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
+    parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
+    parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
+    return parser.parse_args(argv)
+
+
+def configure_logging() -> logging.Logger:
+    """The guide's log lines: `2025-11-22 10:30:00 [INFO] message`, on stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("rp_pipeline")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def load_env_file() -> None:
+    """./.env fills variables the environment does not set (the real environment wins)."""
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def interval_from(args: argparse.Namespace) -> float | None:
+    """Seconds between cycles, or None for --once."""
+    if args.once:
+        return None
+    if args.interval is not None:
+        seconds = args.interval
+    else:
+        raw = os.environ.get("SYNC_INTERVAL") or str(DEFAULT_INTERVAL_SECONDS)
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ConfigError(f"SYNC_INTERVAL must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"the interval must be a positive number of seconds, got {seconds:g}")
+    return seconds
+
+
+def missing_package_message(exc: ImportError) -> str | None:
+    """'No module named redis' as what to install, or None if the import error is not a missing package."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == "rp_pipeline":
+        return None
+    return (f"the Python package '{PIP_NAMES.get(name, name)}' is not installed in this environment "
+            f"({sys.executable}): No module named {name!r}. Install the project with its dependencies: "
+            f"`pip install -e .` in the repository (or `pip install {PIP_NAMES.get(name, name)}`).")
+
+
+def report_problem(message: str) -> int:
+    """One paragraph on stderr, no traceback; the exit code for problems found before syncing."""
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    return EXIT_PROBLEM
+
+
+def run_guarded(body) -> int:
+    """Load ./.env, then `body() -> exit code`, turning the user-facing problems (configuration,
+    connections, Dagster's storage, a missing package) into one paragraph and exit code 2."""
+    from .errors import ConnectionProblem
+
+    try:
+        load_env_file()
+        return body()
+    except ImportError as exc:
+        message = missing_package_message(exc)
+        if message is None:
+            raise
+        return report_problem(message)
+    except (ConfigError, ConnectionProblem) as exc:
+        return report_problem(str(exc))
+
+
+def check_servers(config: SyncConfig) -> None:
+    """Both servers answer; done before Dagster loads, so these problems show in well under a second."""
+    from .connections import connect_postgres, connect_redis
+
+    config.require_postgres_url()
+    connect_redis(config).close()
+    connect_postgres(config).close()
+
+
+def run(args: argparse.Namespace, logger: logging.Logger) -> int:
+    """Pre-flight, then one cycle or cycles every interval."""
+    config = SyncConfig.from_env(redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix)
+    interval = interval_from(args)
+    try:
+        check_servers(config)
+        from .api import RedisPgSync
+
+        sync = RedisPgSync.from_config(config, logger)
+        sync.preflight()
+    except KeyboardInterrupt:
+        return EXIT_ABORTED
+    logger.info("Redis → PostgreSQL sync: %s", config.describe())
+    try:
+        if interval is None:
+            return EXIT_OK if sync.sync_once().success else EXIT_SYNC_FAILED
+        sync.run_continuous(interval)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        # A second Ctrl+C/SIGTERM: leave now, without waiting for the cycle's thread. The entity
+        # being synced rolls back with its transaction when the connection drops.
+        logger.warning("Aborted during a sync cycle; the entity in progress was rolled back.")
+        logging.shutdown()
+        os._exit(EXIT_ABORTED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m rp_pipeline` and the `rp-pipeline` console script."""
+    args = parse_args(argv)
+    logger = configure_logging()
+    return run_guarded(lambda: run(args, logger))
