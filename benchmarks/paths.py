@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import queue
 import random
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import redis
@@ -54,11 +58,25 @@ def _config(redis_url: str, pg_url: str):
     return SyncConfig(postgres_url=pg_url, redis_url=redis_url, key_prefix=PREFIX)
 
 
-def _prepare_predictions_table(redis_url: str, pg_url: str, conn: psycopg.Connection) -> dict[int, int]:
-    """The project's schema, plus models and versions as in Redis: Redis version id → Postgres id."""
-    from rp_pipeline.schema import migrate
+def resident() -> int:
+    """This process's resident set now, in bytes (the baseline that imports cost)."""
+    with open("/proc/self/status") as status:
+        return next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), 0)
 
-    migrate(_config(redis_url, pg_url))
+
+_MIGRATE = ("import sys; from rp_pipeline.schema import migrate; from rp_pipeline.settings import SyncConfig; "
+            "migrate(SyncConfig(postgres_url=sys.argv[1], redis_url=sys.argv[2], key_prefix=sys.argv[3]))")
+
+
+def _prepare_predictions_table(redis_url: str, pg_url: str, conn: psycopg.Connection) -> dict[int, int]:
+    """The project's schema, plus models and versions as in Redis: Redis version id → Postgres id.
+
+    `migrate` runs in a process of its own: importing rp_pipeline loads Dagster, whose memory
+    would otherwise count in these paths' peak RSS.
+    """
+    checkout = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", _MIGRATE, pg_url, redis_url, PREFIX], env=env, check=True)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     version_ids: dict[int, int] = {}
     model_ids: dict[str, int] = {}
@@ -91,6 +109,7 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
     migrate(config)
     migrate_seconds = time.perf_counter() - started
     client, conn = open_connections(config)
+    start_rss = resident()
     started = time.perf_counter()
     results = sync_all(client, conn, config, run_id="bench-bulk")
     wall = time.perf_counter() - started
@@ -132,7 +151,7 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
         "predictions_seconds": results["predictions"].duration_seconds,
         "predictions_per_s": results["predictions"].rows_per_second,
         "rows": rows, "wall_seconds": wall, "rows_per_s": rows / wall, "migrate_seconds": migrate_seconds,
-        "entities": entities, "peak_rss": bulk_rss,
+        "entities": entities, "peak_rss": bulk_rss, "start_rss": start_rss,
         "idle_all_seconds": idle_all, "idle_predictions_seconds": idle_predictions,
         "increment_new": new, "increment_inserted": increment["predictions"].inserted,
         "increment_all_seconds": increment_all,
@@ -182,7 +201,7 @@ def _floor_batches(redis_url: str, versions: dict[bytes, bytes]):
 def _floor(redis_url: str, pg_url: str, overlapped: bool) -> dict:
     conn = psycopg.connect(pg_url, autocommit=True)
     versions = {b"%d" % r: b"%d" % p for r, p in _prepare_predictions_table(redis_url, pg_url, conn).items()}
-    source = "bench-floor"
+    source, start_rss = "bench-floor", resident()
     started = time.perf_counter()
     batches = _overlapped(_floor_batches(redis_url, versions)) if overlapped else _floor_batches(redis_url, versions)
     read = inserted = 0
@@ -199,7 +218,7 @@ def _floor(redis_url: str, pg_url: str, overlapped: bool) -> dict:
     loaded = _count(conn)
     conn.close()
     return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": read / seconds}
+            "predictions_per_s": read / seconds, "start_rss": start_rss}
 
 
 def _overlapped(batches):
@@ -238,6 +257,7 @@ def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     conn = psycopg.connect(pg_url, autocommit=True)
     versions = _prepare_predictions_table(redis_url, pg_url, conn)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    start_rss = resident()
     started = time.perf_counter()
     last = int(client.get(PREFIX + "counter:prediction") or 0)
     read = inserted = 0
@@ -269,7 +289,7 @@ def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     conn.close()
     client.close()
     return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": read / seconds}
+            "predictions_per_s": read / seconds, "start_rss": start_rss}
 
 
 # -- dlt -------------------------------------------------------------------------------------------
@@ -308,6 +328,7 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
         os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
         pipeline = dlt.pipeline(pipeline_name="rp_bench", pipelines_dir=work_dir, dataset_name="dlt_bench",
                                 destination=dlt.destinations.postgres(credentials=pg_url))
+        start_rss = resident()
         started = time.perf_counter()
         pipeline.run(redis_predictions(), loader_file_format="csv")  # COPY: about 1.8x its default insert_values
         seconds = time.perf_counter() - started
@@ -315,7 +336,8 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     with psycopg.connect(pg_url) as conn:
         loaded = _count(conn, "dlt_bench.predictions")
     return {"predictions": loaded, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": loaded / seconds, "note": "append (no dedupe), csv loader (COPY)"}
+            "predictions_per_s": loaded / seconds, "start_rss": start_rss,
+            "note": "append (no dedupe), csv loader (COPY)"}
 
 
 PATHS = {"project": project, "floor": floor, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
