@@ -1,18 +1,24 @@
 """rp_pipeline: Redis → PostgreSQL sync for ML metadata and predictions, as a Dagster project.
 
 `from rp_pipeline import RedisWriter` for applications; `RedisPgSync` for the Python API;
-`defs` is the Dagster code location (`dagster dev -m rp_pipeline`, which looks for it here).
+`defs` is the Dagster code location (`dagster dev -m rp_pipeline` finds it here).
+Each loads on first use, so the hot-path client does not import Dagster, and the CLI can
+report a missing package or a bad setting as a clear error instead of a traceback.
 """
 
-from .writer import RedisWriter
-from .definitions import defs
+import importlib
 
-__all__ = ["RedisWriter", "RedisPgSync", "defs"]
+_EXPORTS = {"RedisWriter": ".writer", "RedisPgSync": ".api", "defs": ".definitions"}
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "RedisPgSync":  # the Python API loads on first use
-        from .api import RedisPgSync
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rp_pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
 
-        return RedisPgSync
-    raise AttributeError(f"module 'rp_pipeline' has no attribute {name!r}")
+
+def __dir__():  # Dagster finds `defs` by listing the module's attributes
+    return sorted({*globals(), *_EXPORTS})

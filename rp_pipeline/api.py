@@ -32,7 +32,7 @@ from .connections import connect_postgres, connect_redis, explain_postgres_error
 from .definitions import defs
 from .entities import ENTITIES, STAT_KEYS
 from .errors import ConnectionProblem, SyncFailed
-from .resources import PostgresResource, RedisResource, SyncSettingsResource
+from .resources import resources_for
 from .schedules import JOB_NAME
 from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig
 
@@ -110,26 +110,6 @@ def _instance_error(exc: Exception) -> str:
         lines = str(exc).strip().splitlines()
         detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
     return f"cannot open the Dagster instance ({where}): {detail}"
-
-
-def resources_for(config: SyncConfig) -> dict[str, dg.ConfigurableResource]:
-    """The job's resources carrying `config` (the inverse of resources.sync_config)."""
-    if config.metric_rescan_seconds != SyncConfig.metric_rescan_seconds:
-        raise ConfigError("metric_rescan_seconds cannot be set through the Dagster job's resources yet")
-    return {
-        "redis": RedisResource(url=config.redis_url, key_prefix=config.key_prefix),
-        "postgres": PostgresResource(url=config.postgres_url, analytics_schema=config.schema,
-                                     sync_schema=config.sync_schema),
-        "sync_settings": SyncSettingsResource(
-            conflict_policy=",".join(f"{k}={v}" for k, v in config.conflict.items()),
-            pending_max_age_seconds=config.pending_max_age_seconds,
-            chunk_size=config.chunk_size,
-            statement_timeout_ms=config.statement_timeout_ms,
-            lock_timeout_ms=config.lock_timeout_ms,
-            retention_hours=",".join(f"{k}={v}" for k, v in config.retention_hours.items()),
-            source=config.source or "",
-        ),
-    }
 
 
 def _counter_label(key: str) -> str:

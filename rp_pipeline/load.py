@@ -110,7 +110,8 @@ class Loader:
                   f"FROM {self.stage_table} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s")
         key = ", ".join(spec.identity_sql)
         if spec.mutable:  # one row per identity, the latest record winning, or ON CONFLICT cannot update
-            select = f"SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC"
+            select = (f"SELECT * FROM (SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC) d "
+                      "ORDER BY d._ord")  # new rows get Postgres ids in Redis id order
         sql = (f"INSERT INTO {self.table} AS t ({', '.join(map(q, cols))}) "
                f"SELECT {', '.join(map(q, cols))} FROM ({select}) v ON CONFLICT ({key})")
         if spec.key_where:

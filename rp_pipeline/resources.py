@@ -39,6 +39,7 @@ class SyncSettingsResource(dg.ConfigurableResource):
     statement_timeout_ms: int = 300_000
     lock_timeout_ms: int = 60_000
     retention_hours: str = ""  # e.g. "predictions=24,metrics=72"; default: keep everything in Redis
+    metric_rescan_seconds: float = 3600.0  # a full SCAN for new metric series at least this often
     source: str = ""  # origin name of this Redis; default host:port/db/prefix
 
 
@@ -58,7 +59,27 @@ def sync_config(redis_resource: RedisResource, postgres: PostgresResource,
         statement_timeout_ms=settings.statement_timeout_ms,
         lock_timeout_ms=settings.lock_timeout_ms,
         retention_hours={k: float(v) for k, v in parse_mapping(settings.retention_hours, "retention_hours").items()},
+        metric_rescan_seconds=settings.metric_rescan_seconds,
     )
+
+
+def resources_for(config: SyncConfig) -> dict[str, dg.ConfigurableResource]:
+    """The job's resources carrying `config` (the inverse of `sync_config`), for runs in process."""
+    return {
+        "redis": RedisResource(url=config.redis_url, key_prefix=config.key_prefix),
+        "postgres": PostgresResource(url=config.postgres_url, analytics_schema=config.schema,
+                                     sync_schema=config.sync_schema),
+        "sync_settings": SyncSettingsResource(
+            conflict_policy=",".join(f"{k}={v}" for k, v in config.conflict.items()),
+            pending_max_age_seconds=config.pending_max_age_seconds,
+            chunk_size=config.chunk_size,
+            statement_timeout_ms=config.statement_timeout_ms,
+            lock_timeout_ms=config.lock_timeout_ms,
+            retention_hours=",".join(f"{k}={v}" for k, v in config.retention_hours.items()),
+            source=config.source or "",
+            metric_rescan_seconds=config.metric_rescan_seconds,
+        ),
+    }
 
 
 def open_connections(config: SyncConfig) -> tuple[redis.Redis, psycopg.Connection]:
@@ -87,6 +108,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             chunk_size=_number_env("SYNC_CHUNK_SIZE", int),
             statement_timeout_ms=_number_env("SYNC_STATEMENT_TIMEOUT_MS", int),
             lock_timeout_ms=_number_env("SYNC_LOCK_TIMEOUT_MS", int),
+            metric_rescan_seconds=_number_env("SYNC_METRIC_RESCAN_SECONDS", float),
         )),
     }
 

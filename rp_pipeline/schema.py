@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql as pg
 
-from .entities import ENTITIES, HASH_BY_ID, BIGINT, FLOAT, JSONB, TEXT, TIMESTAMPTZ, EntitySpec
+from .entities import HASH_BY_ID, BIGINT, FLOAT, JSONB, TEXT, TIMESTAMPTZ, EntitySpec
 from .settings import SyncConfig, sqlalchemy_url
 
 SA_TYPES = {

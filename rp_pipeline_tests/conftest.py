@@ -8,7 +8,10 @@ database created for the test session. Everything is removed afterwards.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -134,3 +137,16 @@ def run_sync(sync_config):
     for client, conn in opened:
         client.close()
         conn.close()
+
+
+@pytest.fixture
+def work_dir(tmp_path):
+    """A fresh working directory for a CLI run: no .env, no dagster.yaml; on tmpfs when available
+    (Dagster's SQLite run history syncs to disk for every event)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        path = Path(tempfile.mkdtemp(prefix="rp_cli_", dir=shm))
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        yield tmp_path

@@ -15,7 +15,6 @@ import time
 import psycopg
 import pytest
 
-from .test_cli import work_dir  # noqa: F401 (fixture)
 
 GUIDE_KEYS = {"models", "versions", "datasets", "runs", "hyperparams", "metrics", "experiments", "predictions",
               "errors"}

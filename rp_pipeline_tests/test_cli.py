@@ -13,57 +13,17 @@ run history fsyncs per event), so runs land in that directory's `.dagster_home`.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# Variables that would point a subprocess at the developer's own servers or instance.
-INHERITED = ("REDIS_URL", "POSTGRES_URL", "REDIS_KEY_PREFIX", "POSTGRES_SCHEMA", "SYNC_SCHEMA", "SYNC_INTERVAL",
-             "SYNC_SOURCE", "SYNC_CONFLICT_POLICY", "SYNC_RETENTION_HOURS", "SYNC_LOCK_TIMEOUT_MS",
-             "SYNC_STATEMENT_TIMEOUT_MS", "SYNC_CHUNK_SIZE", "SYNC_PENDING_MAX_AGE", "DAGSTER_HOME",
-             "DAGSTER_POSTGRES_URL", "DAGSTER_POSTGRES_SCHEMA", "PYTHONPATH")
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(INFO|WARNING|ERROR)\] ", re.M)
-PASSWORD = "s3cr3tpw"
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in INHERITED}
-    env.update(values)
-    return env
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120,
-            module: str = "rp_pipeline") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def with_password(url: str, password: str = PASSWORD) -> str:
-    """The URL with a password added (trust authentication ignores it; it must never be printed)."""
-    return re.sub(r"^(\w+://)([^:@/]+)@", rf"\1\2:{password}@", url)
-
-
-@pytest.fixture
-def work_dir(tmp_path):
-    """A fresh working directory for a run: no .env, no dagster.yaml; on tmpfs when available."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        path = Path(tempfile.mkdtemp(prefix="rp_cli_", dir=shm))
-        yield path
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        yield tmp_path
-
+from .cli_support import LOG_LINE, PASSWORD, clean_env, run_cli, with_password
 
 @pytest.fixture
 def cli_env(redis_url, key_prefix, postgres_url, pg_schemas):

@@ -22,7 +22,7 @@ from rp_pipeline import defs
 from rp_pipeline.assets import sync_assets
 from rp_pipeline.checks import sync_checks
 from rp_pipeline.entities import ENTITIES, STAT_KEYS
-from rp_pipeline.resources import PostgresResource, RedisResource, SyncSettingsResource
+from rp_pipeline.resources import resources_for
 from rp_pipeline.schedules import JOB_NAME, cron_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,15 +61,6 @@ def test_sync_interval_becomes_a_cron_schedule(seconds, cron):
     assert cron_for(seconds) == cron
 
 
-def _resources(config):
-    return {
-        "redis": RedisResource(url=config.redis_url, key_prefix=config.key_prefix),
-        "postgres": PostgresResource(url=config.postgres_url, analytics_schema=config.schema,
-                                     sync_schema=config.sync_schema),
-        "sync_settings": SyncSettingsResource(),
-    }
-
-
 def _fill(writer, redis_client, key_prefix):
     resnet = writer.create_model("ResNet50-Redis", description="first")
     writer.create_model("BERT-Redis")
@@ -101,7 +92,7 @@ def test_job_in_process_reports_stats_and_rejections(writer, redis_client, key_p
     _fill(writer, redis_client, key_prefix)
     job = defs.resolve_job_def(JOB_NAME)
     instance = dg.DagsterInstance.ephemeral()
-    result = job.execute_in_process(resources=_resources(sync_config), instance=instance)
+    result = job.execute_in_process(resources=resources_for(sync_config), instance=instance)
     assert result.success  # a rejected record does not fail the sync
     assert _counts(pg_conn, sync_config.schema) == EXPECTED_COUNTS
 
@@ -130,7 +121,7 @@ def test_planted_duplicate_fails_the_identity_check(writer, sync_config, run_syn
     pg_conn.execute(f"INSERT INTO \"{schema}\".models (name) VALUES ('ResNet50-Redis')")
     only_checks = dg.define_asset_job("only_model_checks", selection=dg.AssetSelection.checks_for_assets("models"))
     project = dg.Definitions(assets=sync_assets, asset_checks=sync_checks, jobs=[only_checks],
-                             resources=_resources(sync_config))
+                             resources=resources_for(sync_config))
     result = project.resolve_job_def("only_model_checks").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .test_cli import REPO, clean_env, work_dir  # noqa: F401 (fixture)
+from .cli_support import REPO, clean_env
 
 TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics", "experiments",
           "experiment_runs", "predictions")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import PASSWORD, REPO, clean_env, run_cli, with_password, work_dir  # noqa: F401 (fixture)
+from .cli_support import PASSWORD, REPO, clean_env, run_cli, with_password
 
 
 def free_port() -> int:
