@@ -1,12 +1,12 @@
-"""Where the real sync's time goes: `engine.sync_all` under cProfile, summed up by stage.
+"""Where the real sync's time goes: the predictions entity of `engine.sync_all`, by stage and thread.
 
-    .venv/bin/python benchmarks/profile_sync.py [--n 100000] [--top 25] [--save sync.prof]
+    .venv/bin/python benchmarks/profile_sync.py [--n 100000] [--top 25] [--save sync.prof] [--no-cprofile]
         [--redis-url redis://127.0.0.1:6379/12] [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres]
 
-Fills the benchmark workload (run.py's), syncs it once into a fresh database `rp_bench_profile`
-(dropped after) and prints the predictions entity's time per stage: Redis read, DataFrame build,
-validation, parent mapping, COPY text build, COPY transfer, Postgres upsert, bookkeeping. Times are
-wall time as cProfile sees it (waiting on a server counts), inflated somewhat for Python-heavy code.
+Fills the benchmark workload (run.py's) and syncs it into a fresh database `rp_bench_profile`
+(dropped after), twice: once with timers around the engine's stages (Redis read, DataFrame build,
+validation, parent mapping, COPY text build, Postgres load, bookkeeping, hand-offs between threads),
+which costs next to nothing, and once under cProfile (every thread), for the function-level view.
 """
 
 from __future__ import annotations
@@ -26,75 +26,80 @@ sys.path.insert(1, str(HERE.parent))
 from run import DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, admin, database_url, flush  # noqa: E402
 from workload import PREFIX, fill  # noqa: E402
 
-# Stages by the functions whose time they are: (module path suffix, function name); "*" is every function
-# of the module, called from outside it. A stage listed in MINUS has the other stages' time taken out.
+# Stages are found by function names, so they follow the engine as it changes: a stage whose
+# functions are gone shows nothing, and the top-functions list still tells the truth.
 LOCK_WAIT = ("~", "<method 'acquire' of '_thread.lock' objects>")
-STAGES = {
-    "Redis read (pipelined HMGET + reply parsing)": [("rp_pipeline/extract.py", "pipelined"),
-                                                     ("rp_pipeline/extract.py", "hmget_many")],
-    "DataFrame build (rest of read_hashes: keys, rows, frame)": [("rp_pipeline/extract.py", "read_hashes")],
-    "validation (mapping.validate)": [("rp_pipeline/mapping.py", "validate")],
-    "parent id mapping (map_parent_ids)": [("rp_pipeline/mapping.py", "map_parent_ids")],
-    "COPY text build (copy_text + _as_text)": [("rp_pipeline/load.py", "copy_text"),
-                                               ("rp_pipeline/load.py", "_as_text")],
-    "COPY transfer to staging (+ TRUNCATE)": [("rp_pipeline/load.py", "_stage")],
-    "Postgres upsert (INSERT … SELECT … ON CONFLICT)": [("rp_pipeline/load.py", "_insert_range")],
-    "id map and per-record log lines": [("rp_pipeline/load.py", "_record_ids"),
-                                        ("rp_pipeline/load.py", "_log_synced")],
-    "bookkeeping (pending, rejected, watermark, history)": [("rp_pipeline/bookkeeping.py", "*")],
-    "waiting on the other thread (lock waits)": [LOCK_WAIT],
-}
-MINUS = {
-    "DataFrame build (rest of read_hashes: keys, rows, frame)": ["Redis read (pipelined HMGET + reply parsing)"],
-    "COPY transfer to staging (+ TRUNCATE)": ["COPY text build (copy_text + _as_text)"],
-}
+PSYCOPG_WAIT = ("psycopg/connection.py", "wait")
+REDIS_READ = [("rp_pipeline/extract.py", "pipelined"), ("rp_pipeline/extract.py", "hmget_many")]
+COPY_TEXT = [("rp_pipeline/load.py", "copy_payload")]
+COPY_TEXT_PARTS = [("rp_pipeline/load.py", "copy_text"), ("rp_pipeline/load.py", "_as_text")]
 
 
 def cumulative(stats: pstats.Stats, wanted: list[tuple[str, str]]) -> float:
     """Cumulative time of the wanted functions (recursion is not double counted by cProfile)."""
     total = 0.0
-    for (filename, _, name), (_, _, tt, ct, callers) in stats.stats.items():
+    for (filename, _, name), (_, _, tt, ct, _) in stats.stats.items():
         for suffix, fn in wanted:
             if (suffix, fn) == LOCK_WAIT and (filename, name) == LOCK_WAIT:
                 total += tt
-            elif filename.endswith(suffix) and fn == "*":
-                total += sum(c[3] for caller, c in callers.items() if not caller[0].endswith(suffix))
             elif filename.endswith(suffix) and name == fn:
                 total += ct
     return total
 
 
+def entered(stats: pstats.Stats, module: str) -> float:
+    """Time inside a module's functions, counted where callers from outside the module call in."""
+    return sum(c[3] for (filename, _, _), (_, _, _, _, callers) in stats.stats.items() if filename.endswith(module)
+               for caller, c in callers.items() if not caller[0].endswith(module))
+
+
 def stage_times(stats: pstats.Stats) -> dict[str, float]:
-    times = {stage: cumulative(stats, fns) for stage, fns in STAGES.items()}
-    for stage, minus in MINUS.items():
-        times[stage] = max(0.0, times[stage] - sum(times[m] for m in minus))
-    return times
+    redis_read = cumulative(stats, REDIS_READ)
+    copy_text = cumulative(stats, COPY_TEXT) or cumulative(stats, COPY_TEXT_PARTS)
+    return {
+        "Redis read (pipelined HMGET + reply parsing)": redis_read,
+        "DataFrame build (rest of read_hashes: keys, rows, frame)":
+            max(0.0, cumulative(stats, [("rp_pipeline/extract.py", "read_hashes")]) - redis_read),
+        "validation (mapping.validate)": cumulative(stats, [("rp_pipeline/mapping.py", "validate")]),
+        "parent id mapping (map_parent_ids)": cumulative(stats, [("rp_pipeline/mapping.py", "map_parent_ids")]),
+        "COPY text build (Loader.copy_payload)": copy_text,
+        "Postgres load: COPY, upsert, id map (Loader, minus COPY text)":
+            max(0.0, entered(stats, "rp_pipeline/load.py") - copy_text),
+        "bookkeeping (pending, rejected, watermark, history)": entered(stats, "rp_pipeline/bookkeeping.py"),
+        "waiting on the other thread (lock waits)": cumulative(stats, [LOCK_WAIT]),
+    }
 
 
 def print_stages(title: str, stats: pstats.Stats, wall: float) -> None:
     times = stage_times(stats)
     print(f"{title}")
-    print(f"  {'stage':<54}{'seconds':>9}{'share':>8}")
+    print(f"  {'stage':<62}{'seconds':>9}{'share':>8}")
     for stage, seconds in sorted(times.items(), key=lambda kv: -kv[1]):
         if seconds >= 0.005:
-            print(f"  {stage:<54}{seconds:>9.2f}{seconds / wall:>8.0%}")
+            print(f"  {stage:<62}{seconds:>9.2f}{seconds / wall:>8.0%}")
     other = wall - sum(times.values())
-    print(f"  {'other':<54}{other:>9.2f}{other / wall:>8.0%}")
+    print(f"  {'other':<62}{other:>9.2f}{other / wall:>8.0%}")
+    server = cumulative(stats, [PSYCOPG_WAIT])
+    if server >= 0.005:
+        print(f"  (of all this, waiting for Postgres to answer, psycopg's wait: {server:.2f} s = {server / wall:.0%})")
 
 
-class ThreadProfiles:
-    """cProfile sees one thread; this profiles every thread started while it is active (the extract thread)."""
+class CProfiles:
+    """cProfile of the calling thread and of every thread started meanwhile (the extract thread)."""
 
     def __init__(self):
-        self.profiles: list[tuple[str, cProfile.Profile, list[float]]] = []
+        self.main = cProfile.Profile()
+        self.threads: list[tuple[str, cProfile.Profile, list[float]]] = []
         self._run = threading.Thread.run
+        self._started = 0.0
+        self.wall = 0.0
 
     def __enter__(self):
-        profiles, original = self.profiles, self._run
+        threads, original = self.threads, self._run
 
         def run(thread):
             profile, span = cProfile.Profile(), [time.perf_counter()]
-            profiles.append((thread.name, profile, span))
+            threads.append((thread.name, profile, span))
             profile.enable()
             try:
                 original(thread)
@@ -103,16 +108,138 @@ class ThreadProfiles:
                 span.append(time.perf_counter())
 
         threading.Thread.run = run
+        self._started = time.perf_counter()
+        self.main.enable()
         return self
 
     def __exit__(self, *exc):
+        self.main.disable()
+        self.wall = time.perf_counter() - self._started
         threading.Thread.run = self._run
+
+    def print(self, top: int, save: str | None) -> None:
+        stats = pstats.Stats(self.main)
+        print_stages(f"main thread (the one that talks to Postgres), {self.wall:.2f} s:", stats, self.wall)
+        for name, profile, span in self.threads:
+            if len(span) == 2 and profile.getstats():
+                print_stages(f"thread {name!r}, alive {span[1] - span[0]:.2f} s:", pstats.Stats(profile),
+                             span[1] - span[0])
+                stats.add(pstats.Stats(profile))
+        if save:
+            stats.dump_stats(save)
+        if top:
+            print(f"\ntop {top} functions by own time, all threads:")
+            stats.sort_stats("tottime").print_stats(top)
+
+
+class StageTimers:
+    """Wall time per stage and thread, without a profiler: the engine's functions wrapped in timers.
+
+    Each timer counts its own time only (a timed call inside another is taken out of the outer one);
+    queue waits are the hand-offs between the extract thread and the one that writes to Postgres.
+    """
+
+    TIMED = [  # (module, attribute: a function, or Class.method), stage
+        ("rp_pipeline.extract", "hmget_many", "Redis read (pipelined HMGET + reply parsing)"),
+        ("rp_pipeline.extract", "read_hashes", "DataFrame build (rest of read_hashes: keys, rows, frame)"),
+        ("rp_pipeline.mapping", "validate", "validation (mapping.validate)"),
+        ("rp_pipeline.mapping", "map_parent_ids", "parent id mapping (map_parent_ids)"),
+        ("rp_pipeline.load", "Loader.copy_payload", "COPY text build (Loader.copy_payload)"),
+        ("rp_pipeline.load", "Loader.load", "Postgres load: COPY, upsert, id map (Loader)"),
+        ("rp_pipeline.load", "Loader.stage", "Postgres load: COPY, upsert, id map (Loader)"),
+        ("rp_pipeline.load", "Loader.flush", "Postgres load: COPY, upsert, id map (Loader)"),
+        ("rp_pipeline.bookkeeping", "Bookkeeping.*", "bookkeeping (pending, rejected, watermark, history)"),
+        ("queue", "Queue.get", "waiting on the other thread (queue hand-off)"),
+        ("queue", "Queue.put", "waiting on the other thread (queue hand-off)"),
+    ]
+
+    def __init__(self):
+        self.totals: dict[str, dict[str, float]] = {}
+        self.spans: dict[str, float] = {}
+        self._undo: list[tuple[object, str, object]] = []
+        self._local = threading.local()
+
+    def _wrap(self, stage: str, fn):
+        local, totals = self._local, self.totals
+
+        def timed(*args, **kwargs):
+            stack = local.__dict__.setdefault("stack", [])
+            stack.append(0.0)
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                inner = stack.pop()
+                mine = totals.setdefault(threading.current_thread().name, {})
+                mine[stage] = mine.get(stage, 0.0) + spent - inner
+                if stack:
+                    stack[-1] += spent
+
+        return timed
+
+    def _patch(self, owner, name: str, new) -> None:
+        self._undo.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, new)
+
+    def __enter__(self):
+        import importlib
+
+        for module_name, attribute, stage in self.TIMED:
+            module = importlib.import_module(module_name)
+            if "." in attribute:
+                cls_name, method = attribute.split(".")
+                cls = getattr(module, cls_name, None)
+                if cls is None:
+                    continue
+                names = [m for m, v in vars(cls).items() if callable(v) and not m.startswith("__")] \
+                    if method == "*" else [method]
+                for m in names:
+                    if m in vars(cls):
+                        self._patch(cls, m, self._wrap(stage, vars(cls)[m]))
+                continue
+            original = getattr(module, attribute, None)
+            if original is None:
+                continue
+            wrapped = self._wrap(stage, original)
+            # the engine imported the function by name: replace every reference in the package
+            for loaded in [m for name, m in list(sys.modules.items()) if name.startswith("rp_pipeline")]:
+                if getattr(loaded, attribute, None) is original:
+                    self._patch(loaded, attribute, wrapped)
+        spans, run = self.spans, threading.Thread.run
+
+        def timed_run(thread):
+            started = time.perf_counter()
+            try:
+                run(thread)
+            finally:
+                spans[thread.name] = time.perf_counter() - started
+
+        self._patch(threading.Thread, "run", timed_run)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def print(self, wall: float) -> None:
+        for thread, stages in self.totals.items():
+            alive = wall if thread == threading.main_thread().name else self.spans.get(thread, wall)
+            title = "main thread (the one that talks to Postgres)" if thread == threading.main_thread().name \
+                else f"thread {thread!r}"
+            print(f"{title}, {alive:.2f} s:")
+            for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
+                if seconds >= 0.005:
+                    print(f"  {stage:<62}{seconds:>9.2f}{seconds / alive:>8.0%}")
+            other = alive - sum(stages.values())
+            print(f"  {'other':<62}{other:>9.2f}{other / alive:>8.0%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--top", type=int, default=25, help="also print the top functions by own time")
+    parser.add_argument("--top", type=int, default=25, help="cProfile: the top functions by own time")
+    parser.add_argument("--no-cprofile", action="store_true", help="only the timers (unprofiled) run")
     parser.add_argument("--save", help="write the raw cProfile data here (for snakeviz, pstats)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
@@ -125,47 +252,45 @@ def main() -> None:
     from rp_pipeline.settings import SyncConfig
 
     db = "rp_bench_profile"
-    fill(args.redis_url, args.n)
-    with admin(args.postgres_url) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {db}")
-    try:
-        config = SyncConfig(postgres_url=database_url(args.postgres_url, db), redis_url=args.redis_url,
-                            key_prefix=PREFIX)
+    config = SyncConfig(postgres_url=database_url(args.postgres_url, db), redis_url=args.redis_url, key_prefix=PREFIX)
+
+    def sync_predictions(measure):
+        """Into a fresh database: everything but predictions first, unmeasured; then predictions, measured."""
+        with admin(args.postgres_url) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {db}")
+            conn.execute("CHECKPOINT")
         migrate(config)
         client, conn = open_connections(config)
-        # everything but predictions first, unprofiled: the profile is of the predictions entity alone
-        sync_all(client, conn, config, run_id="profile-parents",
-                 entities=tuple(e for e in ENTITIES if e is not PREDICTIONS))
-        profiler = cProfile.Profile()
-        with ThreadProfiles() as threads:
-            started = time.perf_counter()
-            profiler.enable()
-            result = sync_all(client, conn, config, run_id="profile", entities=(PREDICTIONS,))["predictions"]
-            profiler.disable()
-            wall = time.perf_counter() - started
-        client.close()
-        conn.close()
+        try:
+            sync_all(client, conn, config, run_id="profile-parents",
+                     entities=tuple(e for e in ENTITIES if e is not PREDICTIONS))
+            with measure:
+                started = time.perf_counter()
+                result = sync_all(client, conn, config, run_id="profile", entities=(PREDICTIONS,))["predictions"]
+                wall = time.perf_counter() - started
+        finally:
+            client.close()
+            conn.close()
+        return result, wall
+
+    fill(args.redis_url, args.n)
+    try:
+        timers = StageTimers()
+        result, wall = sync_predictions(timers)
+        print(f"sync_entity(PREDICTIONS), N = {args.n:,}, timed per stage (no profiler): {result.read:,} read, "
+              f"{result.inserted:,} inserted in {wall:.2f} s = {result.read / wall:,.0f} predictions/s")
+        timers.print(wall)
+        if not args.no_cprofile:
+            profiles = CProfiles()
+            result, wall = sync_predictions(profiles)
+            print(f"\nthe same under cProfile: {wall:.2f} s ({result.read / wall:,.0f} predictions/s; wall time, so "
+                  "waiting on a server counts; Python-heavy code is inflated by the profiler)")
+            profiles.print(args.top, args.save)
     finally:
         with admin(args.postgres_url) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         flush(args.redis_url)
-
-    print(f"sync_entity(PREDICTIONS), N = {args.n:,}: {result.read:,} read, {result.inserted:,} inserted in "
-          f"{wall:.2f} s under cProfile ({result.read / wall:,.0f} predictions/s; wall time, so waiting on a "
-          "server counts; Python-heavy code is inflated by the profiler)")
-    stats = pstats.Stats(profiler)
-    print_stages(f"main thread (the one that talks to Postgres), {wall:.2f} s:", stats, wall)
-    for name, profile, span in threads.profiles:
-        if len(span) == 2 and profile.getstats():
-            print_stages(f"thread {name!r}, alive {span[1] - span[0]:.2f} s:", pstats.Stats(profile),
-                         span[1] - span[0])
-            stats.add(pstats.Stats(profile))
-    if args.save:
-        stats.dump_stats(args.save)
-    if args.top:
-        print(f"\ntop {args.top} functions by own time, all threads:")
-        stats.sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":
