@@ -33,6 +33,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEMORY_BASELINE = 10_000
 MiB = 1 << 20
+COMPARED = ("floor", "floor_overlapped", "pandas", "dlt")
 LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_overlapped": "(a') floor, overlapped",
           "pandas": "(b) pandas", "dlt": "(c) dlt"}
 # Targets of the performance issue.
@@ -148,7 +149,7 @@ def measure(args) -> dict:
     from workload import fill
 
     code, load_before = measured_code(), " ".join(f"{x:.2f}" for x in os.getloadavg())
-    with_dlt, dlt_note = dlt_available(args)
+    with_dlt, dlt_note = dlt_available(args) if "dlt" in args.paths else (False, "not in --paths")
     if dlt_note:
         print(f"dlt: {dlt_note}")
     results: dict[int, dict[str, dict]] = {}
@@ -159,7 +160,7 @@ def measure(args) -> dict:
             work = fill(args.redis_url, n)
             print(f"  {sum(work.rows().values()):,} records written in {time.perf_counter() - started:.1f} s",
                   flush=True)
-            paths = ["floor", "floor_overlapped", "pandas"] + (["dlt"] if with_dlt else []) + ["project"]
+            paths = [p for p in args.paths if p != "dlt" or with_dlt] + ["project"]
             repeat = repetitions(n, args)
             runs: dict[str, list[dict]] = {path: [] for path in paths}
             for round_ in range(repeat):  # rounds, not path after path: drift on the box hits every path alike
@@ -243,7 +244,7 @@ def report(data: dict, args) -> list[str]:
             f"{'rows loaded':>13}")
         for path in ("project", "floor", "floor_overlapped", "pandas", "dlt"):
             if path not in r:
-                if path == "dlt":
+                if path == "dlt" and "dlt" in args.paths:
                     say(f"{LABELS[path]:<26}  {data['dlt_note']}")
                 continue
             p = r[path]
@@ -341,6 +342,8 @@ def parse_args(argv=None):
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="a Redis db of its own: it is flushed")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
                         help="a database to connect to for CREATE/DROP DATABASE rp_bench_<path>")
+    parser.add_argument("--paths", default=",".join(COMPARED),
+                        help="the paths to compare with the project's (which always runs)")
     parser.add_argument("--skip-dlt", action="store_true", help="do not run (or install) the dlt path")
     parser.add_argument("--quick", action="store_true", help="smoke test: N=20,000 only, no dlt, under a minute")
     parser.add_argument("--memory-baseline", type=int, default=MEMORY_BASELINE,
@@ -357,6 +360,10 @@ def parse_args(argv=None):
         args.repeat = args.repeat or 1
     if not args.worker:
         args.sizes = sorted({int(s) for s in str(args.sizes).split(",") if s.strip()} | {args.n})
+        args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+        unknown = set(args.paths) - set(COMPARED)
+        if unknown:
+            parser.error(f"unknown path(s) {', '.join(sorted(unknown))}; known: {', '.join(COMPARED)}")
     return args
 
 
