@@ -52,41 +52,35 @@ class _EnvSelected(ConfigurableClass):
         return {}
 
 
+def _storage(inst_data, postgres_class: str, sqlite_factory):
+    url = postgres_storage_url()
+    if url:
+        import dagster_postgres
+
+        return getattr(dagster_postgres, postgres_class)(url, inst_data=inst_data)
+    return sqlite_factory(local_storage_dir(), inst_data=inst_data)
+
+
 # Each subclasses Dagster's storage base too, as the instance checks the class it rehydrates.
 class RunStorage(_EnvSelected, BaseRunStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        url = postgres_storage_url()
-        if url:
-            from dagster_postgres import PostgresRunStorage
-
-            return PostgresRunStorage(url, inst_data=inst_data)
         from dagster._core.storage.runs import SqliteRunStorage
 
-        return SqliteRunStorage.from_local(local_storage_dir(), inst_data=inst_data)
+        return _storage(inst_data, "PostgresRunStorage", SqliteRunStorage.from_local)
 
 
 class EventLogStorage(_EnvSelected, BaseEventLogStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        url = postgres_storage_url()
-        if url:
-            from dagster_postgres import PostgresEventLogStorage
-
-            return PostgresEventLogStorage(url, inst_data=inst_data)
         from dagster._core.storage.event_log import SqliteEventLogStorage
 
-        return SqliteEventLogStorage(local_storage_dir(), inst_data=inst_data)
+        return _storage(inst_data, "PostgresEventLogStorage", SqliteEventLogStorage)
 
 
 class ScheduleStorage(_EnvSelected, BaseScheduleStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        url = postgres_storage_url()
-        if url:
-            from dagster_postgres import PostgresScheduleStorage
-
-            return PostgresScheduleStorage(url, inst_data=inst_data)
         from dagster._core.storage.schedules import SqliteScheduleStorage
 
-        return SqliteScheduleStorage.from_local(local_storage_dir(), inst_data=inst_data)
+        return _storage(inst_data, "PostgresScheduleStorage", SqliteScheduleStorage.from_local)
