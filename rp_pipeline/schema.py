@@ -123,8 +123,11 @@ def migrate(config: SyncConfig) -> None:
             # One migrator at a time per target; others wait here, then find nothing to do.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                          {"k": f"rp_pipeline.migrate/{config.schema}/{config.sync_schema}"})
-            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{config.sync_schema}"'))
-            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{config.schema}"'))
+            for schema in (config.sync_schema, config.schema):
+                # Checked first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+                # schema exists, a right a least-privilege role (README) does not have.
+                if not conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first():
+                    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
             cfg.attributes.update(connection=conn, schema=config.schema, sync_schema=config.sync_schema)
