@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # the package, from a checkout
 
+from other_load import OtherLoad  # noqa: E402
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEMORY_BASELINE = 10_000
@@ -89,23 +91,25 @@ def run_path(path: str, n: int, args) -> dict:
         result_file = out.name
     started = time.perf_counter()
     try:
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", path, "--n", str(n),
-             "--redis-url", args.redis_url, "--postgres-url", database_url(args.postgres_url, db),
-             "--result", result_file],
-            capture_output=True, text=True, timeout=3 * 3600)
+        with OtherLoad() as other:
+            proc = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", path, "--n", str(n),
+                 "--redis-url", args.redis_url, "--postgres-url", database_url(args.postgres_url, db),
+                 "--result", result_file],
+                capture_output=True, text=True, timeout=3 * 3600)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
             print(f"  {path}: FAILED (exit {proc.returncode}):\n{tail}", flush=True)
             return {"error": f"exit {proc.returncode}"}
         result = json.loads(Path(result_file).read_text())
+        result["other_cores"] = other.cores
     finally:
         os.unlink(result_file)
         with admin(args.postgres_url) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     print(f"  {LABELS[path]}: {result['predictions_per_s']:,.0f} predictions/s, "
-          f"peak RSS {result['peak_rss'] / MiB:,.0f} MiB ({time.perf_counter() - started:.0f} s with start-up)",
-          flush=True)
+          f"peak RSS {result['peak_rss'] / MiB:,.0f} MiB ({time.perf_counter() - started:.0f} s with start-up"
+          + (f"; other work on the box: {other.cores:.2f} cores" if other.cores is not None else "") + ")", flush=True)
     return result
 
 
@@ -229,7 +233,9 @@ def report(data: dict, args) -> list[str]:
     say(f"Machine: {cores} cores ({usable} usable), {platform.machine()}, Python {platform.python_version()}, "
         f"{server_versions(args)}")
     say(f"Measured: {data['code']}; load average before the run {data['load_before']}, "
-        f"after {data['load_after']} (other work on the box moves the figures)")
+        f"after {data['load_after']}")
+    say("'others' = cores kept busy by other work on the box while the path ran (not this benchmark, Redis or "
+        "its Postgres backends); it moves the figures, so compare runs with it near 0")
     main = args.n
     for n in args.sizes:
         r = results[n]
@@ -241,7 +247,7 @@ def report(data: dict, args) -> list[str]:
             f"{work['metrics']:,} metric points, {work['models']} models, {work['model_versions']} versions)"
             + (f"; each path run {r['repeat']}×, the median shown" if r.get("repeat", 1) > 1 else "") + " ==")
         say(f"{'path':<26}{'predictions/s':>14}{'× project':>11}{'seconds':>9}{'peak RSS':>11}{'at start':>10}"
-            f"{'rows loaded':>13}")
+            f"{'rows loaded':>13}{'others':>8}")
         for path in ("project", "floor", "floor_overlapped", "pandas", "dlt"):
             if path not in r:
                 if path == "dlt" and "dlt" in args.paths:
@@ -254,6 +260,7 @@ def report(data: dict, args) -> list[str]:
             ratio = p["predictions_per_s"] / base if base else float("nan")
             say(f"{LABELS[path]:<26}{p['predictions_per_s']:>14,.0f}{ratio:>10.2f}×{p['predictions_seconds']:>9.1f}"
                 f"{p['peak_rss'] / MiB:>7,.0f} MiB{p.get('start_rss', 0) / MiB:>6,.0f} MiB{p['loaded']:>13,}"
+                + (f"{p['other_cores']:>8.2f}" if p.get("other_cores") is not None else f"{'?':>8}")
                 + (f"  {p['note']}" if p.get("note") else ""))
         if "error" in project:
             continue
