@@ -64,6 +64,45 @@ def resident() -> int:
         return next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), 0)
 
 
+class CpuMeter:
+    """CPU seconds a timed section cost: this process (all threads), its Postgres backends, Redis.
+
+    Unlike throughput, CPU cost barely moves when other work shares the machine. The backends' CPU is
+    read from /proc, so only for a Postgres on this machine; Redis's is server-wide (INFO cpu).
+    """
+
+    TICKS = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, redis_url: str, backend_pids=()):
+        self.redis_url, self.pids = redis_url, list(backend_pids)
+        self.start = self._now()
+
+    def _postgres(self) -> float | None:
+        total = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += (int(fields[11]) + int(fields[12])) / self.TICKS  # utime + stime
+        return total if self.pids else None
+
+    def _redis(self) -> float:
+        raw = RawRedis(self.redis_url)
+        info = dict(line.split(":", 1) for line in raw.call(b"INFO", b"cpu").decode().split() if ":" in line)
+        raw.close()
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def _now(self) -> tuple:
+        return time.process_time(), self._postgres(), self._redis()
+
+    def stop(self) -> dict:
+        end = self._now()
+        return {"client_cpu": end[0] - self.start[0], "redis_cpu": end[2] - self.start[2],
+                "postgres_cpu": None if end[1] is None or self.start[1] is None else end[1] - self.start[1]}
+
+
 _MIGRATE = ("import sys; from rp_pipeline.schema import migrate; from rp_pipeline.settings import SyncConfig; "
             "migrate(SyncConfig(postgres_url=sys.argv[1], redis_url=sys.argv[2], key_prefix=sys.argv[3]))")
 
@@ -110,9 +149,11 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
     migrate_seconds = time.perf_counter() - started
     client, conn = open_connections(config)
     start_rss = resident()
+    cpu = CpuMeter(redis_url, [conn.info.backend_pid])
     started = time.perf_counter()
     results = sync_all(client, conn, config, run_id="bench-bulk")
     wall = time.perf_counter() - started
+    cpu_used = cpu.stop()
     bulk_rss = rss()
     entities = {name: {"read": r.read, "inserted": r.inserted, "rejected": r.rejected, "pending": r.pending,
                        "seconds": r.duration_seconds, "rows_per_s": r.rows_per_second} for name, r in results.items()}
@@ -151,7 +192,7 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
         "predictions_seconds": results["predictions"].duration_seconds,
         "predictions_per_s": results["predictions"].rows_per_second,
         "rows": rows, "wall_seconds": wall, "rows_per_s": rows / wall, "migrate_seconds": migrate_seconds,
-        "entities": entities, "peak_rss": bulk_rss, "start_rss": start_rss,
+        "entities": entities, "peak_rss": bulk_rss, "start_rss": start_rss, **cpu_used,
         "idle_all_seconds": idle_all, "idle_predictions_seconds": idle_predictions,
         "increment_new": new, "increment_inserted": increment["predictions"].inserted,
         "increment_all_seconds": increment_all,
@@ -202,6 +243,7 @@ def _floor(redis_url: str, pg_url: str, overlapped: bool) -> dict:
     conn = psycopg.connect(pg_url, autocommit=True)
     versions = {b"%d" % r: b"%d" % p for r, p in _prepare_predictions_table(redis_url, pg_url, conn).items()}
     source, start_rss = "bench-floor", resident()
+    cpu = CpuMeter(redis_url, [conn.info.backend_pid])
     started = time.perf_counter()
     batches = _overlapped(_floor_batches(redis_url, versions)) if overlapped else _floor_batches(redis_url, versions)
     read = inserted = 0
@@ -215,10 +257,11 @@ def _floor(redis_url: str, pg_url: str, overlapped: bool) -> dict:
             cur.execute(INSERT_FROM_STAGE, (source,))
             inserted += cur.rowcount
     seconds = time.perf_counter() - started
+    cpu_used = cpu.stop()
     loaded = _count(conn)
     conn.close()
     return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": read / seconds, "start_rss": start_rss}
+            "predictions_per_s": read / seconds, "start_rss": start_rss, **cpu_used}
 
 
 def _overlapped(batches):
@@ -258,6 +301,7 @@ def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     versions = _prepare_predictions_table(redis_url, pg_url, conn)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     start_rss = resident()
+    cpu = CpuMeter(redis_url, [conn.info.backend_pid])
     started = time.perf_counter()
     last = int(client.get(PREFIX + "counter:prediction") or 0)
     read = inserted = 0
@@ -285,11 +329,12 @@ def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
             cur.execute(INSERT_FROM_STAGE, ("bench-pandas",))
             inserted += cur.rowcount
     seconds = time.perf_counter() - started
+    cpu_used = cpu.stop()
     loaded = _count(conn)
     conn.close()
     client.close()
     return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": read / seconds, "start_rss": start_rss}
+            "predictions_per_s": read / seconds, "start_rss": start_rss, **cpu_used}
 
 
 # -- dlt -------------------------------------------------------------------------------------------
@@ -329,15 +374,17 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
         pipeline = dlt.pipeline(pipeline_name="rp_bench", pipelines_dir=work_dir, dataset_name="dlt_bench",
                                 destination=dlt.destinations.postgres(credentials=pg_url))
         start_rss = resident()
+        cpu = CpuMeter(redis_url)  # dlt opens its own Postgres connections: their CPU is not counted
         started = time.perf_counter()
         pipeline.run(redis_predictions(), loader_file_format="csv")  # COPY: about 1.8x its default insert_values
         seconds = time.perf_counter() - started
+        cpu_used = cpu.stop()
     client.close()
     with psycopg.connect(pg_url) as conn:
         loaded = _count(conn, "dlt_bench.predictions")
     return {"predictions": loaded, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": loaded / seconds, "start_rss": start_rss,
-            "note": "append (no dedupe), csv loader (COPY)"}
+            "predictions_per_s": loaded / seconds, "start_rss": start_rss, **cpu_used,
+            "note": "append (no dedupe), csv loader (COPY); its Postgres CPU not counted"}
 
 
 PATHS = {"project": project, "floor": floor, "floor_overlapped": floor_overlapped, "pandas": pandas_path,

@@ -220,6 +220,16 @@ def measured_code() -> str:
     return f"rp_pipeline from {root} at {commit}" + (" with uncommitted changes" if dirty else "")
 
 
+def cpu_cells(p: dict) -> str:
+    """CPU seconds of client, Postgres backend and Redis in the timed section, and per row loaded."""
+    if "client_cpu" not in p:
+        return f"{'?':>25}{'?':>8}"
+    parts = [p["client_cpu"], p.get("postgres_cpu"), p["redis_cpu"]]
+    text = "+".join("?" if v is None else f"{v:.2f}" for v in parts)
+    rows = p.get("rows") or p["predictions"]  # the project's sync_all loads every entity's rows
+    return f"{text:>25}{sum(v for v in parts if v is not None) / max(rows, 1) * 1e6:>8.1f}"
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -235,7 +245,9 @@ def report(data: dict, args) -> list[str]:
     say(f"Measured: {data['code']}; load average before the run {data['load_before']}, "
         f"after {data['load_after']}")
     say("'others' = cores kept busy by other work on the box while the path ran (not this benchmark, Redis or "
-        "its Postgres backends); it moves the figures, so compare runs with it near 0")
+        "its Postgres backends); it moves the figures, so compare runs with it near 0. CPU s = CPU seconds of the "
+        "timed section (client process, its Postgres backend, Redis server), which other work barely moves; "
+        "µs/row = their sum per row loaded (the project's sync_all loads every entity's rows)")
     main = args.n
     for n in args.sizes:
         r = results[n]
@@ -246,8 +258,8 @@ def report(data: dict, args) -> list[str]:
         say(f"== N = {n:,} predictions (+ {work['training_runs']:,} runs, {work['hyperparameters']:,} hyperparameters, "
             f"{work['metrics']:,} metric points, {work['models']} models, {work['model_versions']} versions)"
             + (f"; each path run {r['repeat']}×, the median shown" if r.get("repeat", 1) > 1 else "") + " ==")
-        say(f"{'path':<26}{'predictions/s':>14}{'× project':>11}{'seconds':>9}{'peak RSS':>11}{'at start':>10}"
-            f"{'rows loaded':>13}{'others':>8}")
+        say(f"{'path':<26}{'predictions/s':>14}{'× project':>11}{'seconds':>9}{'CPU s: client+pg+redis':>25}"
+            f"{'µs/row':>8}{'peak RSS':>11}{'at start':>10}{'rows loaded':>13}{'others':>8}")
         for path in ("project", "floor", "floor_overlapped", "pandas", "dlt"):
             if path not in r:
                 if path == "dlt" and "dlt" in args.paths:
@@ -259,7 +271,8 @@ def report(data: dict, args) -> list[str]:
                 continue
             ratio = p["predictions_per_s"] / base if base else float("nan")
             say(f"{LABELS[path]:<26}{p['predictions_per_s']:>14,.0f}{ratio:>10.2f}×{p['predictions_seconds']:>9.1f}"
-                f"{p['peak_rss'] / MiB:>7,.0f} MiB{p.get('start_rss', 0) / MiB:>6,.0f} MiB{p['loaded']:>13,}"
+                f"{cpu_cells(p)}{p['peak_rss'] / MiB:>7,.0f} MiB{p.get('start_rss', 0) / MiB:>6,.0f} MiB"
+                f"{p['loaded']:>13,}"
                 + (f"{p['other_cores']:>8.2f}" if p.get("other_cores") is not None else f"{'?':>8}")
                 + (f"  {p['note']}" if p.get("note") else ""))
         if "error" in project:
