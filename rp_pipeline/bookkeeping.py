@@ -81,7 +81,7 @@ class Bookkeeping:
         rows = self.conn.execute(
             f"INSERT INTO {self.s}.pending AS p (source, entity, redis_key, generation, reason) "
             "SELECT %(source)s, %(entity)s, k, %(generation)s, r FROM unnest(%(keys)s::text[], %(reasons)s::text[]) "
-            "AS w(k, r) ON CONFLICT (source, entity, redis_key) DO UPDATE SET reason = EXCLUDED.reason, "
+            "AS w(k, r) ON CONFLICT (source, entity, md5(redis_key)) DO UPDATE SET reason = EXCLUDED.reason, "
             "last_seen = now(), generation = EXCLUDED.generation, "
             "first_seen = CASE WHEN p.generation = EXCLUDED.generation THEN p.first_seen ELSE now() END "
             "RETURNING redis_key, extract(epoch FROM now() - first_seen)",
@@ -117,14 +117,17 @@ class Bookkeeping:
         """Keep each bad record once (by key and content); seeing it again bumps times_seen."""
         if rejected.empty:
             return 0
-        raw = [r if r is not None else "" for r in rejected["raw"].tolist()]
+        count = len(rejected)
+        rejected = rejected.assign(raw=rejected["raw"].map(lambda r: r if isinstance(r, str) else ""))
+        rejected = rejected.drop_duplicates(["_key", "raw"], keep="last")  # one statement cannot touch a row twice
+        raw = rejected["raw"].tolist()
         self.conn.execute(
             f"INSERT INTO {self.s}.rejected_records AS r (source, entity, redis_key, raw, raw_md5, reason) "
             "SELECT %(source)s, %(entity)s, k, w, md5(w), why FROM unnest(%(keys)s::text[], %(raw)s::text[], "
-            "%(reasons)s::text[]) AS x(k, w, why) ON CONFLICT (source, entity, redis_key, raw_md5) DO UPDATE SET "
+            "%(reasons)s::text[]) AS x(k, w, why) ON CONFLICT (source, entity, md5(redis_key), raw_md5) DO UPDATE SET "
             "last_seen = now(), times_seen = r.times_seen + 1, reason = EXCLUDED.reason",
             self._params(keys=rejected["_key"].tolist(), raw=raw, reasons=rejected["reason"].tolist()))
-        return len(rejected)
+        return count
 
     # -- small named state (metric series scan) ------------------------------------------------------
     def state(self, name: str) -> str | None:
@@ -147,7 +150,7 @@ class Bookkeeping:
             self.conn.execute(
                 f"INSERT INTO {self.s}.metric_series (source, redis_key, generation, card) "
                 "SELECT %(source)s, k, %(generation)s, c FROM unnest(%(keys)s::text[], %(cards)s::bigint[]) AS x(k, c) "
-                "ON CONFLICT (source, redis_key) DO UPDATE SET generation = EXCLUDED.generation, card = EXCLUDED.card",
+                "ON CONFLICT (source, md5(redis_key)) DO UPDATE SET generation = EXCLUDED.generation, card = EXCLUDED.card",
                 self._params(keys=list(cards), cards=list(cards.values())))
 
     # -- history -------------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
         raise SyncFailed(f"{spec.name}: a Postgres statement ran past the {config.statement_timeout_ms} ms "
                          f"statement timeout ({first_line(exc)}); nothing committed, the next cycle retries") from None
     except psycopg.OperationalError as exc:
-        raise SyncFailed(f"{spec.name}: lost the Postgres connection ({first_line(exc)}); nothing committed, "
+        what = "Postgres stopped answering" if getattr(conn, "stalled", False) else "lost the Postgres connection"
+        raise SyncFailed(f"{spec.name}: {what} ({first_line(exc)}); nothing committed, "
                          "the next cycle retries") from None
     except redis.RedisError as exc:
         raise SyncFailed(f"{spec.name}: Redis failed while reading ({first_line(exc)}); nothing committed, "
@@ -147,6 +148,10 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
             account(nothing if spec.mutable else loader.flush(), batch.rejected, batch.waiting)
         if spec.mutable:
             account(loader.flush(), [], pd.DataFrame(columns=["_key", "reason"]))
+        if src.problems:  # an unreadable counter or index: reported like a bad record, the rest synced
+            keys, reasons = zip(*dict(src.problems).items())
+            account(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})],
+                    pd.DataFrame(columns=["_key", "reason"]))
         if not spec.incremental:
             book.forget_unseen()
         if series_cards:
@@ -210,10 +215,11 @@ def _prepare(spec: EntitySpec, reads: Iterator[tuple[pd.DataFrame, pd.DataFrame]
     """Everything before the load that needs no Postgres round trip (ids are preloaded)."""
     start = 0
     for frame, missing in reads:
-        ok, rejected = validate(spec, frame)
+        # Incremental records are read once: one caught half-written waits (pending) instead of being rejected.
+        incomplete: list[pd.DataFrame] = [missing]
+        ok, rejected = validate(spec, frame, incomplete if spec.incremental else None)
         mapped, waiting = map_parent_ids(spec, ok, resolve)
-        if not missing.empty:
-            waiting = pd.concat([waiting, missing], ignore_index=True)
+        waiting = pd.concat([waiting, *[w for w in incomplete if not w.empty]], ignore_index=True)
         yield _Batch(len(frame), mapped, ok, start, loader.copy_payload(mapped, start), rejected, waiting)
         start += len(mapped)
 

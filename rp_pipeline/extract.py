@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import redis
@@ -32,6 +32,7 @@ GENERATION_KEY = "rp_pipeline:generation"
 class RedisSource:
     client: redis.Redis
     prefix: str
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): unreadable counters, indexes
 
     def key(self, pattern: str, **parts) -> str:
         return self.prefix + pattern.format(**parts)
@@ -43,19 +44,28 @@ class RedisSource:
         return self.client.get(key)
 
     def counter(self, spec: EntitySpec) -> int:
-        value = self.client.get(self.prefix + spec.counter) if spec.counter else None
+        """The entity's id counter; 0 when absent. A counter that is not a number is reported, not fatal."""
+        if not spec.counter:
+            return 0
+        key = self.prefix + spec.counter
         try:
+            value = self.client.get(key)
             return int(value or 0)
-        except ValueError:
+        except (redis.ResponseError, ValueError) as exc:
+            self.problems.append((key, f"id counter unreadable ({exc}): ids are taken from the index only"))
             return 0
 
     def all_ids(self, spec: EntitySpec) -> list[int]:
         """Every id the writer allocated (counter) plus any in the entity's index: orphans included."""
         ids = set(range(1, self.counter(spec) + 1))
         if spec.index:
-            for member in self.client.zrange(self.prefix + spec.index, 0, -1):
-                if member.isdigit():
-                    ids.add(int(member))
+            key = self.prefix + spec.index
+            try:
+                members = self.client.zrange(key, 0, -1)
+            except redis.ResponseError as exc:
+                self.problems.append((key, f"index unreadable ({exc}): ids are taken from the counter only"))
+                members = []
+            ids.update(int(m) for m in members if m.isascii() and m.isdigit())
         return sorted(ids)
 
 
@@ -110,8 +120,10 @@ def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) 
                 while reply is not False:
                     replies.append(reply)
                     reply = reader.gets()
-    except BaseException:
+    except BaseException as exc:
         conn.disconnect()  # its reply stream is in an unknown state: never reuse it
+        if isinstance(exc, OSError):  # a socket timeout or reset, in redis-py's terms
+            raise redis.ConnectionError(f"reading HMGET replies failed: {exc or type(exc).__name__}") from exc
         raise
     finally:
         client.connection_pool.release(conn)
@@ -136,13 +148,25 @@ def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple
     errors: list = [None] * len(replies)
     unusual = [i for i, r in enumerate(replies) if type(r) is not list or r.count(None) == width]
     missing = []
-    if unusual:  # rare: records not written yet, and keys of the wrong type
+    if unusual:  # rare: records not written yet, keys of the wrong type, hashes without our fields
+        empty = [i for i in unusual if not isinstance(replies[i], Exception)]
+        exists = {}
+        if empty:
+            # Read again with EXISTS in one MULTI, so "no record" and "a hash without our fields" are told
+            # apart on one snapshot: a writer may have written the record since the first read.
+            pipe = src.client.pipeline(transaction=True)
+            for i in empty:
+                pipe.hmget(keys[i], fields)
+                pipe.exists(keys[i])
+            again = pipe.execute(raise_on_error=False)
+            for n, i in enumerate(empty):
+                replies[i], exists[i] = again[2 * n], again[2 * n + 1]
         keep = []
         for i in unusual:
             if isinstance(replies[i], Exception):
                 errors[i] = f"cannot read: {replies[i]}"
                 replies[i] = [None] * width
-            else:
+            elif exists.get(i) != 1:
                 missing.append(ids[i])
                 keep.append(i)
         if keep:

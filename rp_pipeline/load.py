@@ -22,6 +22,9 @@ from .schema import has_redis_id
 log = logging.getLogger(__name__)
 
 _COPY_SPECIALS = ("\\", "\t", "\n", "\r")
+# What Postgres says about a record's own values (a value it cannot convert, a missing required one,
+# an identity too long for its index): the record is isolated and rejected, the rest loads.
+REFUSED = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 
 def copy_text(columns: list[list]) -> bytes:
@@ -227,7 +230,7 @@ class Loader:
                     result.loaded_keys = [key for chunk in self._chunks for key in chunk.keys]
                     self._chunks = []
                     return result
-                except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+                except REFUSED:
                     result.inserted = 0
                     for chunk in self._chunks:
                         self._copy(cur, self._stage_payload(chunk.frame, chunk.start))
@@ -280,7 +283,7 @@ class Loader:
                 if self.returns_rows:
                     returned.extend(cur.fetchall())
                 return max(cur.rowcount, 0)
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+        except REFUSED as exc:
             if lo == hi:
                 bad.append((lo, self._reason(cur, lo, exc)))
                 return 0

@@ -91,20 +91,26 @@ def _not_a_timestamp(values: pd.Series) -> pd.Series:
     return values.map(lambda v: isinstance(v, str) and v != "" and not _ISO.fullmatch(v))
 
 
-def validate(spec: EntitySpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """Drop records that cannot load, each with a reason naming the field."""
+def validate(spec: EntitySpec, frame: pd.DataFrame,
+             incomplete: list[pd.DataFrame] | None = None) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Drop records that cannot load, each with a reason naming the field.
+
+    With `incomplete` given, records missing a required field go there (_key, reason) instead of
+    being rejected: a writer that sets fields with several commands may not have finished yet.
+    """
     rejected = []
 
-    def reject(mask, reason):
+    def reject(mask, reason, waits=False):
         nonlocal frame
         frame, bad = _reject(spec, frame, mask, reason)
-        rejected.append(bad)
+        (incomplete if waits and incomplete is not None else rejected).append(
+            bad[["_key", "reason"]] if waits and incomplete is not None else bad)
 
     reject(frame["_error"].notna(), lambda bad: bad["_error"])
     for column in spec.columns:
         name, field = column.name, column.redis_field
         if column.required:
-            reject(frame[name].isna() | (frame[name] == ""), f"missing field {field!r}")
+            reject(frame[name].isna() | (frame[name] == ""), f"missing field {field!r}", waits=True)
         reject(_has_bad_text(frame[name]), f"field {field!r} is not valid UTF-8 text (or contains a NUL byte)")
         if column.type in (BIGINT, FLOAT):
             reject(_not_a_number(frame[name]),
@@ -122,7 +128,7 @@ def validate(spec: EntitySpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[
             reject(absent, f"missing field {parent.field!r}")
             values = frame[parent.column]
             absent = pd.Series(False, index=frame.index)
-        reject(~absent & ~values.astype(str).str.fullmatch(r"\d{1,18}"), f"field {parent.field!r} is not an id")
+        reject(~absent & ~values.astype(str).str.fullmatch(r"[0-9]{1,18}"), f"field {parent.field!r} is not an id")
     return frame, rejected
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from .entities import BY_NAME
 
@@ -64,9 +63,8 @@ class SyncConfig:
         """Origin of the rows: host:port/db of the Redis plus the key prefix, never credentials."""
         if self.source:
             return self.source
-        parts = urlsplit(self.redis_url)
-        db = (parts.path or "/0").lstrip("/") or "0"
-        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}/{self.key_prefix}"
+        parts = split_url(self.redis_url)
+        return f"{parts.host}:{parts.port or 6379}/{parts.path or '0'}/{self.key_prefix}"
 
     def policy(self, entity: str) -> str:
         return self.conflict.get(entity, "skip")
@@ -132,19 +130,41 @@ def _number(value: str, what: str, cast=float):
         raise ConfigError(f"{what} must be a number, got {value!r}") from None
 
 
+@dataclass(frozen=True)
+class UrlParts:
+    user: str | None
+    password: str | None
+    host: str
+    port: int | None
+    path: str  # database / db number, without the leading /
+
+
+def split_url(url: str) -> UrlParts:
+    """A server URL's parts, tolerant of what libpq and redis-py accept but urlsplit does not:
+    the credentials end at the *last* '@', so a password may hold '#', '?' or '/'."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        rest = url
+    at = rest.rfind("@")
+    userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else ("", rest)
+    user, colon, password = userinfo.partition(":")
+    match = re.match(r"(\[[^\]]*\]|[^/?#:,]*)(?::(\d+))?[^/?#]*(?:/([^?#]*))?", hostpart)
+    host, port, path = (match.group(1), match.group(2), match.group(3)) if match else ("", None, None)
+    return UrlParts(user or None, password if colon else None, host.strip("[]") or "localhost",
+                    int(port) if port else None, path or "")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs, metadata and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparseable URL)"
-    if parts.password is None:
+    """The URL with any password replaced by ***, for logs, metadata and errors.
+
+    Everything between the user's ':' and the last '@' is masked, so a password that
+    holds URL delimiters is still hidden whole."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0 or ":" not in rest[:at]:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user = rest[:at].partition(":")[0]
+    return f"{scheme}://{user}:***@{rest[at + 1:]}"
 
 
 def psycopg_url(url: str) -> str:

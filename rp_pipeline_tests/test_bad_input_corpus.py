@@ -31,7 +31,6 @@ import pytest
 import redis
 from psycopg.rows import dict_row
 
-from rp_pipeline.errors import SyncFailed
 
 from .faults import environment_flag, json_value
 
@@ -492,11 +491,9 @@ def test_timestamps_postgres_would_reinterpret_are_rejected(timestamp, writer, r
 
 @pytest.mark.parametrize("entity", [
     "predictions",
-    pytest.param("models", marks=pytest.mark.xfail(strict=True, reason=(
-        "read_hashes treats a hash with none of the entity's fields as 'no record'; for fully re-read "
-        "entities extract_all drops those ids silently: never rejected, never pending"))),
-    pytest.param("training_runs", marks=pytest.mark.xfail(strict=True, reason="same as models")),
-    pytest.param("datasets", marks=pytest.mark.xfail(strict=True, reason="same as models")),
+    "models",
+    "training_runs",
+    "datasets",
 ])
 def test_hash_without_any_known_field_is_rejected(entity, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
     record, index = REDIS_NAMES[entity]
@@ -510,10 +507,6 @@ def test_hash_without_any_known_field_is_rejected(entity, redis_client, key_pref
     assert key in rejected_keys(pg_conn, pg_schemas[1])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "mapping.validate checks parent ids with str.fullmatch(r'\\d{1,18}'), and \\d matches any Unicode digit; "
-    "pd.to_numeric then yields NA and map_parent_ids crashes on int(NA) (TypeError) — the cycle aborts, and "
-    "every later one, since the record is re-read each time"))
 @pytest.mark.parametrize("digits", ["۱", "١", "１"])  # Persian, Arabic-Indic, full-width one
 def test_parent_id_in_non_ascii_digits_is_rejected_without_crashing(digits, writer, redis_client, key_prefix,
                                                                     run_sync, pg_conn, pg_schemas):
@@ -526,10 +519,6 @@ def test_parent_id_in_non_ascii_digits_is_rejected_without_crashing(digits, writ
     assert pg_conn.execute("SELECT origin_redis_id FROM predictions").fetchall() == [(good,)]
 
 
-@pytest.mark.xfail(strict=True, raises=SyncFailed, reason=(
-    "RedisSource.all_ids (ZRANGE on the index) and RedisSource.counter (GET) are not pipelined with "
-    "raise_on_error=False like the record reads: a WRONGTYPE reply aborts the entity and the rest of the cycle, "
-    "in every cycle until someone repairs Redis"))
 @pytest.mark.parametrize("where", ["idx:models", "idx:runs", "counter:prediction", "counter:model"])
 def test_wrong_type_index_or_counter_key_does_not_stop_the_sync(where, writer, redis_client, key_prefix, run_sync,
                                                                 pg_conn):
@@ -541,11 +530,6 @@ def test_wrong_type_index_or_counter_key_does_not_stop_the_sync(where, writer, r
     assert pg_conn.execute("SELECT count(*) FROM model_versions").fetchone()[0] == 1
 
 
-@pytest.mark.xfail(strict=True, raises=SyncFailed, reason=(
-    "a text value in a unique identity index larger than a btree entry (~2.7 kB after compression) makes "
-    "Postgres raise ProgramLimitExceeded, which Loader._insert_range does not isolate (it halves only on "
-    "DataError/IntegrityError): the entity and the rest of the cycle abort, reported as 'lost the Postgres "
-    "connection', in every cycle"))
 @pytest.mark.parametrize("where", ["model name", "dataset name", "version", "hyperparameter name", "metric name"])
 def test_huge_value_in_an_identity_column_is_rejected_without_crashing(where, writer, redis_client, key_prefix,
                                                                        run_sync, pg_conn, pg_schemas):

@@ -9,7 +9,6 @@ exist; a Dagster instance whose storage cannot be reached; a bad SYNC_INTERVAL.
 
 from __future__ import annotations
 
-import ast
 import glob
 import os
 import shutil
@@ -133,20 +132,6 @@ def test_postgres_wrong_password(postgres_with_password, redis_url, work_dir):
                          "POSTGRES_URL")
 
 
-def package_imports_eagerly() -> bool:
-    """True while rp_pipeline/__init__.py imports its modules (writer: redis; definitions: dagster and the
-    schedule's SYNC_INTERVAL check) at import time: `python -m rp_pipeline` then fails in the package's
-    __init__, before any code of the CLI runs."""
-    tree = ast.parse((REPO / "rp_pipeline" / "__init__.py").read_text())
-    return any(isinstance(node, ast.ImportFrom) and node.level == 1 for node in tree.body)
-
-
-needs_lazy_package = pytest.mark.xfail(
-    package_imports_eagerly(), strict=True,
-    reason="rp_pipeline/__init__.py imports writer (redis) and definitions (dagster, the schedule's "
-           "SYNC_INTERVAL check) at import time, so these failures happen before the CLI can report them")
-
-
 @pytest.fixture
 def without_redis_package(tmp_path):
     """A PYTHONPATH entry that makes `import redis` fail as if the package were not installed."""
@@ -156,7 +141,6 @@ def without_redis_package(tmp_path):
     return str(shadow.parent)
 
 
-@needs_lazy_package
 def test_missing_client_package_says_which_and_how_to_install(without_redis_package, postgres_url, work_dir):
     env = clean_env(PYTHONPATH=without_redis_package, POSTGRES_URL=postgres_url)
     assert_clear_problem(run_cli(["--once"], env, work_dir), "'redis' is not installed", "pip install -e .")
@@ -186,7 +170,6 @@ def test_unreachable_dagster_instance_storage(redis_url, postgres_url, work_dir)
                          f"127.0.0.1:{port}", "DAGSTER_POSTGRES_URL")
 
 
-@needs_lazy_package
 def test_sync_interval_that_is_not_a_number(redis_url, postgres_url, work_dir):
     env = clean_env(REDIS_URL=redis_url, POSTGRES_URL=postgres_url, SYNC_INTERVAL="five minutes")
     assert_clear_problem(run_cli([], env, work_dir), "SYNC_INTERVAL must be a number")
