@@ -499,11 +499,13 @@ def old_adapter_writer_process(redis_url: str, prefix: str, seed: int, seconds: 
     runs: list[int] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        # Long enough that a cycle often reads the counter, then the id, inside the gap (the sync
+        # re-reads an empty id once, a few ms later, before it decides the record is not written yet).
         predictions.append(write_prediction_by_hand(client, prefix, rng.choice(versions),
-                                                    pause=rng.uniform(0.002, 0.008)))
+                                                    pause=rng.uniform(0.01, 0.04)))
         if len(predictions) % 100 == 0:
             run_id = client.incr(f"{prefix}counter:run")
-            time.sleep(rng.uniform(0.002, 0.008))
+            time.sleep(rng.uniform(0.01, 0.04))
             client.hset(f"{prefix}run:{run_id}", mapping={
                 "id": run_id, "model_version_id": rng.choice(versions), "dataset_id": 0,
                 "run_name": f"old-{run_id}", "status": "started", "started_at": utc_iso(time.time()),
