@@ -142,11 +142,17 @@ def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple
     """HMGET the entity's fields for these ids: (rows that exist, ids with no record)."""
     fields = [p.field for p in spec.parents] + [c.redis_field for c in spec.columns]
     names = [p.column for p in spec.parents] + spec.column_names
-    keys = [src.key(spec.key, id=i) for i in ids]
+    head, _, tail = (src.prefix + spec.key).partition("{id}")
+    keys = [f"{head}{i}{tail}" for i in ids]
     replies = hmget_many(src.client, keys, fields)
     width = len(fields)
     errors: list = [None] * len(replies)
-    unusual = [i for i, r in enumerate(replies) if type(r) is not list or r.count(None) == width]
+    if set(map(type, replies)) <= {list}:  # the usual case, checked in C: a record with no field is rare
+        first = list(zip(*replies))[0] if replies else ()
+        unusual = [i for i, v in enumerate(first) if v is None and replies[i].count(None) == width] \
+            if None in first else []
+    else:
+        unusual = [i for i, r in enumerate(replies) if type(r) is not list or r.count(None) == width]
     missing = []
     if unusual:  # rare: records not written yet, keys of the wrong type, hashes without our fields
         empty = [i for i in unusual if not isinstance(replies[i], Exception)]

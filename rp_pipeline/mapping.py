@@ -23,6 +23,8 @@ _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 _SPECIAL_FLOATS = re.compile(r"^\s*[+-]?(nan|inf|infinity)\s*$", re.IGNORECASE)
 _ISO_TEXT = r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,6})?)?)?"
 _ISO = re.compile(_ISO_TEXT)
+_ID = re.compile("[0-9]{1,18}")
+_ID_COLUMN = re.compile("[0-9]{1,18}(?:\x01[0-9]{1,18})*")
 _ISO_COLUMN = re.compile(f"{_ISO_TEXT}(?:\x01{_ISO_TEXT})*")
 
 Resolver = Callable[[str, Iterable[int]], dict[int, int]]
@@ -91,6 +93,14 @@ def _not_a_timestamp(values: pd.Series) -> pd.Series:
     return values.map(lambda v: isinstance(v, str) and v != "" and not _ISO.fullmatch(v))
 
 
+def _not_an_id(values: pd.Series) -> pd.Series:
+    """Per-row flag for ids that are not 1-18 ASCII digits; one regex over the column when all are fine."""
+    given = values.dropna()
+    if not len(given) or _ID_COLUMN.fullmatch("\x01".join(given.tolist())):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, str) and not _ID.fullmatch(v))
+
+
 def validate(spec: EntitySpec, frame: pd.DataFrame,
              incomplete: list[pd.DataFrame] | None = None) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """Drop records that cannot load, each with a reason naming the field.
@@ -128,7 +138,7 @@ def validate(spec: EntitySpec, frame: pd.DataFrame,
             reject(absent, f"missing field {parent.field!r}")
             values = frame[parent.column]
             absent = pd.Series(False, index=frame.index)
-        reject(~absent & ~values.astype(str).str.fullmatch(r"[0-9]{1,18}"), f"field {parent.field!r} is not an id")
+        reject(~absent & _not_an_id(values), f"field {parent.field!r} is not an id")
     return frame, rejected
 
 
