@@ -97,7 +97,7 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
             f"({redact_url(url)}).") from None
     except redis.ResponseError as exc:
         raise ConnectionProblem(f"Redis at {_where(url, 6379)} refused us: {first_line(exc)}") from None
-    except ValueError as exc:
+    except ValueError:
         # The parser's own message may quote part of the password: it is not repeated.
         raise ConnectionProblem(
             f"REDIS_URL is not a valid Redis URL ({redact_url(url)}): write it as "

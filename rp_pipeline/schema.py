@@ -28,10 +28,6 @@ def has_redis_id(spec: EntitySpec) -> bool:
     return spec.by_origin and spec.strategy == HASH_BY_ID
 
 
-def origin_columns(spec: EntitySpec) -> list[str]:
-    return ["origin_source"] + (["origin_redis_id"] if has_redis_id(spec) else [])
-
-
 def identity_index_name(spec: EntitySpec) -> str:
     return f"uq_{spec.name}_identity"
 
