@@ -35,6 +35,7 @@ log = logging.getLogger("rp_pipeline")
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "canceled", "crashed", "stopped",
                                    "killed", "finished", "succeeded", "success", "error"})
 NOT_WRITTEN_YET = "id allocated, record not written yet"
+NO_WAITING = pd.DataFrame(columns=["_key", "reason"])  # (read-only) no record waits for anything
 
 
 @dataclass
@@ -117,7 +118,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         series_cards: dict[str, int] = {}
         reads = _plan_reads(spec, src, book, config, pending, result, series_cards)
 
-        def account(loaded: LoadResult, rejected: list[pd.DataFrame], waiting: pd.DataFrame) -> None:
+        def account(loaded: LoadResult, rejected: list[pd.DataFrame] = (),
+                    waiting: pd.DataFrame = NO_WAITING) -> None:
             result.inserted += loaded.inserted
             result.updated += loaded.updated
             result.unchanged += loaded.unchanged
@@ -147,11 +149,10 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
             # Append-only rows load chunk by chunk; mutable ones once, so duplicates settle on the latest.
             account(nothing if spec.mutable else loader.flush(), batch.rejected, batch.waiting)
         if spec.mutable:
-            account(loader.flush(), [], pd.DataFrame(columns=["_key", "reason"]))
+            account(loader.flush())
         if src.problems:  # an unreadable counter or index: reported like a bad record, the rest synced
             keys, reasons = zip(*dict(src.problems).items())
-            account(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})],
-                    pd.DataFrame(columns=["_key", "reason"]))
+            account(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})])
         if not spec.incremental:
             book.forget_unseen()
         if series_cards:
@@ -177,7 +178,6 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
     """Decide what to read (this touches Postgres, so it runs here, in the caller's thread) and
     return an iterator that only reads Redis: chunks to load, each with the ids that had no
     record yet (only incremental entities have those)."""
-    no_missing = pd.DataFrame(columns=["_key", "reason"])
     if spec.incremental:
         watermark, counter = book.watermark(), src.counter(spec)
         retry = sorted(int(k.rsplit(":", 1)[1]) for k in pending if k.rsplit(":", 1)[1].isdigit())
@@ -188,7 +188,7 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
             for ids in id_chunks:
                 frame, missing = read_hashes(src, spec, ids)
                 yield frame, pd.DataFrame({"_key": [src.key(spec.key, id=i) for i in missing],
-                                           "reason": NOT_WRITTEN_YET}) if missing else no_missing
+                                           "reason": NOT_WRITTEN_YET}) if missing else NO_WAITING
         return incremental()
     series, ids = (), None
     if spec.strategy == METRIC_SERIES:
@@ -196,7 +196,7 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
     elif spec.strategy == HASH_BY_ID:
         ids = src.all_ids(spec)
         result.watermark = max(ids, default=0)  # what the reconciliation check may expect in Postgres
-    return ((frame, no_missing) for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series))
+    return ((frame, NO_WAITING) for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series))
 
 
 @dataclass

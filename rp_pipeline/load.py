@@ -16,7 +16,7 @@ import psycopg
 
 from .entities import PARENT_ENTITIES, TEXT, EntitySpec, sql_name as q
 from .errors import first_line
-from .mapping import cast_sql, raw_record
+from .mapping import cast_sql, map_parent_ids, raw_record, validate
 from .schema import has_redis_id
 
 log = logging.getLogger(__name__)
@@ -324,3 +324,19 @@ class Loader:
         )
         for redis_id, pg_id, display in cur.fetchall():
             self.log.info("  %s synced: %s (Redis ID %s → Pg ID %s)", self.spec.label, display, redis_id, pg_id)
+
+
+def find_in_postgres(conn: psycopg.Connection, spec: EntitySpec, frame: pd.DataFrame, *, schema: str,
+                     sync_schema: str, source: str, generation: str, exact: bool = False):
+    """Validate and map records as the sync would, then say which ones Postgres holds (by identity, or
+    with every value when `exact`). Returns (mapped records, found flags, invalid frames, waiting frame).
+    Used by the reconciliation check and by retention; runs in the caller's transaction."""
+    from .bookkeeping import Bookkeeping  # bookkeeping is the caller's concern everywhere else
+
+    ok, invalid = validate(spec, frame)
+    book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
+    mapped, waiting = map_parent_ids(spec, ok, book.resolve)
+    mapped = mapped.reset_index(drop=True)
+    loader = Loader(conn, spec, schema=schema, sync_schema=sync_schema, source=source, generation=generation,
+                    policy="skip")
+    return mapped, loader.find_existing(mapped, exact=exact), invalid, waiting

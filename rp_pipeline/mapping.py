@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import pandas as pd
 
@@ -28,13 +27,6 @@ _ID_COLUMN = re.compile("[0-9]{1,18}(?:\x01[0-9]{1,18})*")
 _ISO_COLUMN = re.compile(f"{_ISO_TEXT}(?:\x01{_ISO_TEXT})*")
 
 Resolver = Callable[[str, Iterable[int]], dict[int, int]]
-
-
-@dataclass
-class Mapped:
-    rows: pd.DataFrame  # ready to load
-    rejected: pd.DataFrame  # _key, raw, reason
-    waiting: pd.DataFrame  # _key, reason: a parent is not in Postgres yet
 
 
 def raw_record(row: pd.Series, spec: EntitySpec) -> str:

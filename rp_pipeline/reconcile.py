@@ -15,12 +15,10 @@ import pandas as pd
 import psycopg
 import redis
 
-from .bookkeeping import Bookkeeping
 from .entities import EXPERIMENTS, HASH_BY_ID, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, TRAINING_RUNS, EntitySpec
-from .extract import RedisSource, read_hashes, read_memberships, read_metric_series, read_params
+from .extract import RedisSource, pipelined, read_hashes, read_memberships, read_metric_series, read_params
 from .entities import sql_name as q
-from .load import Loader
-from .mapping import map_parent_ids, validate
+from .load import find_in_postgres
 from .settings import SyncConfig
 
 
@@ -64,7 +62,7 @@ def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, c
                 f"SELECT redis_key, card FROM {q(config.sync_schema)}.metric_series WHERE source = %s "
                 "AND generation = %s", (config.source_name, generation)).fetchall())
             keys = random.sample(sorted(cards), min(len(cards), max(1, sample_size // 100)))
-            current = [client.zcard(k) if client.type(k) == "zset" else -1 for k in keys]
+            current = [c if isinstance(c, int) else -1 for c in pipelined(client, (("ZCARD", k) for k in keys))]
             # Series that grew since the sync are the next cycle's work, not a loss.
             frame = read_metric_series(src, spec, [k for k, c in zip(keys, current) if c == cards[k]])
         else:
@@ -87,12 +85,9 @@ def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, c
         result.rejected = int(frame["_key"].isin(rejected).sum())
         result.pending = int((frame["_key"].isin(pending) & ~frame["_key"].isin(rejected)).sum())
         frame = frame[~accounted]
-        ok, invalid = validate(spec, frame)
-        book = Bookkeeping(conn, config.sync_schema, config.source_name, spec.name, generation)
-        mapped, waiting = map_parent_ids(spec, ok, book.resolve)
-        loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema, source=config.source_name,
-                        generation=generation, policy=config.policy(spec.name))
-        found = loader.find_existing(mapped.reset_index(drop=True))
+        mapped, found, invalid, waiting = find_in_postgres(
+            conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema, source=config.source_name,
+            generation=generation)
         result.in_postgres = sum(found)
         lost = [k for k, hit in zip(mapped["_key"], found) if not hit]
         lost += [k for r in invalid for k in r["_key"]] + waiting["_key"].tolist()

@@ -20,8 +20,7 @@ import redis
 from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
 from .extract import RedisSource, chunks, pipelined, read_hashes, read_metric_series
-from .load import Loader
-from .mapping import map_parent_ids, validate
+from .load import find_in_postgres
 from .settings import SyncConfig
 
 # KEYS: hash, index. ARGV: member id, then field/value pairs the hash must still hold.
@@ -56,14 +55,9 @@ def apply_retention(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connect
 def _confirmed(spec: EntitySpec, frame: pd.DataFrame, conn: psycopg.Connection, config: SyncConfig,
                generation: str) -> pd.DataFrame:
     """The records of `frame` that Postgres holds with exactly these values."""
-    ok, _ = validate(spec, frame)
     with conn.transaction():
-        book = Bookkeeping(conn, config.sync_schema, config.source_name, spec.name, generation)
-        mapped, _ = map_parent_ids(spec, ok, book.resolve)
-        mapped = mapped.reset_index(drop=True)
-        loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema, source=config.source_name,
-                        generation=generation, policy=config.policy(spec.name))
-        found = loader.find_existing(mapped, exact=True)
+        mapped, found, _, _ = find_in_postgres(conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema,
+                                               source=config.source_name, generation=generation, exact=True)
     return mapped[pd.Series(found, dtype=bool)] if len(mapped) else mapped
 
 
