@@ -117,7 +117,7 @@ def ensure_schema(config: SyncConfig) -> None:
         _migrated.add(target)
 
 
-def migrate(config: SyncConfig) -> None:
+def migrate(config: SyncConfig, revision: str = "head") -> None:
     """Create or upgrade every table to the current revision; safe to call on every cycle."""
     engine = sa.create_engine(sqlalchemy_url(config.require_postgres_url()), poolclass=sa.pool.NullPool)
     try:
@@ -133,6 +133,6 @@ def migrate(config: SyncConfig) -> None:
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
             cfg.attributes.update(connection=conn, schema=config.schema, sync_schema=config.sync_schema)
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
     finally:
         engine.dispose()
