@@ -8,7 +8,7 @@ all of them; a tenth entity is one more `EntitySpec`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # How records are found in Redis (see extract.py for each strategy).
 HASH_BY_ID = "hash_by_id"  # {key}:{id} hashes, ids from the counter and the index
@@ -63,7 +63,6 @@ class EntitySpec:
     log_each: bool = False  # one log line per synced record
     display: str = "name"  # column shown in per-record log lines
     retention_field: str | None = None  # timestamp column used by the retention policy
-    extra_indexes: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def key_where(self) -> str | None:

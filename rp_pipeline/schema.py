@@ -1,8 +1,8 @@
-"""The Postgres schema, derived from the entity specs, and its migration entry point.
+"""The Postgres schema's migration entry point and the names live code shares with it.
 
-Tables are SQLAlchemy Core metadata built from `entities.ENTITIES`; Alembic
-(`rp_pipeline/migrations`) creates them in an empty database and brings an
-existing one (the old SQL adapter's tables) up to date, idempotently.
+Alembic (`rp_pipeline/migrations/versions`) creates the tables in an empty database and brings an
+existing one (the old SQL adapter's tables, or one at an older revision) up to date, idempotently.
+Each revision is frozen: a schema change is a new revision, never an edit of an old one.
 """
 
 from __future__ import annotations
@@ -12,15 +12,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.dialects import postgresql as pg
 
-from .entities import HASH_BY_ID, BIGINT, FLOAT, JSONB, TEXT, TIMESTAMPTZ, EntitySpec
+from .entities import HASH_BY_ID, EntitySpec
 from .settings import SyncConfig, sqlalchemy_url
-
-SA_TYPES = {
-    TEXT: sa.Text, BIGINT: sa.BigInteger, FLOAT: sa.Float(precision=53),
-    JSONB: pg.JSONB, TIMESTAMPTZ: sa.DateTime(timezone=True),
-}
 
 
 def has_redis_id(spec: EntitySpec) -> bool:
@@ -29,78 +23,8 @@ def has_redis_id(spec: EntitySpec) -> bool:
 
 
 def identity_index_name(spec: EntitySpec) -> str:
+    """The unique index that enforces an entity's identity (made by revision 0001)."""
     return f"uq_{spec.name}_identity"
-
-
-def entity_table(spec: EntitySpec, metadata: sa.MetaData, schema: str) -> sa.Table:
-    """The analytics table of one entity, as the analysts know it plus origin columns."""
-    cols: list[sa.Column] = [sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True)]
-    for parent in spec.parents:
-        cols.append(sa.Column(parent.column, sa.BigInteger,
-                              sa.ForeignKey(f"{schema}.{parent.entity}.id"), nullable=parent.optional))
-    for column in spec.columns:
-        cols.append(sa.Column(column.name, SA_TYPES[column.type],
-                              nullable=not (column.required and column.name in spec.natural_key)))
-    cols.append(sa.Column("origin_source", sa.Text))
-    if has_redis_id(spec):
-        cols.append(sa.Column("origin_redis_id", sa.BigInteger))
-    return sa.Table(spec.name, metadata, *cols, schema=schema)
-
-
-def bookkeeping_tables(metadata: sa.MetaData, schema: str) -> dict[str, sa.Table]:
-    """The sync's own state, kept apart from the analytics tables."""
-    ts = sa.DateTime(timezone=True)
-    now = sa.text("now()")
-    tables = [
-        sa.Table("watermarks", metadata,
-                 sa.Column("source", sa.Text, primary_key=True), sa.Column("entity", sa.Text, primary_key=True),
-                 sa.Column("generation", sa.Text, nullable=False), sa.Column("last_id", sa.BigInteger, nullable=False),
-                 sa.Column("updated_at", ts, server_default=now, nullable=False), schema=schema),
-        sa.Table("id_map", metadata,
-                 sa.Column("source", sa.Text, primary_key=True), sa.Column("entity", sa.Text, primary_key=True),
-                 sa.Column("redis_id", sa.BigInteger, primary_key=True),
-                 sa.Column("generation", sa.Text, nullable=False), sa.Column("pg_id", sa.BigInteger, nullable=False),
-                 schema=schema),
-        # Redis keys can be longer than a btree entry (a metric name is part of one): they are
-        # unique by md5 and looked up through hash indexes, which have no size limit.
-        sa.Table("pending", metadata,
-                 sa.Column("source", sa.Text, nullable=False), sa.Column("entity", sa.Text, nullable=False),
-                 sa.Column("redis_key", sa.Text, nullable=False),
-                 sa.Column("generation", sa.Text, nullable=False), sa.Column("reason", sa.Text, nullable=False),
-                 sa.Column("first_seen", ts, server_default=now, nullable=False),
-                 sa.Column("last_seen", ts, server_default=now, nullable=False),
-                 sa.Index("uq_pending_key", "source", "entity", sa.text("md5(redis_key)"), unique=True),
-                 sa.Index("ix_pending_redis_key", "redis_key", postgresql_using="hash"), schema=schema),
-        sa.Table("rejected_records", metadata,
-                 sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-                 sa.Column("source", sa.Text, nullable=False), sa.Column("entity", sa.Text, nullable=False),
-                 sa.Column("redis_key", sa.Text, nullable=False), sa.Column("raw", sa.Text),
-                 sa.Column("raw_md5", sa.Text, nullable=False), sa.Column("reason", sa.Text, nullable=False),
-                 sa.Column("first_seen", ts, server_default=now, nullable=False),
-                 sa.Column("last_seen", ts, server_default=now, nullable=False),
-                 sa.Column("times_seen", sa.Integer, server_default="1", nullable=False),
-                 sa.Index("uq_rejected_record", "source", "entity", sa.text("md5(redis_key)"), "raw_md5",
-                          unique=True),
-                 sa.Index("ix_rejected_redis_key", "redis_key", postgresql_using="hash"), schema=schema),
-        sa.Table("entity_runs", metadata,
-                 sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-                 sa.Column("run_id", sa.Text, nullable=False), sa.Column("source", sa.Text, nullable=False),
-                 sa.Column("entity", sa.Text, nullable=False),
-                 sa.Column("started_at", ts, nullable=False), sa.Column("finished_at", ts, nullable=False),
-                 *[sa.Column(n, sa.BigInteger, nullable=False, server_default="0")
-                   for n in ("read", "inserted", "updated", "unchanged", "skipped", "rejected", "pending", "deleted")],
-                 sa.Column("watermark", sa.BigInteger), sa.Column("duration_seconds", sa.Float(precision=53)),
-                 sa.Index("ix_entity_runs_run", "run_id"), schema=schema),
-        sa.Table("metric_series", metadata,
-                 sa.Column("source", sa.Text, nullable=False), sa.Column("redis_key", sa.Text, nullable=False),
-                 sa.Column("generation", sa.Text, nullable=False), sa.Column("card", sa.BigInteger, nullable=False),
-                 sa.Index("uq_metric_series_key", "source", sa.text("md5(redis_key)"), unique=True),
-                 schema=schema),
-        sa.Table("state", metadata,
-                 sa.Column("source", sa.Text, primary_key=True), sa.Column("name", sa.Text, primary_key=True),
-                 sa.Column("value", sa.Text, nullable=False), schema=schema),
-    ]
-    return {t.name: t for t in tables}
 
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -118,7 +42,7 @@ def ensure_schema(config: SyncConfig) -> None:
 
 
 def migrate(config: SyncConfig, revision: str = "head") -> None:
-    """Create or upgrade every table to the current revision; safe to call on every cycle."""
+    """Create or upgrade every table to `revision` (the newest by default); safe to call on every cycle."""
     engine = sa.create_engine(sqlalchemy_url(config.require_postgres_url()), poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
