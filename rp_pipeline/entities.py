@@ -3,7 +3,8 @@
 Everything that differs between entities lives here: where their records are in
 Redis, which fields map to which Postgres columns and types, their identity
 (natural key) and their parents. One extractor, one mapper and one loader serve
-all of them; a tenth entity is one more `EntitySpec`.
+all of them; a tenth entity is one more `EntitySpec`, plus the schema revision
+that creates its table.
 """
 
 from __future__ import annotations
