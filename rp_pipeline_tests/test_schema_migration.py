@@ -3,8 +3,10 @@ narrower tables, and repeated migrations (idempotent, concurrent-safe)."""
 
 import threading
 
+from alembic.script import ScriptDirectory
+
 from rp_pipeline.entities import ENTITIES
-from rp_pipeline.schema import migrate
+from rp_pipeline.schema import MIGRATIONS_DIR, migrate
 
 OLD_ADAPTER_DDL = """
 CREATE TABLE models (id SERIAL PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE, description TEXT,
@@ -96,4 +98,4 @@ def test_migration_is_idempotent_and_safe_to_run_concurrently(sync_config, pg_co
     migrate(sync_config)
     assert errors == []
     version = pg_conn.execute(f'SELECT version_num FROM "{sync_config.sync_schema}".alembic_version').fetchall()
-    assert version == [("0001",)]
+    assert version == [(ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head(),)]
