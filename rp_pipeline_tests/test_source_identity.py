@@ -37,6 +37,14 @@ SOURCE_COLUMN_TABLES = ("watermarks", "id_map", "pending", "rejected_records", "
                         "state")
 
 
+@pytest.fixture
+def redis_client(redis_url):
+    """A reading client patient enough for a machine shared with other test runs (redis-py's default
+    gives up after 5 s)."""
+    with redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=60) as client:
+        yield client
+
+
 def at_host(url: str, host: str, port: int = 6379) -> str:
     return urlunsplit(urlsplit(url)._replace(netloc=f"{host}:{port}"))
 
@@ -260,8 +268,8 @@ def primary_and_replica(tmp_path):
 
 def replicated(primary_url: str) -> None:
     """Wait until the replica holds everything written to the primary so far."""
-    with redis.Redis.from_url(primary_url) as primary:
-        assert primary.execute_command("WAIT", 1, 10_000) == 1
+    with redis.Redis.from_url(primary_url, socket_timeout=60) as primary:
+        assert primary.execute_command("WAIT", 1, 30_000) == 1
 
 
 def test_a_replica_is_the_same_source_as_its_primary(primary_and_replica, key_prefix, sync_config, run_sync,
@@ -285,6 +293,6 @@ def test_a_replica_is_the_same_source_as_its_primary(primary_and_replica, key_pr
 
     assert inserted(results) == 10  # only the new predictions
     assert table_counts(pg_conn, sync_config.schema) == {**counts, "predictions": counts["predictions"] + 10}
-    with redis.Redis.from_url(replica_url, decode_responses=True) as replica:
+    with redis.Redis.from_url(replica_url, decode_responses=True, socket_timeout=60) as replica:
         assert_postgres_equals_redis(replica, key_prefix, pg_conn, sync_config.schema)
     assert len(sources(pg_conn, sync_config.sync_schema)) == 1
