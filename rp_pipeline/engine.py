@@ -109,7 +109,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
                      "set_config('TimeZone', 'UTC', true)", (str(config.statement_timeout_ms), str(config.lock_timeout_ms)))
         # Two syncs of the same entity (a one-shot run while the schedule fires) take turns here.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(config, origin, spec.name),))
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (lock_key(config, origin, spec.name),))
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
         loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema,
                         source=origin.name, generation=origin.generation, policy=config.policy(spec.name),

@@ -46,9 +46,9 @@ def resolve_origin(src: RedisSource, conn: psycopg.Connection, config: SyncConfi
     with conn.transaction():
         for _ in range(2):  # a second round only if a concurrent sync took the legacy name we chose
             row = conn.execute(
-                f"SELECT origin, (%(label)s::text IS NULL OR label = %(label)s::text) AND last_address = %(address)s "
-                f"AND last_seen > now() - make_interval(secs => %(refresh)s::float8) FROM {s}.sources "
-                "WHERE generation = %(generation)s", params).fetchone()
+                "SELECT origin, (%(label)s::text IS NULL OR label = %(label)s::text) "
+                "AND last_address = %(address)s AND last_seen > now() - make_interval(secs => %(refresh)s::float8) "
+                f"FROM {s}.sources WHERE generation = %(generation)s", params).fetchone()
             if row is not None:
                 break
             conn.execute(
@@ -88,7 +88,7 @@ def _first_origin(conn: psycopg.Connection, s: str, generation: str, logger: log
 
 
 def current_origin(config: SyncConfig) -> Origin:
-    """The origin of the data set `config` points at, on connections of its own (checks, the demo)."""
+    """The origin of the data set `config` points at, on connections of its own (for checks)."""
     client = connect_redis(config)
     try:
         with connect_postgres(config) as conn:

@@ -3,12 +3,12 @@
 Covers: one Redis synced through `127.0.0.1`, `localhost` and a TCP forwarder (and a
 replica of its own, on servers this module starts) adds every row once, with records
 written between the syncs landing exactly once, and all bookkeeping under one origin;
-two syncs reaching one Redis by two names take turns on one lock; a database the
-previous version synced (origins named host:port/db/prefix, no `sources` table, schema
-at revision 0001) gains no duplicate after upgrading, even when that version had
-synced it under two names; a flushed Redis is a new data set whose records become new
-rows under a new origin; `SYNC_SOURCE` is recorded as a label and renaming it adds
-nothing.
+two syncs reaching one Redis by two names take turns on one lock and, started at once,
+add every row once; a database the previous version synced (origins named
+host:port/db/prefix, no `sources` table, schema at revision 0001) gains no duplicate
+after upgrading, even when that version had synced it under two names; a flushed Redis
+is a new data set whose records become new rows under a new origin; `SYNC_SOURCE` is
+recorded as a label and renaming it adds nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import shutil
 import subprocess
+import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,10 +29,10 @@ from rp_pipeline.engine import lock_key
 from rp_pipeline.errors import SyncFailed
 from rp_pipeline.extract import RedisSource
 from rp_pipeline.schema import migrate
-from rp_pipeline.sources import current_origin, resolve_origin
+from rp_pipeline.sources import current_origin
 
 from .faults import (TABLES, TcpProxy, delete_prefix, differences, fill, free_port, log_predictions, postgres_truth,
-                     redis_truth, table_counts, with_address)
+                     redis_truth, run_cycle, table_counts, with_address)
 
 SOURCE_COLUMN_TABLES = ("watermarks", "id_map", "pending", "rejected_records", "entity_runs", "metric_series",
                         "state")
@@ -113,6 +114,25 @@ def test_two_syncs_reaching_one_redis_by_two_names_take_turns_on_one_lock(writer
                            (lock_key(direct, current_origin(direct), "models"),))
         with pytest.raises(SyncFailed, match=r"^models: .*lock"):
             run_sync(redis_url=at_host(sync_config.redis_url, "localhost"), lock_timeout_ms=200)
+
+
+def test_two_syncs_started_at_once_through_two_names_add_every_row_once(
+        writer, redis_client, key_prefix, sync_config, pg_conn):
+    fill(writer, predictions=2000)
+    migrate(sync_config)
+    configs = [dataclasses.replace(sync_config, redis_url=at_host(sync_config.redis_url, host))
+               for host in ("127.0.0.1", "localhost")]
+    outcomes: list = []
+    threads = [threading.Thread(target=lambda c=c: outcomes.append(run_cycle(c, migrate_first=False)))
+               for c in configs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(outcomes) == 2  # both finished, neither failed
+    assert_postgres_equals_redis(redis_client, key_prefix, pg_conn, sync_config.schema)
+    assert len(sources(pg_conn, sync_config.sync_schema)) == 1
 
 
 # -- upgrading a database the previous version synced -----------------------------------------------------
@@ -221,7 +241,8 @@ def test_sync_source_is_recorded_as_a_label_and_renaming_it_adds_nothing(writer,
     results = run_sync(source="lab redis, renamed")
 
     assert inserted(results) == 0 and table_counts(pg_conn, sync_config.schema) == counts
-    assert [row[:3] for row in sources(pg_conn, sync_config.sync_schema)] == [(generation, origin, "lab redis, renamed")]
+    assert [row[:3] for row in sources(pg_conn, sync_config.sync_schema)] == [
+        (generation, origin, "lab redis, renamed")]
     run_sync()  # a sync without the setting leaves the label others gave
     assert sources(pg_conn, sync_config.sync_schema)[0][2] == "lab redis, renamed"
     assert origins_in_rows(pg_conn, sync_config.schema) == {origin}
