@@ -91,7 +91,7 @@ def run_statistics(config, run_id: str) -> tuple[dict[str, int], float]:
     with connect_postgres(config) as conn:
         rows = conn.execute(
             f"SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
-            f"- min(started_at) OVER ()) FROM {q(config.sync_schema)}.entity_runs WHERE run_id = %s "
-            "AND source = %s", (run_id, config.source_name)).fetchall()
+            f"- min(started_at) OVER ()) FROM {q(config.sync_schema)}.entity_runs WHERE run_id = %s",
+            (run_id,)).fetchall()
     stats = stats_from_results({"entity": e, "inserted": i, "updated": u, "rejected": r} for e, i, u, r, _ in rows)
     return stats, float(rows[0][4]) if rows else 0.0

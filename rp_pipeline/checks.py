@@ -15,6 +15,7 @@ from .connections import connect_postgres
 from .entities import ENTITIES, EntitySpec, sql_name as q
 from .reconcile import reconcile, reconciliation_table
 from .resources import PostgresResource, RedisResource, SyncSettingsResource, open_connections, sync_config
+from .sources import current_origin
 
 
 def duplicate_identities(conn, config, spec: EntitySpec) -> list[tuple]:
@@ -85,13 +86,14 @@ def build_checks(spec: EntitySpec) -> list[dg.AssetChecksDefinition]:
                             sync_settings: SyncSettingsResource) -> dg.AssetCheckResult:
         config = sync_config(redis, postgres, sync_settings)
         s = q(config.sync_schema)
+        origin = current_origin(config).name
         with connect_postgres(config) as conn:
             row = conn.execute(
                 f"SELECT rejected, finished_at FROM {s}.entity_runs WHERE source = %s AND entity = %s "
-                "ORDER BY id DESC LIMIT 1", (config.source_name, spec.name)).fetchone()
+                "ORDER BY id DESC LIMIT 1", (origin, spec.name)).fetchone()
             examples = conn.execute(
                 f"SELECT redis_key, reason, times_seen FROM {s}.rejected_records WHERE source = %s AND entity = %s "
-                "ORDER BY last_seen DESC LIMIT 10", (config.source_name, spec.name)).fetchall()
+                "ORDER BY last_seen DESC LIMIT 10", (origin, spec.name)).fetchall()
         rejected = row[0] if row else 0
         metadata = {"rejected_last_sync": rejected}
         if rejected and examples:

@@ -160,10 +160,14 @@ def populate(writer: RedisWriter) -> None:
 
 
 def verify(config: SyncConfig, log: logging.Logger) -> dict[str, int]:
-    """Count the demo's rows per table (runs and below from this Redis only); raise unless as expected."""
+    """Count the demo's rows per table (runs and below from one Redis data set); raise unless as expected."""
     t = {name: sql.Identifier(config.schema, name) for name in EXPECTED}
-    runs = "FROM {training_runs} r WHERE r.run_name = ANY(%(runs)s) AND r.origin_source = %(origin)s"
-    queries = {  # this demo's rows: by name; runs and below also by origin (this Redis and prefix)
+    # The data set that last synced the demo: this Redis, or one it held before a restart (the demo
+    # is not written again when Postgres already has it).
+    origin = ("(SELECT origin_source FROM {training_runs} WHERE run_name = ANY(%(runs)s) "
+              "ORDER BY id DESC LIMIT 1)")
+    runs = "FROM {training_runs} r WHERE r.run_name = ANY(%(runs)s) AND r.origin_source = " + origin
+    queries = {  # this demo's rows: by name; runs and below also by origin (one Redis data set)
         "models": "SELECT count(*) FROM {models} WHERE name = ANY(%(models)s)",
         "model_versions": "SELECT count(*) FROM {model_versions} v JOIN {models} m ON m.id = v.model_id "
                           "WHERE m.name = ANY(%(models)s)",
@@ -176,10 +180,10 @@ def verify(config: SyncConfig, log: logging.Logger) -> dict[str, int]:
                            "WHERE x.name = ANY(%(experiments)s)",
         "predictions": "SELECT count(*) FROM {predictions} p JOIN {model_versions} v ON v.id = p.model_version_id "
                        "JOIN {models} m ON m.id = v.model_id "
-                       "WHERE m.name = ANY(%(models)s) AND p.origin_source = %(origin)s",
+                       "WHERE m.name = ANY(%(models)s) AND p.origin_source = " + origin,
     }
     params = {"models": [m[0] for m in MODELS], "datasets": [d[0] for d in DATASETS], "experiments": [e[0] for e in EXPERIMENTS],
-              "runs": [r[3] for r in RUNS], "origin": config.source_name}
+              "runs": [r[3] for r in RUNS]}
     found, totals = {}, {}
     with connect_postgres(config) as conn:
         for table, query in queries.items():

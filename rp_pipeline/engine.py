@@ -24,11 +24,12 @@ import redis
 from .bookkeeping import Bookkeeping
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
 from .errors import SyncFailed, first_line
-from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
+from .extract import GENERATION_KEY, RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, validate
 from .retention import apply_retention
 from .settings import SyncConfig
+from .sources import Origin, resolve_origin
 
 log = logging.getLogger("rp_pipeline")
 
@@ -72,8 +73,9 @@ class EntityResult:
         return data
 
 
-def lock_key(config: SyncConfig, entity: str) -> str:
-    return f"rp_pipeline/{config.sync_schema}/{config.source_name}/{entity}"
+def lock_key(config: SyncConfig, origin: Origin, entity: str) -> str:
+    """Per data set, not per address: two syncs reaching one Redis by two names take turns."""
+    return f"rp_pipeline/{config.sync_schema}/{origin.name}/{entity}"
 
 
 def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
@@ -101,16 +103,17 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
     clock = time.perf_counter()
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)
+    origin = resolve_origin(src, conn, config, logger)  # committed before: no sync waits on its row
     with conn.transaction():
         # TimeZone UTC: the layout's naive timestamps are UTC, also where COPY parses them directly.
         conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
                      "set_config('TimeZone', 'UTC', true)", (str(config.statement_timeout_ms), str(config.lock_timeout_ms)))
         # Two syncs of the same entity (a one-shot run while the schedule fires) take turns here.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_key(config, spec.name),))
-        generation = src.generation()
-        book = Bookkeeping(conn, config.sync_schema, config.source_name, spec.name, generation)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (lock_key(config, origin, spec.name),))
+        book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
         loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema,
-                        source=config.source_name, generation=generation, policy=config.policy(spec.name),
+                        source=origin.name, generation=origin.generation, policy=config.policy(spec.name),
                         logger=logger)
         book.drop_other_generations()
         pending = set(book.pending_keys())
@@ -162,6 +165,11 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         result.pending = book.pending_count()
         result.duration_seconds = time.perf_counter() - clock
         book.record_run(run_id, result)
+        if src.marker() != origin.generation:
+            # Flushed or restarted mid-cycle: what was read may belong to the next data set, which has
+            # an origin of its own. Nothing commits; the next cycle reads that data set afresh.
+            raise SyncFailed(f"{spec.name}: Redis was flushed or restarted during the sync (its marker "
+                             f"{src.prefix}{GENERATION_KEY} changed); nothing committed, the next cycle retries")
     if spec.name in config.retention_hours:
         # Only after the commit: what is deleted from Redis is already durable in Postgres.
         result.deleted = apply_retention(spec, client, conn, config)

@@ -38,10 +38,26 @@ class RedisSource:
         return self.prefix + pattern.format(**parts)
 
     def generation(self) -> str:
-        """The id of this Redis's current life: a marker key that a flush or a restart removes."""
-        key = self.prefix + GENERATION_KEY
-        self.client.set(key, uuid.uuid4().hex, nx=True)
-        return self.client.get(key)
+        """The id of this Redis data set: a marker key that a flush or a restart removes.
+
+        Every address of the data (an alias, a forward, a replica) shows the same marker, so it, not
+        the address, identifies where rows come from (`sources.py`).
+        """
+        marker = self.marker()
+        if marker is None:
+            try:
+                self.client.set(self.prefix + GENERATION_KEY, uuid.uuid4().hex, nx=True)
+            except redis.ReadOnlyError:
+                raise redis.ReadOnlyError(
+                    f"this Redis is a read-only replica and its data set has no marker {self.prefix}"
+                    f"{GENERATION_KEY} yet: sync once from the primary (which sets it), then the replica "
+                    "can be synced") from None
+            marker = self.marker()
+        return marker
+
+    def marker(self) -> str | None:
+        """The data set's marker as it is now (None after a flush), without creating it."""
+        return self.client.get(self.prefix + GENERATION_KEY)
 
     def counter(self, spec: EntitySpec) -> int:
         """The entity's id counter; 0 when absent. A counter that is not a number is reported, not fatal."""

@@ -20,6 +20,7 @@ from .extract import RedisSource, pipelined, read_hashes, read_memberships, read
 from .entities import sql_name as q
 from .load import find_in_postgres
 from .settings import SyncConfig
+from .sources import Origin, resolve_origin
 
 
 @dataclass
@@ -36,11 +37,11 @@ class Reconciliation:
         return not self.missing_keys
 
 
-def _last_ids(conn: psycopg.Connection, config: SyncConfig, entity: str, generation: str) -> int:
+def _last_ids(conn: psycopg.Connection, config: SyncConfig, entity: str, origin: Origin) -> int:
     row = conn.execute(
         f"SELECT last_id, generation FROM {q(config.sync_schema)}.watermarks WHERE source = %s AND entity = %s",
-        (config.source_name, entity)).fetchone()
-    return int(row[0]) if row and row[1] == generation else 0
+        (origin.name, entity)).fetchone()
+    return int(row[0]) if row and row[1] == origin.generation else 0
 
 
 def _sample(ids: range, size: int) -> list[int]:
@@ -52,22 +53,22 @@ def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, c
     """Sample up to `sample_size` source records (or parents, for per-run entities) and account for each."""
     src = RedisSource(client, config.key_prefix)
     result = Reconciliation(spec.name)
+    origin = resolve_origin(src, conn, config)
     with conn.transaction():
-        generation = src.generation()
-        last = _last_ids(conn, config, spec.name, generation)
+        last = _last_ids(conn, config, spec.name, origin)
         if spec.strategy == HASH_BY_ID:
             frame, _ = read_hashes(src, spec, _sample(range(1, last + 1), sample_size))
         elif spec.strategy == METRIC_SERIES:
             cards = dict(conn.execute(
                 f"SELECT redis_key, card FROM {q(config.sync_schema)}.metric_series WHERE source = %s "
-                "AND generation = %s", (config.source_name, generation)).fetchall())
+                "AND generation = %s", (origin.name, origin.generation)).fetchall())
             keys = random.sample(sorted(cards), min(len(cards), max(1, sample_size // 100)))
             current = [c if isinstance(c, int) else -1 for c in pipelined(client, (("ZCARD", k) for k in keys))]
             # Series that grew since the sync are the next cycle's work, not a loss.
             frame = read_metric_series(src, spec, [k for k, c in zip(keys, current) if c == cards[k]])
         else:
             parent = TRAINING_RUNS if spec.strategy != MEMBERS_PER_EXPERIMENT else EXPERIMENTS
-            parents = _sample(range(1, _last_ids(conn, config, parent.name, generation) + 1),
+            parents = _sample(range(1, _last_ids(conn, config, parent.name, origin) + 1),
                               max(1, sample_size // 20))
             reader = read_memberships if spec.strategy == MEMBERS_PER_EXPERIMENT else read_params
             frame = reader(src, spec, parents)
@@ -77,17 +78,17 @@ def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, c
         s = q(config.sync_schema)
         rejected = {r[0] for r in conn.execute(
             f"SELECT DISTINCT redis_key FROM {s}.rejected_records WHERE source = %s AND entity = %s "
-            "AND redis_key = ANY(%s)", (config.source_name, spec.name, frame["_key"].tolist())).fetchall()}
+            "AND redis_key = ANY(%s)", (origin.name, spec.name, frame["_key"].tolist())).fetchall()}
         pending = {r[0] for r in conn.execute(
             f"SELECT redis_key FROM {s}.pending WHERE source = %s AND entity = %s AND redis_key = ANY(%s)",
-            (config.source_name, spec.name, frame["_key"].tolist())).fetchall()}
+            (origin.name, spec.name, frame["_key"].tolist())).fetchall()}
         accounted = frame["_key"].isin(rejected | pending)
         result.rejected = int(frame["_key"].isin(rejected).sum())
         result.pending = int((frame["_key"].isin(pending) & ~frame["_key"].isin(rejected)).sum())
         frame = frame[~accounted]
         mapped, found, invalid, waiting = find_in_postgres(
-            conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema, source=config.source_name,
-            generation=generation)
+            conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema, source=origin.name,
+            generation=origin.generation)
         result.in_postgres = sum(found)
         lost = [k for k, hit in zip(mapped["_key"], found) if not hit]
         lost += [k for r in invalid for k in r["_key"]] + waiting["_key"].tolist()

@@ -40,7 +40,7 @@ class SyncSettingsResource(dg.ConfigurableResource):
     lock_timeout_ms: int = 60_000
     retention_hours: str = ""  # e.g. "predictions=24,metrics=72"; default: keep everything in Redis
     metric_rescan_seconds: float = 3600.0  # a full SCAN for new metric series at least this often
-    source: str = ""  # origin name of this Redis; default host:port/db/prefix
+    source: str = ""  # a label for this Redis in rp_sync.sources; rows are identified by its data, not this
 
 
 def sync_config(redis_resource: RedisResource, postgres: PostgresResource,

@@ -22,6 +22,7 @@ from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
 from .extract import RedisSource, chunks, pipelined, read_hashes, read_metric_series
 from .load import find_in_postgres
 from .settings import SyncConfig
+from .sources import Origin, resolve_origin
 
 # KEYS: hash, index. ARGV: member id, then field/value pairs the hash must still hold.
 _DELETE_IF_UNCHANGED = """
@@ -53,17 +54,17 @@ def apply_retention(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connect
 
 
 def _confirmed(spec: EntitySpec, frame: pd.DataFrame, conn: psycopg.Connection, config: SyncConfig,
-               generation: str) -> pd.DataFrame:
+               origin: Origin) -> pd.DataFrame:
     """The records of `frame` that Postgres holds with exactly these values."""
     with conn.transaction():
         mapped, found, _, _ = find_in_postgres(conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema,
-                                               source=config.source_name, generation=generation, exact=True)
+                                               source=origin.name, generation=origin.generation, exact=True)
     return mapped[pd.Series(found, dtype=bool)] if len(mapped) else mapped
 
 
 def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float) -> int:
-    generation = src.generation()
-    book = Bookkeeping(conn, config.sync_schema, config.source_name, PREDICTIONS.name, generation)
+    origin = resolve_origin(src, conn, config)
+    book = Bookkeeping(conn, config.sync_schema, origin.name, PREDICTIONS.name, origin.generation)
     with conn.transaction():
         synced_up_to = book.watermark()
         waiting = set(book.pending_keys())
@@ -86,7 +87,7 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
         if frame.empty:
             continue
         raw = {row[0]: row[1:] for row in frame[["_id", *_raw_columns(PREDICTIONS)]].itertuples(index=False)}
-        confirmed = _confirmed(PREDICTIONS, frame, conn, config, generation)
+        confirmed = _confirmed(PREDICTIONS, frame, conn, config, origin)
         pipe = src.client.pipeline(transaction=False)
         for record_id, key in zip(confirmed["_id"].tolist(), confirmed["_key"].tolist()):
             args = [record_id]
@@ -102,8 +103,8 @@ def _raw_columns(spec: EntitySpec) -> list[str]:
 
 
 def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float) -> int:
-    generation = src.generation()
-    book = Bookkeeping(conn, config.sync_schema, config.source_name, METRICS.name, generation)
+    origin = resolve_origin(src, conn, config)
+    book = Bookkeeping(conn, config.sync_schema, origin.name, METRICS.name, origin.generation)
     with conn.transaction():
         series = sorted(book.series_cards())
     deleted = 0
@@ -114,7 +115,7 @@ def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: Sy
         old = old[old["timestamp"].map(_iso_before(cutoff_iso))]
         if old.empty:
             continue
-        confirmed = _confirmed(METRICS, old, conn, config, generation)
+        confirmed = _confirmed(METRICS, old, conn, config, origin)
         pipe = src.client.pipeline(transaction=False)
         for key, member in zip(confirmed["_key"], confirmed["_member"]):
             pipe.zrem(key, member)  # the member is the point itself: removing it cannot lose a newer write

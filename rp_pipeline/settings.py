@@ -32,7 +32,7 @@ class SyncConfig:
     key_prefix: str = DEFAULT_KEY_PREFIX
     schema: str = "public"  # analytics tables
     sync_schema: str = "rp_sync"  # bookkeeping: watermarks, id map, rejected records, history
-    source: str | None = None  # name of this Redis in origin columns; derived from the URL by default
+    source: str | None = None  # SYNC_SOURCE: a label for this Redis in rp_sync.sources, never its identity
     conflict: dict[str, str] = field(default_factory=dict)  # entity -> skip | overwrite | merge
     pending_max_age_seconds: float = 3600.0  # a child waits this long for its parent, then is rejected
     chunk_size: int = 20_000
@@ -59,10 +59,9 @@ class SyncConfig:
             raise ConfigError("chunk size must be at least 1")
 
     @property
-    def source_name(self) -> str:
-        """Origin of the rows: host:port/db of the Redis plus the key prefix, never credentials."""
-        if self.source:
-            return self.source
+    def redis_address(self) -> str:
+        """host:port/db/prefix of the Redis as this config reaches it, never credentials. For people only:
+        the rows' origin is the data set itself (see `sources.py`), whatever address reached it."""
         parts = split_url(self.redis_url)
         return f"{parts.host}:{parts.port or 6379}/{parts.path or '0'}/{self.key_prefix}"
 

@@ -87,12 +87,15 @@ def test_a_failed_step_raises_sync_failed_naming_the_entity(sync, writer, postgr
     from rp_pipeline.api import RedisPgSync
     from rp_pipeline.engine import lock_key
     from rp_pipeline.errors import SyncFailed
+    from rp_pipeline.schema import migrate
+    from rp_pipeline.sources import current_origin
 
     writer.create_model("locked-out")
     impatient = RedisPgSync.from_config(replace(sync.config, lock_timeout_ms=200))
+    migrate(sync.config)
     with psycopg.connect(postgres_url, autocommit=True) as other_sync:
         other_sync.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
-                           (lock_key(sync.config, "models"),))
+                           (lock_key(sync.config, current_origin(sync.config), "models"),))
         with pytest.raises(SyncFailed, match=r"^models: .*lock") as failed:
             impatient.full_sync()
     assert failed.value.outcome.success is False

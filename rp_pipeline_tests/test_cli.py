@@ -98,10 +98,14 @@ def test_env_file_is_read_but_the_environment_and_options_win(writer, key_prefix
 
 def test_a_failed_sync_exits_non_zero_without_a_traceback(writer, cli_env, work_dir, sync_config, postgres_url):
     from rp_pipeline.engine import lock_key
+    from rp_pipeline.schema import migrate
+    from rp_pipeline.sources import current_origin
 
     writer.create_model("locked-out")
+    migrate(sync_config)
+    locked = lock_key(sync_config, current_origin(sync_config), "models")
     with psycopg.connect(postgres_url, autocommit=True) as other_sync:
-        other_sync.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key(sync_config, "models"),))
+        other_sync.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (locked,))
         done = run_cli(["--once"], {**cli_env, "SYNC_LOCK_TIMEOUT_MS": "200"}, work_dir)
 
     assert done.returncode == 1, done.stdout + done.stderr

@@ -28,6 +28,7 @@ from rp_pipeline.engine import lock_key
 from rp_pipeline.entities import BY_NAME
 from rp_pipeline.errors import ConnectionProblem, SyncFailed
 from rp_pipeline.schema import migrate
+from rp_pipeline.sources import current_origin
 
 from .faults import (TcpProxy, differences, fill, free_port, log_predictions, postgres_truth, redis_truth,
                      run_cycle, table_counts, traceback_text, watermark, with_address)
@@ -37,8 +38,8 @@ PASSWORD = "Pw-s3cr3t-7f1e"  # trust auth and a password-less Redis user accept 
 
 @pytest.fixture
 def config(sync_config):
-    # A fixed source name: the direct and the proxied URLs name the same Redis.
-    return dataclasses.replace(sync_config, source="outage-source", chunk_size=5000)
+    # No source name is needed for the direct and the proxied URLs to be one source: they show one data set.
+    return dataclasses.replace(sync_config, chunk_size=5000)
 
 
 def assert_recovered(config, redis_client, pg_conn) -> None:
@@ -169,7 +170,7 @@ def test_lock_wait_is_bounded_reported_and_retried(writer, config, redis_client,
         if holder == "table lock":
             other.execute(f'LOCK TABLE "{config.schema}".predictions IN ACCESS EXCLUSIVE MODE')
         else:
-            other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key(config, "predictions"),))
+            other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key(config, current_origin(config), "predictions"),))
         started = time.monotonic()
         with pytest.raises(SyncFailed) as failure:
             run_cycle(impatient, "blocked")

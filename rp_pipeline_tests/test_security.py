@@ -73,10 +73,11 @@ def test_passwords_never_reach_logs_results_metadata_or_bookkeeping(writer, redi
         conn.close()
 
     assert results["models"].rejected == 1 and results["predictions"].inserted == 1
-    shown = [caplog.text, config.describe(), config.source_name, repr(results),
+    shown = [caplog.text, config.describe(), config.redis_address, repr(results),
              json.dumps([r.as_dict() for r in results.values()], default=str),
              repr([materialization_metadata(r) for r in results.values()])]
-    for table in ("watermarks", "id_map", "pending", "rejected_records", "entity_runs", "metric_series", "state"):
+    for table in ("watermarks", "id_map", "pending", "rejected_records", "entity_runs", "metric_series", "state",
+                  "sources"):
         shown += [row[0] for row in pg_conn.execute(f'SELECT t::text FROM "{config.sync_schema}".{table} t')]
     shown += [row[0] for row in pg_conn.execute("SELECT DISTINCT origin_source FROM predictions")]
     for text in shown:
@@ -210,7 +211,9 @@ def test_sql_fragments_load_verbatim_and_reach_postgres_only_as_data(redis_url, 
     assert pg_conn.execute("SELECT variant_name, notes FROM experiment_runs").fetchone() == (nasty, nasty)
     assert pg_conn.execute("SELECT input_data, output_data, metadata FROM predictions").fetchone() == (
         {"q": nasty}, {"a": nasty}, {"m": nasty})
-    assert pg_conn.execute("SELECT DISTINCT origin_source FROM predictions").fetchone() == (config.source,)
+    origin = pg_conn.execute(f'SELECT origin, label, last_address FROM "{config.sync_schema}".sources').fetchall()
+    assert [row[1:] for row in origin] == [(config.source, config.redis_address)]  # the label, verbatim
+    assert pg_conn.execute("SELECT DISTINCT origin_source FROM predictions").fetchall() == [(origin[0][0],)]
     assert pg_conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (config.schema,)).fetchone()[0] == 9
 
     # On the wire: the canary is in COPY data ('d') and bound parameters ('B'), never in statement text ('Q', 'P').

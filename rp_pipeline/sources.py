@@ -1,0 +1,97 @@
+"""Where rows come from: the Redis data set, identified by its data, never by the address that reached it.
+
+A data set is named by its marker `{prefix}rp_pipeline:generation` (a uuid the sync sets once
+with SET NX; a flush, or a restart without persistence, removes it, and the next sync starts a
+new data set). `localhost`, `127.0.0.1`, a DNS alias, a port-forward and a replica all show the
+same marker, so they resolve to one origin. `{sync_schema}.sources` maps each marker to its
+origin: the text that rows' `origin_source` and every bookkeeping row's `source` hold.
+`SYNC_SOURCE` is only a label kept beside it, as is the address last used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+
+from .connections import connect_postgres, connect_redis
+from .entities import sql_name as q
+from .extract import RedisSource
+from .settings import SyncConfig
+
+log = logging.getLogger("rp_pipeline")
+
+# label, last_address and last_seen are for people: rewritten when they change, else at most this often.
+SEEN_REFRESH_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Origin:
+    """One Redis data set as this database knows it."""
+
+    generation: str  # the data set's marker
+    name: str  # what `origin_source` and the bookkeeping's `source` hold for it
+    label: str | None  # SYNC_SOURCE, never part of any identity
+
+
+def resolve_origin(src: RedisSource, conn: psycopg.Connection, config: SyncConfig,
+                   logger: logging.Logger | None = None) -> Origin:
+    """The origin of the data set `src` reads, recorded on first sight; commits at once when `conn`
+    is outside a transaction, so concurrent syncs never wait on each other's `sources` row."""
+    generation = src.generation()
+    s = q(config.sync_schema)
+    params = {"generation": generation, "label": config.source, "address": config.redis_address,
+              "refresh": SEEN_REFRESH_SECONDS}
+    with conn.transaction():
+        for _ in range(2):  # a second round only if a concurrent sync took the legacy name we chose
+            row = conn.execute(
+                "SELECT origin, (%(label)s::text IS NULL OR label = %(label)s::text) "
+                "AND last_address = %(address)s AND last_seen > now() - make_interval(secs => %(refresh)s::float8) "
+                f"FROM {s}.sources WHERE generation = %(generation)s", params).fetchone()
+            if row is not None:
+                break
+            conn.execute(
+                f"INSERT INTO {s}.sources (generation, origin, label, last_address) "
+                "VALUES (%(generation)s, %(origin)s, %(label)s, %(address)s) ON CONFLICT DO NOTHING",
+                {**params, "origin": _first_origin(conn, s, generation, logger or log)})
+        else:
+            raise RuntimeError(f"could not record the origin of Redis data set {generation} in {s}.sources")
+        origin, fresh = row
+        if not fresh:
+            conn.execute(
+                f"UPDATE {s}.sources SET label = COALESCE(%(label)s, label), last_address = %(address)s, "
+                "last_seen = now() WHERE generation = %(generation)s", params)
+    return Origin(generation, origin, config.source)
+
+
+def _first_origin(conn: psycopg.Connection, s: str, generation: str, logger: logging.Logger) -> str:
+    """The origin of a data set seen for the first time: the generation itself, unless a version that
+    named sources by address already synced it (its bookkeeping rows carry this generation); then
+    that name, so upgrading adds no duplicate of the rows it wrote."""
+    names = [r[0] for r in conn.execute(
+        f"""WITH legacy AS (
+              SELECT source, count(*) AS ids, NULL::timestamptz AS latest FROM {s}.id_map
+              WHERE generation = %(g)s GROUP BY source
+              UNION ALL
+              SELECT source, 0, max(updated_at) FROM {s}.watermarks WHERE generation = %(g)s GROUP BY source)
+            SELECT source FROM legacy l
+            WHERE NOT EXISTS (SELECT 1 FROM {s}.sources o WHERE o.origin = l.source)
+            GROUP BY source ORDER BY sum(ids) DESC, max(latest) DESC NULLS LAST, source""",
+        {"g": generation}).fetchall()]
+    if len(names) > 1:
+        logger.warning(
+            "Redis data set %s was synced under several names by an earlier version (%s), so Postgres may "
+            "already hold its rows twice; continuing under %r. The others' rows are left as they are.",
+            generation, ", ".join(map(repr, names)), names[0])
+    return names[0] if names else generation
+
+
+def current_origin(config: SyncConfig) -> Origin:
+    """The origin of the data set `config` points at, on connections of its own (for checks)."""
+    client = connect_redis(config)
+    try:
+        with connect_postgres(config) as conn:
+            return resolve_origin(RedisSource(client, config.key_prefix), conn, config)
+    finally:
+        client.close()
