@@ -78,7 +78,8 @@ def _has_index_on(schema: str, table: str, columns: tuple[str, ...]) -> bool:
         "SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_class x ON x.oid = i.indexrelid "
         "JOIN pg_am am ON am.oid = x.relam AND am.amname = 'btree' "
-        "WHERE n.nspname = :schema AND t.relname = :table AND i.indpred IS NULL AND i.indexprs IS NULL "
+        "WHERE n.nspname = :schema AND t.relname = :table "
+        "AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
         "AND i.indkey::text = array_to_string(ARRAY("  # int2vector as text: attnums separated by spaces
         "  SELECT a.attnum FROM unnest(CAST(:columns AS text[])) WITH ORDINALITY c(name, o) "
         "  JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = c.name ORDER BY c.o), ' ')"),
