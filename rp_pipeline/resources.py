@@ -43,9 +43,30 @@ class SyncSettingsResource(dg.ConfigurableResource):
     source: str = ""  # a label for this Redis in rp_sync.sources; rows are identified by its data, not this
 
 
+# What a Dagster step says when it has no Postgres to write to (the CLI's own message offers --postgres-url).
+POSTGRES_URL_MISSING = (
+    "POSTGRES_URL is not set: set POSTGRES_URL=postgresql://USER:PASSWORD@HOST:5432/DATABASE in the environment "
+    "of the Dagster process or in ./.env where `dagster dev` / `dagster job execute` is started "
+    "(scripts/quickstart.sh writes one)")
+
+
 def sync_config(redis_resource: RedisResource, postgres: PostgresResource,
                 settings: SyncSettingsResource) -> SyncConfig:
-    """The engine's plain configuration from the three resources."""
+    """The engine's plain configuration from the three resources.
+
+    A setting that cannot work fails the step as a `dg.Failure` whose description is the one
+    line saying what to set: not retried, and without a ConfigError traceback chained to it.
+    """
+    try:
+        if not postgres.url:
+            raise ConfigError(POSTGRES_URL_MISSING)
+        return _config_from(redis_resource, postgres, settings)
+    except ConfigError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def _config_from(redis_resource: RedisResource, postgres: PostgresResource,
+                 settings: SyncSettingsResource) -> SyncConfig:
     return SyncConfig(
         postgres_url=postgres.url,
         redis_url=redis_resource.url,

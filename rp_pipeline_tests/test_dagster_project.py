@@ -153,7 +153,8 @@ def test_dagster_job_execute_twice_into_an_empty_database(writer, redis_client, 
     env.pop("DAGSTER_POSTGRES_URL", None)
     dagster = str(Path(sys.executable).with_name("dagster"))
     for _ in range(2):
-        done = subprocess.run([dagster, "job", "execute", "-m", "rp_pipeline", "-j", JOB_NAME], cwd=REPO, env=env,
+        # Not from the repository root: Dagster's CLI would let a quick start's ./.env there override `env`.
+        done = subprocess.run([dagster, "job", "execute", "-m", "rp_pipeline", "-j", JOB_NAME], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with psycopg.connect(empty_database) as conn:

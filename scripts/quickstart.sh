@@ -5,7 +5,9 @@
 #      default ports, started (and installed with apt) when none is running (scripts/services.sh);
 #   3. a Postgres login that works: with the default POSTGRES_URL and no usable role (e.g. peer
 #      authentication only), a role and database `rp_pipeline` are created through the postgres
-#      system user and the URL (with a generated password) is saved in ./.env;
+#      system user (with a generated password); then ./.env (mode 600) records the REDIS_URL and
+#      POSTGRES_URL used and DAGSTER_HOME=./.dagster_home, so the README's next commands work in a
+#      new shell and keep their run history there (values already in .env are kept, never replaced);
 #   4. the demo: sample data into Redis, one sync through the Dagster job, verification, statistics;
 #   5. `dagster dev` on http://127.0.0.1:${DAGSTER_PORT:-3000} with the sync schedule running.
 # Environment: REDIS_URL, POSTGRES_URL (or in ./.env), DAGSTER_PORT, QUICKSTART_NO_DEV=1 (stop before 5).
@@ -20,13 +22,8 @@ _env_file_value() {  # KEY -> its value in ./.env (last one wins), without quote
     | sed -E "s/^['\"]//; s/['\"][[:space:]]*$//"
 }
 
-_save_env_value() {  # KEY VALUE -> ./.env (replacing an earlier line), readable by this user only
-  touch .env && chmod 600 .env
-  grep -v -E "^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=" .env > .env.tmp || true
-  printf '%s=%s\n' "$1" "$2" >> .env.tmp && mv .env.tmp .env
-}
-
-# The real environment wins over ./.env, as in the CLI and `dagster dev`.
+# The real environment wins over ./.env, as in the CLI. (Dagster's own CLI lets ./.env win: that is
+# why step 3 records in .env what this run used, and reports any value there that differs.)
 REDIS_URL=${REDIS_URL:-$(_env_file_value REDIS_URL)}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 POSTGRES_URL_GIVEN=${POSTGRES_URL:-$(_env_file_value POSTGRES_URL)}
@@ -110,12 +107,17 @@ SELECT 'CREATE DATABASE rp_pipeline OWNER rp_pipeline'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'rp_pipeline') \gexec
 SQL
   export POSTGRES_URL="postgresql://rp_pipeline:$password@$host:$port/rp_pipeline"
-  _save_env_value POSTGRES_URL "$POSTGRES_URL"
   status=$(_pg_login)
   [ "$status" = ok ] || { echo "still cannot log in to Postgres ($status)" >&2; exit 1; }
-  echo "   POSTGRES_URL saved in .env (role rp_pipeline, database rp_pipeline)"
+  echo "   logged in as $(_redacted "$POSTGRES_URL") (role and database rp_pipeline)"
 else
   echo "   cannot log in with POSTGRES_URL ($status); the demo below explains what to fix" >&2
+fi
+if [ "$status" = ok ]; then
+  # Every later command, in any shell, reads .env: the same servers and the same persistent
+  # Dagster instance (without DAGSTER_HOME Dagster's CLI would use a temporary one).
+  .venv/bin/python -m rp_pipeline.env_file REDIS_URL="$REDIS_URL" POSTGRES_URL="$POSTGRES_URL"
+  export DAGSTER_HOME=${DAGSTER_HOME:-$(_env_file_value DAGSTER_HOME)}
 fi
 
 echo "== 4/5 Demo: sample data into Redis, one sync, verification, statistics"
@@ -126,9 +128,10 @@ cat <<EOF
 == Done. What you have:
    Redis:               $(_redacted "$REDIS_URL")
    Postgres:            $(_redacted "$POSTGRES_URL")
+   Settings:            ./.env (the README's commands read it when run from here, in any shell)
    Sync once:           .venv/bin/python -m rp_pipeline --once
    Sync every 5 min:    .venv/bin/python -m rp_pipeline --interval 300      (Ctrl+C stops after the current cycle)
-   Run history:         .dagster_home/storage (SQLite), or Postgres when DAGSTER_POSTGRES_URL is set
+   Run history:         ${DAGSTER_HOME:-.dagster_home}/storage (SQLite), or Postgres when DAGSTER_POSTGRES_URL is set
 EOF
 for hint in "${STOP_HINTS[@]}"; do echo "   Stop $hint"; done
 
