@@ -21,7 +21,7 @@ import pandas as pd
 import psycopg
 import redis
 
-from .bookkeeping import Bookkeeping
+from .bookkeeping import Bookkeeping, record_attempt
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
 from .errors import SyncFailed, first_line
 from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
@@ -101,6 +101,7 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
     clock = time.perf_counter()
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)
+    record_attempt(conn, config.sync_schema, config.source_name, spec.name)
     with conn.transaction():
         # TimeZone UTC: the layout's naive timestamps are UTC, also where COPY parses them directly.
         conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
@@ -162,6 +163,7 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         result.pending = book.pending_count()
         result.duration_seconds = time.perf_counter() - clock
         book.record_run(run_id, result)
+        book.record_success(run_id, result)
     if spec.name in config.retention_hours:
         # Only after the commit: what is deleted from Redis is already durable in Postgres.
         result.deleted = apply_retention(spec, client, conn, config)
