@@ -209,3 +209,24 @@ def test_continuous_mode_serves_metrics_on_metrics_port(redis_url, key_prefix, p
         out, err = sync.communicate(timeout=60)
     assert sync.returncode == 0, err
     assert f"Prometheus metrics on http://127.0.0.1:{port}/metrics" in out
+
+
+def test_an_upgraded_deployment_starts_with_its_history_folded_in(sync_config, writer, postgres_url, run_sync):
+    """Revision 0005 on a database synced before it existed: totals and last success come from entity_runs."""
+    fill(writer, models=2, predictions=30)
+    run_sync()
+    run_sync()
+    s = f'"{sync_config.sync_schema}"'
+    # (last_success_at is the commit time; entity_runs keeps the transaction's start: not compared.)
+    columns = ("successes, inserted_total, updated_total, unchanged_total, skipped_total, rejected_total, pending, "
+               "rejected_held, last_run_id, last_duration_seconds")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        before = conn.execute(f"SELECT entity, {columns} FROM {s}.sync_status ORDER BY entity").fetchall()
+        conn.execute(f"DROP TABLE {s}.sync_status")
+        conn.execute(f"UPDATE {s}.alembic_version SET version_num = '0004'")
+    migrate(sync_config)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        after = conn.execute(f"SELECT entity, {columns} FROM {s}.sync_status ORDER BY entity").fetchall()
+        attempts = conn.execute(f"SELECT DISTINCT attempts FROM {s}.sync_status").fetchall()
+    assert len(before) == 9 and after == before
+    assert attempts == [(2,)]
