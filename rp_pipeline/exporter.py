@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from .bookkeeping import source_labels, sync_status
 from .connections import WatchedConnection
-from .entities import ENTITIES, HASH_BY_ID, EntitySpec
+from .entities import BY_NAME, ENTITIES, HASH_BY_ID, EntitySpec
 from .errors import first_line
 from .extract import GENERATION_KEY
 from .settings import ConfigError, SyncConfig, psycopg_url, redact_url, split_url
@@ -146,18 +146,15 @@ class SyncCollector:
 
     def _oldest_unsynced(self, first_ids: dict[str, int]) -> dict[str, float | None]:
         """Timestamp of the first record past each watermark: one HMGET per entity, one round trip."""
-        asked = [(name, created_field(next(s for s in COUNTED if s.name == name)), first_id)
-                 for name, first_id in first_ids.items()]
-        asked = [a for a in asked if a[1]]
+        asked = [(BY_NAME[name], first_id) for name, first_id in first_ids.items() if created_field(BY_NAME[name])]
         if not asked:
             return {}
         pipe = self._redis.pipeline(transaction=False)
-        for name, fld, first_id in asked:
-            spec = next(s for s in COUNTED if s.name == name)
-            pipe.hmget(self.config.key_prefix + spec.key.format(id=first_id), [fld])
+        for spec, first_id in asked:
+            pipe.hmget(self.config.key_prefix + spec.key.format(id=first_id), [created_field(spec)])
         replies = pipe.execute(raise_on_error=False)
-        return {name: timestamp_of(reply[0]) if isinstance(reply, list) else None
-                for (name, _, _), reply in zip(asked, replies)}
+        return {spec.name: timestamp_of(reply[0]) if isinstance(reply, list) else None
+                for (spec, _), reply in zip(asked, replies)}
 
     def _label(self, labels: dict[str, str], source: str) -> str:
         """The `source` label of a bookkeeping source: its label or origin from the sources table,
