@@ -22,8 +22,9 @@ DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9188  # as exporter.py
 EXIT_OK, EXIT_SYNC_FAILED, EXIT_PROBLEM, EXIT_ABORTED = 0, 1, 2, 130
 
 # Import name → what to pip install, for the "package missing" message.
-PIP_NAMES = {"prometheus_client": "prometheus-client", "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "dotenv": "python-dotenv",
-             "dagster_postgres": "dagster-postgres", "dagster_webserver": "dagster-webserver", "yaml": "pyyaml"}
+PIP_NAMES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "dotenv": "python-dotenv",
+             "dagster_postgres": "dagster-postgres", "dagster_webserver": "dagster-webserver", "yaml": "pyyaml",
+             "prometheus_client": "prometheus-client"}
 
 ENVIRONMENT_HELP = """\
 environment (a .env file in the working directory fills what is not set):
