@@ -5,8 +5,9 @@ rows by outcome accumulating over syncs, records held as rejected and as pending
 lag (age of the oldest record still waiting), last success/attempt and duration per
 entity and source, a failed attempt moving the last attempt but not the last success,
 a flushed Redis (old watermarks do not hide the new records), the `metrics` command
-(one clear line when the port is taken, no password anywhere) and continuous mode's
-`--metrics-port`.
+(one clear line when the port is taken, no password anywhere), continuous mode's
+`--metrics-port`, the history of a deployment synced before revision 0005 folded into
+sync_status, and the `source` label taken from the sources table where it exists.
 """
 
 from __future__ import annotations
@@ -230,3 +231,25 @@ def test_an_upgraded_deployment_starts_with_its_history_folded_in(sync_config, w
         attempts = conn.execute(f"SELECT DISTINCT attempts FROM {s}.sync_status").fetchall()
     assert len(before) == 9 and after == before
     assert attempts == [(2,)]
+
+
+def test_source_label_comes_from_the_sources_table_when_there_is_one(exporter, sync_config, writer, redis_client,
+                                                                     key_prefix, postgres_url, run_sync):
+    """Where Redis identities are kept in {sync_schema}.sources (generation → origin, label), the `source`
+    label is the label, else the origin; the current data set is the one the generation marker names."""
+    fill(writer, models=1, predictions=10)
+    run_sync()
+    log_predictions(writer, [1], 4)
+    marker = redis_client.get(f"{key_prefix}rp_pipeline:generation")
+    s = f'"{sync_config.sync_schema}"'
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {s}.sources (generation text PRIMARY KEY, origin text NOT NULL, label text, "
+                     "last_address text, first_seen timestamptz DEFAULT now(), last_seen timestamptz DEFAULT now())")
+        conn.execute(f"INSERT INTO {s}.sources (generation, origin) VALUES (%s, %s)", (marker, sync_config.source_name))
+        unlabelled = samples(scrape_text(exporter.port))
+        conn.execute(f"UPDATE {s}.sources SET label = 'redis-main'")
+        labelled = samples(scrape_text(exporter.port))
+    assert value(unlabelled, "rp_pipeline_backlog_records", entity="predictions", source=sync_config.source_name) == 4
+    assert value(labelled, "rp_pipeline_backlog_records", entity="predictions", source="redis-main") == 4
+    assert value(labelled, "rp_pipeline_rows_total", entity="predictions", source="redis-main", outcome="inserted") == 10
+    assert not [k for k in labelled if ("source", sync_config.source_name) in k]
