@@ -165,7 +165,71 @@ class Bookkeeping:
                          rejected=result.rejected, pending=result.pending, deleted=result.deleted,
                          watermark=result.watermark, duration=result.duration_seconds))
 
+    def record_success(self, run_id: str, result) -> None:
+        """Fold this sync into sync_status (the exporter's one table): last success, running totals,
+        and what is held now. Runs last in the entity's transaction, so the row is locked only for the commit."""
+        self.conn.execute(
+            f"INSERT INTO {self.s}.sync_status AS s (source, entity, last_attempt_at, last_success_at, last_run_id, "
+            "last_duration_seconds, successes, inserted_total, updated_total, unchanged_total, skipped_total, "
+            "rejected_total, pending, rejected_held) VALUES (%(source)s, %(entity)s, now(), clock_timestamp(), "
+            "%(run_id)s, %(duration)s, 1, %(inserted)s, %(updated)s, %(unchanged)s, %(skipped)s, %(rejected)s, "
+            f"%(pending)s, (SELECT count(*) FROM {self.s}.rejected_records WHERE source = %(source)s "
+            "AND entity = %(entity)s)) ON CONFLICT (source, entity) DO UPDATE SET "
+            "last_success_at = EXCLUDED.last_success_at, last_run_id = EXCLUDED.last_run_id, "
+            "last_duration_seconds = EXCLUDED.last_duration_seconds, successes = s.successes + 1, "
+            "inserted_total = s.inserted_total + EXCLUDED.inserted_total, "
+            "updated_total = s.updated_total + EXCLUDED.updated_total, "
+            "unchanged_total = s.unchanged_total + EXCLUDED.unchanged_total, "
+            "skipped_total = s.skipped_total + EXCLUDED.skipped_total, "
+            "rejected_total = s.rejected_total + EXCLUDED.rejected_total, "
+            "pending = EXCLUDED.pending, rejected_held = EXCLUDED.rejected_held",
+            self._params(run_id=run_id, duration=result.duration_seconds, inserted=result.inserted,
+                         updated=result.updated, unchanged=result.unchanged, skipped=result.skipped,
+                         rejected=result.rejected, pending=result.pending))
+
     def record_deleted(self, run_id: str, deleted: int) -> None:
         self.conn.execute(
             f"UPDATE {self.s}.entity_runs SET deleted = %(deleted)s WHERE run_id = %(run_id)s "
             "AND source = %(source)s AND entity = %(entity)s", self._params(run_id=run_id, deleted=deleted))
+
+
+def record_attempt(conn: psycopg.Connection, sync_schema: str, source: str, entity: str) -> None:
+    """Note that a sync of this entity starts, committed at once: a failed sync rolls back its
+    own writes, so this is the only trace an attempt leaves."""
+    with conn.transaction():
+        conn.execute(
+            f"INSERT INTO {q(sync_schema)}.sync_status AS s (source, entity, last_attempt_at, attempts) "
+            "VALUES (%s, %s, now(), 1) ON CONFLICT (source, entity) DO UPDATE SET "
+            "last_attempt_at = EXCLUDED.last_attempt_at, attempts = s.attempts + 1", (source, entity))
+
+
+def sync_status(conn: psycopg.Connection, sync_schema: str) -> list[dict]:
+    """Every source's and entity's status, watermark and oldest waiting record, in one statement.
+
+    Cost: one row per source and entity; the watermark is a primary-key lookup and the
+    oldest pending record one probe of ix_pending_first_seen, whatever the tables hold."""
+    s = q(sync_schema)
+    cursor = conn.execute(
+        "SELECT s.source, s.entity, extract(epoch FROM s.last_attempt_at)::float8 AS last_attempt, "
+        "extract(epoch FROM s.last_success_at)::float8 AS last_success, s.last_duration_seconds, s.attempts, "
+        "s.successes, s.inserted_total, s.updated_total, s.unchanged_total, s.skipped_total, s.rejected_total, "
+        "s.pending, s.rejected_held, w.generation, w.last_id, "
+        f"extract(epoch FROM now() - (SELECT min(p.first_seen) FROM {s}.pending p WHERE p.source = s.source "
+        "AND p.entity = s.entity))::float8 AS oldest_pending_age "
+        f"FROM {s}.sync_status s LEFT JOIN {s}.watermarks w ON w.source = s.source AND w.entity = s.entity "
+        "ORDER BY s.source, s.entity")
+    names = [c.name for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def source_labels(conn: psycopg.Connection, sync_schema: str,
+                  generation: str | None) -> tuple[dict[str, str | None], str | None]:
+    """({origin: SYNC_SOURCE label or None}, the origin of `generation`) from the sources table;
+    ({}, None) in a database not migrated yet."""
+    if conn.execute("SELECT to_regclass(%s)", (f"{q(sync_schema)}.sources",)).fetchone()[0] is None:
+        return {}, None
+    rows = conn.execute(
+        f"SELECT DISTINCT ON (origin) origin, label, origin IN (SELECT origin FROM "
+        f"{q(sync_schema)}.sources WHERE generation = %s) FROM {q(sync_schema)}.sources "
+        "ORDER BY origin, last_seen DESC NULLS LAST", (generation,)).fetchall()
+    return {origin: label for origin, label, _ in rows}, next((origin for origin, _, cur in rows if cur), None)

@@ -1,4 +1,5 @@
-"""The guide's command line: `python -m rp_pipeline --once` or `--interval SECONDS` (also `rp-pipeline`).
+"""The guide's command line: `python -m rp_pipeline --once` or `--interval SECONDS` (also `rp-pipeline`),
+and `python -m rp_pipeline metrics`, the Prometheus exporter (exporter.py).
 
 Each cycle is the Dagster job `redis_to_postgres_sync`, run in this process by
 `RedisPgSync` (api.py) and recorded in the instance `dagster dev` shows.
@@ -16,11 +17,14 @@ from pathlib import Path
 
 from .settings import DEFAULT_INTERVAL_SECONDS, ConfigError, SyncConfig
 
+DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9188  # as exporter.py; not imported, to start fast
+
 EXIT_OK, EXIT_SYNC_FAILED, EXIT_PROBLEM, EXIT_ABORTED = 0, 1, 2, 130
 
 # Import name → what to pip install, for the "package missing" message.
 PIP_NAMES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "dotenv": "python-dotenv",
-             "dagster_postgres": "dagster-postgres", "dagster_webserver": "dagster-webserver", "yaml": "pyyaml"}
+             "dagster_postgres": "dagster-postgres", "dagster_webserver": "dagster-webserver", "yaml": "pyyaml",
+             "prometheus_client": "prometheus-client"}
 
 ENVIRONMENT_HELP = """\
 environment (a .env file in the working directory fills what is not set):
@@ -39,12 +43,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rp-pipeline" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline",
         description="Sync Redis (aidb layout) into PostgreSQL by running the Dagster job redis_to_postgres_sync "
-                    "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first).",
+                    "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first). "
+                    "`%(prog)s metrics --help`: the Prometheus exporter.",
         epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one sync and exit")
     mode.add_argument("--interval", type=float, metavar="SECONDS",
                       help="sync continuously, every SECONDS (default: SYNC_INTERVAL, else 300)")
+    parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
+    parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
+    parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="also serve Prometheus metrics on this port while syncing (see the metrics command)")
+    parser.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
+                        help=f"address for --metrics-port (default {DEFAULT_METRICS_HOST})")
+    return parser.parse_args(argv)
+
+
+def parse_metrics_args(argv: list[str]) -> argparse.Namespace:
+    prog = "rp-pipeline" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline"
+    parser = argparse.ArgumentParser(
+        prog=f"{prog} metrics",
+        description="Serve /metrics in the Prometheus text format, read at each scrape from the sync's state in "
+                    "Postgres and the counters in Redis. Runs until Ctrl+C / SIGTERM.",
+        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=DEFAULT_METRICS_PORT, help=f"default {DEFAULT_METRICS_PORT}")
+    parser.add_argument("--host", default=DEFAULT_METRICS_HOST,
+                        help=f"address to listen on (default {DEFAULT_METRICS_HOST}; 0.0.0.0 for every interface)")
     parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
     parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
     parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
@@ -141,6 +166,8 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     except KeyboardInterrupt:
         return EXIT_ABORTED
     logger.info("Redis → PostgreSQL sync: %s", config.describe())
+    if args.metrics_port is not None:
+        start_exporter(config, args.metrics_host, args.metrics_port, interval, logger)
     try:
         if interval is None:
             return EXIT_OK if sync.sync_once().success else EXIT_SYNC_FAILED
@@ -154,8 +181,44 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
         os._exit(EXIT_ABORTED)
 
 
+def start_exporter(config: SyncConfig, host: str, port: int, interval: float | None, logger: logging.Logger):
+    from .exporter import serve_metrics
+
+    exporter = serve_metrics(config, host, port, sync_interval_seconds=interval)
+    logger.info("Prometheus metrics on http://%s:%d/metrics", host, exporter.port)
+    return exporter
+
+
+def run_metrics(args: argparse.Namespace, logger: logging.Logger) -> int:
+    """The exporter alone, until SIGINT/SIGTERM. It starts even when a server is down: that is what it reports."""
+    import signal
+    import threading
+
+    config = SyncConfig.from_env(redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix)
+    config.require_postgres_url()
+    raw = os.environ.get("SYNC_INTERVAL") or str(DEFAULT_INTERVAL_SECONDS)
+    try:
+        interval = float(raw)
+    except ValueError:
+        raise ConfigError(f"SYNC_INTERVAL must be a number of seconds, got {raw!r}") from None
+    exporter = start_exporter(config, args.host, args.port, interval, logger)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    exporter.close()
+    logger.info("Metrics exporter stopped.")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m rp_pipeline` and the `rp-pipeline` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["metrics"]:
+        metrics_args = parse_metrics_args(argv[1:])
+        logger = configure_logging()
+        return run_guarded(lambda: run_metrics(metrics_args, logger))
     args = parse_args(argv)
     logger = configure_logging()
     return run_guarded(lambda: run(args, logger))

@@ -21,7 +21,7 @@ import pandas as pd
 import psycopg
 import redis
 
-from .bookkeeping import Bookkeeping
+from .bookkeeping import Bookkeeping, record_attempt
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
 from .errors import SyncFailed, first_line
 from .extract import GENERATION_KEY, RedisSource, chunks, extract_all, pipelined, read_hashes
@@ -104,6 +104,7 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)
     origin = resolve_origin(src, conn, config, logger)  # committed before: no sync waits on its row
+    record_attempt(conn, config.sync_schema, origin.name, spec.name)  # kept even if the sync fails
     with conn.transaction():
         # TimeZone UTC: the layout's naive timestamps are UTC, also where COPY parses them directly.
         conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
@@ -170,6 +171,7 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
             # an origin of its own. Nothing commits; the next cycle reads that data set afresh.
             raise SyncFailed(f"{spec.name}: Redis was flushed or restarted during the sync (its marker "
                              f"{src.prefix}{GENERATION_KEY} changed); nothing committed, the next cycle retries")
+        book.record_success(run_id, result)
     if spec.name in config.retention_hours:
         # Only after the commit: what is deleted from Redis is already durable in Postgres.
         result.deleted = apply_retention(spec, client, conn, config)

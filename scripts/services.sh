@@ -57,3 +57,9 @@ ensure_postgres() {
   if [ "$(_answers "$host" "$port")" != yes ]; then echo "could not start Postgres on $host:$port" >&2; return 1; fi
   echo "Started Postgres $version on 127.0.0.1:$port (stop: pg_ctlcluster $version main stop)"
 }
+
+ensure_prometheus() {  # the Prometheus server and promtool, for the monitoring tests (Debian's package)
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return 0; fi
+  _apt_install prometheus || { echo "could not install Prometheus (apt-get install prometheus); its tests will be skipped" >&2; return 0; }
+  # The package enables a system service; the tests run their own server on a free loopback port.
+}

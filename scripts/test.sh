@@ -11,6 +11,7 @@ if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 .venv/bin/python -m pip install -q -e '.[test]'
 ensure_redis
 ensure_postgres
+ensure_prometheus
 # Tests need a superuser-ish role that can CREATE DATABASE; defaults to local trust auth as postgres.
 export TEST_POSTGRES_URL=${TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
