@@ -158,9 +158,10 @@ class SyncCollector:
                 for (spec, _), reply in zip(asked, replies)}
 
     def _label(self, labels: dict[str, str | None], source: str) -> str:
-        """The `source` label: SYNC_SOURCE as the sources table keeps it, else the address this exporter
-        reads (host:port/db/prefix, never credentials), which stays the same across a Redis flush."""
-        return labels.get(source) or self.config.redis_address
+        """The `source` label: SYNC_SOURCE as the sync recorded it (else as this exporter is configured),
+        else the address this exporter reads (host:port/db/prefix, never credentials); both stay the
+        same across a Redis flush, unlike the data set's origin."""
+        return labels.get(source) or self.config.source or self.config.redis_address
 
     def scrape(self) -> list[Metric]:
         with self._lock:

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import lock_key, sync_entity
+from rp_pipeline.sources import current_origin
 from rp_pipeline.entities import BY_NAME
 from rp_pipeline.errors import SyncFailed
 from rp_pipeline.exporter import serve_metrics
@@ -124,7 +125,7 @@ def test_a_failed_attempt_moves_last_attempt_not_last_success(exporter, sync_con
     config = dataclasses.replace(sync_config, lock_timeout_ms=200)
     with psycopg.connect(postgres_url, autocommit=True) as holder, connect_redis(config) as client, \
             connect_postgres(config) as conn:
-        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key(config, "predictions"),))
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key(config, current_origin(config), "predictions"),))
         with pytest.raises(SyncFailed, match="lock"):
             sync_entity(BY_NAME["predictions"], client, conn, config)
     later = samples(scrape_text(exporter.port))
