@@ -14,7 +14,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql as pg
 
+from .connections import explain_postgres_refusal
 from .entities import HASH_BY_ID, BIGINT, FLOAT, JSONB, TEXT, TIMESTAMPTZ, EntitySpec
+from .errors import PermissionProblem
 from .settings import SyncConfig, sqlalchemy_url
 
 SA_TYPES = {
@@ -103,6 +105,7 @@ def bookkeeping_tables(metadata: sa.MetaData, schema: str) -> dict[str, sa.Table
     return {t.name: t for t in tables}
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # a role without the grant (README, Security): explained, not a traceback
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -134,5 +137,9 @@ def migrate(config: SyncConfig) -> None:
             cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
             cfg.attributes.update(connection=conn, schema=config.schema, sync_schema=config.sync_schema)
             command.upgrade(cfg, "head")
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+            raise PermissionProblem(explain_postgres_refusal(exc.orig, config)) from None
+        raise
     finally:
         engine.dispose()
