@@ -134,7 +134,7 @@ def explain_tls_error(exc: redis.ConnectionError, url: str) -> str | None:
         return (f"Redis at {where} presented a TLS certificate this client does not trust ({cause.verify_message}): "
                 "set ssl_ca_certs in REDIS_URL to the CA file that signed the server's certificate, e.g. "
                 f"rediss://{where}/0?ssl_ca_certs=/path/to/ca.crt ({redact_url(url)}).")
-    if isinstance(cause, (ssl.SSLEOFError, ConnectionResetError)):
+    if isinstance(cause, (ssl.SSLEOFError, ConnectionResetError)) or "CERTIFICATE_REQUIRED" in str(cause):
         return (f"Redis at {where} closed the TLS connection during setup: if it requires a client certificate "
                 "(tls-auth-clients yes), add ssl_certfile=/path/client.crt&ssl_keyfile=/path/client.key to "
                 f"REDIS_URL ({redact_url(url)}).")

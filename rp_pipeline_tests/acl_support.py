@@ -39,12 +39,14 @@ class AclUsers:
     def __init__(self, admin: redis.Redis, url: str, prefix: str):
         self.admin, self.url, self.prefix = admin, url, prefix
         self.created: list[str] = []
+        self.passwords: dict[str, str] = {}
 
     def create(self, *lines: str, drop: tuple[str, ...] = ()) -> tuple[str, str]:
         """Apply the lines (each `ACL SETUSER <name> ...`) to one new user, leaving out the rules in `drop`;
         returns (user, URL that logs in as it)."""
         user, password = f"rp_acl_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
         self.created.append(user)
+        self.passwords[user] = password
         for line in lines:
             words = shlex.split(line.replace("CHANGE-ME", password).replace("aidb:", self.prefix))
             assert words[:2] == ["ACL", "SETUSER"], line

@@ -105,5 +105,7 @@ stop_tls_redis() {
   for mode in tls mtls; do
     if [ -s "$dir/$mode.pid" ]; then kill "$(cat "$dir/$mode.pid")" 2>/dev/null || true; fi
   done
+  # Redis removes its pid file as it exits; its last log lines would otherwise land in a removed directory.
+  for _ in $(seq 50); do [ -e "$dir/tls.pid" ] || [ -e "$dir/mtls.pid" ] || break; sleep 0.1; done
   rm -rf "$dir"
 }
