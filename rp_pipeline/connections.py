@@ -52,7 +52,8 @@ def connect_postgres(config: SyncConfig, *, autocommit: bool = True) -> psycopg.
             psycopg_url(url), autocommit=autocommit, connect_timeout=10, application_name="rp_pipeline",
             keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
     except psycopg.OperationalError as exc:
-        raise ConnectionProblem(explain_postgres_error(exc, url)) from None
+        problem = PermissionProblem if "permission denied" in str(exc) else ConnectionProblem
+        raise problem(explain_postgres_error(exc, url)) from None
     # Well past the server's own statement timeout: only a server that stopped answering reaches it.
     conn.deadline_seconds = config.statement_timeout_ms / 1000 * 1.5 + 5
     return conn
@@ -69,6 +70,11 @@ def explain_postgres_error(exc: Exception, url: str) -> str:
     if "does not exist" in text and "database" in text:
         return (f"Postgres at {where} has no database {database!r}: create it "
                 f"(createdb -h {where.split(':')[0]} {database}) or fix POSTGRES_URL.")
+    if "permission denied for database" in text:
+        user = parts.user or "(the sync's role)"
+        return (f"Postgres at {where} refused role '{user}' the database {database!r} (no CONNECT privilege). "
+                "Every cycle fails the same way until it is granted (as the owner or a superuser): "
+                f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{user}" (README, Security: Postgres role).')
     if "Connection refused" in text or "could not connect" in text or "timeout expired" in text:
         return (f"cannot connect to Postgres at {where} (connection refused): is it running? Start it "
                 "(e.g. `sudo systemctl start postgresql`, or `pg_ctlcluster 15 main start`) or fix POSTGRES_URL "

@@ -5,8 +5,8 @@ on the marker's keys, makes the engine raise PermissionProblem naming SET, the k
 the `ACL SETUSER` rule; the CLI exits 2 with that one line on stderr, never "the next cycle
 retries", never "Errors: 0"; a Dagster run fails its steps with the same text, which the API
 reports once (as `problem`) and counts in the statistics; a Postgres role missing one of the
-README's grants (TEMPORARY on the database, USAGE/CREATE on the schema) gets the same kind of
-line naming that GRANT, from the engine, the migration and the CLI.
+README's grants (CONNECT or TEMPORARY on the database, USAGE/CREATE on the schema) gets the same
+kind of line naming that GRANT, from connecting, the engine, the migration and the CLI.
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ def write_some(writer) -> None:
 
 
 def sync_with(config):
-    migrate(config)
+    """As the CLI does it: connect (the pre-flight), migrate, sync."""
     client, conn = connect_redis(config), connect_postgres(config)
     try:
+        migrate(config)
         return sync_all(client, conn, config)
     finally:
         client.close()
@@ -125,6 +126,7 @@ def test_the_dagster_run_fails_its_steps_with_the_same_line(users, writer, key_p
 # -- Postgres -------------------------------------------------------------------------------------------------
 
 README_GRANTS = {  # the README's role section, per grant left out below
+    "CONNECT": 'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"',
     "TEMPORARY": 'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"',
     "schema": 'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"',
 }
@@ -139,26 +141,27 @@ def role_without(request, postgres_url, pg_schemas):
     database = postgres_url.rsplit("/", 1)[1]
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
-        admin.execute(f'GRANT CONNECT{"" if missing == "TEMPORARY" else ", TEMPORARY"} ON DATABASE "{database}" '
-                      f'TO "{role}"')
+        granted = {"CONNECT": "TEMPORARY", "TEMPORARY": "CONNECT"}.get(missing, "CONNECT, TEMPORARY")
+        admin.execute(f'GRANT {granted} ON DATABASE "{database}" TO "{role}"')
         admin.execute(f'CREATE SCHEMA "{schema}"')
         if missing != "schema":
             admin.execute(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"')
         admin.execute(f'CREATE SCHEMA "{sync_schema}" AUTHORIZATION "{role}"')
-        # PUBLIC may create temporary tables by default: take it away, so the role has only what it was given.
-        admin.execute(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+        # PUBLIC may connect and create temporary tables by default: taken away (for this test's database
+        # only, given back after), so the role has only what it was given.
+        admin.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
     base, rest = postgres_url.split("://", 1)
     yield (f"{base}://{role}@{rest.split('@', 1)[1]}", role,
            README_GRANTS[missing].format(database=database, schema=schema, role=role))
     with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'GRANT TEMPORARY ON DATABASE "{database}" TO PUBLIC')
+        admin.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO PUBLIC')
         for name in (schema, sync_schema):
             admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         admin.execute(f'DROP OWNED BY "{role}"')
         admin.execute(f'DROP ROLE "{role}"')
 
 
-@pytest.mark.parametrize("role_without", ["TEMPORARY", "schema"], indirect=True)
+@pytest.mark.parametrize("role_without", ["CONNECT", "TEMPORARY", "schema"], indirect=True)
 def test_a_postgres_role_missing_a_grant_gets_the_grant_to_add(role_without, writer, sync_config):
     url, role, grant = role_without
     write_some(writer)
@@ -167,7 +170,8 @@ def test_a_postgres_role_missing_a_grant_gets_the_grant_to_add(role_without, wri
         sync_with(dataclasses.replace(sync_config, postgres_url=url))
 
     message = str(refused.value)
-    assert f"Postgres at 127.0.0.1:5432 refused role '{role}': permission denied" in message
+    assert f"Postgres at 127.0.0.1:5432 refused role '{role}'" in message and "permission denied" in message \
+        or "no CONNECT privilege" in message
     assert f"{grant} (README, Security: Postgres role)." in message
     assert "retries" not in message and "\n" not in message
 

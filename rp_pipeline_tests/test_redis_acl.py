@@ -130,6 +130,9 @@ def test_reads_refused_by_a_narrower_acl_fail_the_entity_instead_of_rejecting_re
 
 def test_the_writer_works_under_its_documented_acl_and_cannot_delete(users, key_prefix, redis_client, run_sync,
                                                                       pg_conn):
+    import rp_pipeline.writer
+
+    assert WRITER_ACL in rp_pipeline.writer.__doc__  # the writer documents the same ACL as the README
     _, url = users.create(WRITER_ACL)
     with RedisWriter.from_url(url, key_prefix=key_prefix) as writer:
         fill(writer, models=2, runs_per_version=2, points=3, predictions=1200)  # two script batches
