@@ -9,7 +9,7 @@ import os
 import re
 import ssl
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import psycopg
 import redis
@@ -71,7 +71,7 @@ def explain_postgres_error(exc: Exception, url: str) -> str:
         return (f"Postgres at {where} has no database {database!r}: create it "
                 f"(createdb -h {where.split(':')[0]} {database}) or fix POSTGRES_URL.")
     if "permission denied for database" in text:
-        user = parts.user or "(the sync's role)"
+        user = unquote(parts.user or "") or "(the sync's role)"
         return (f"Postgres at {where} refused role '{user}' the database {database!r} (no CONNECT privilege). "
                 "Every cycle fails the same way until it is granted (as the owner or a superuser): "
                 f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{user}" (README, Security: Postgres role).')
@@ -131,11 +131,12 @@ def explain_tls_error(exc: redis.ConnectionError, url: str) -> str | None:
     if not url.startswith("rediss://"):
         return None
     where, cause = _where(url, 6379), exc.__cause__ or exc.__context__
-    query = parse_qs(urlsplit(url).query)
+    query = parse_qs(url.rsplit("@", 1)[-1].partition("?")[2])  # after the credentials: never the password
     missing = [f"{name}={query[name][0]}" for name in TLS_FILE_PARAMETERS
                if name in query and not os.path.exists(query[name][0])]
     if missing:
-        return f"REDIS_URL names a TLS file that does not exist: {', '.join(missing)}; fix the path ({redact_url(url)})."
+        return (f"REDIS_URL names a TLS file that does not exist: {', '.join(missing)}; fix the path "
+                f"({redact_url(url)}).")
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (f"Redis at {where} presented a TLS certificate this client does not trust ({cause.verify_message}): "
                 "set ssl_ca_certs in REDIS_URL to the CA file that signed the server's certificate, e.g. "

@@ -55,7 +55,8 @@ def sync_with(config):
 
 
 def marker_refusal(user: str, prefix: str) -> str:
-    return f"refused user '{user}' SET on {prefix}rp_pipeline:* (the sync's generation marker {prefix}rp_pipeline:generation"
+    return (f"refused user '{user}' SET on {prefix}rp_pipeline:* "
+            f"(the sync's generation marker {prefix}rp_pipeline:generation")
 
 
 @pytest.mark.parametrize("missing", sorted(MARKER_RIGHTS))
@@ -84,7 +85,8 @@ def test_cli_exits_2_with_one_line_when_the_marker_may_not_be_set(users, writer,
 
     assert done.returncode == 2, done.stdout + done.stderr
     errors = done.stderr.splitlines()
-    assert len(errors) == 1 and errors[0].startswith("Error: Redis at 127.0.0.1:6379 " + marker_refusal(user, key_prefix))
+    assert len(errors) == 1
+    assert errors[0].startswith("Error: Redis at 127.0.0.1:6379 " + marker_refusal(user, key_prefix))
     assert f"ACL SETUSER {user} +set %RW~{key_prefix}rp_pipeline:*" in errors[0]
     shown = done.stdout + done.stderr
     assert "retries" not in shown and "Traceback" not in shown and url.split("@")[0].split(":")[-1] not in shown
