@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote
 import psycopg
 import redis
 
+from .entities import BY_NAME
 from .errors import ConnectionProblem, PermissionProblem, first_line
 from .settings import SyncConfig, psycopg_url, redact_url, split_url
 
@@ -204,8 +205,8 @@ _POSTGRES_GRANTS = (
     (r"permission denied for schema", "GRANT USAGE, CREATE ON SCHEMA {schema} TO {user}"),
     (r"must be owner of \w+ (\S+)", "ALTER TABLE {schema}.{object} OWNER TO {user} (or run the first sync once "
                                     "as the owner)"),
-    (r"permission denied for (?:table|relation|sequence)", "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "
-                                                           "{schema} TO {user}"),
+    (r"permission denied for (?:table|relation|sequence) (\S+)", "GRANT {table_rights} ON ALL TABLES IN SCHEMA "
+                                                                 "{table_schema} TO {user}"),
 )
 
 
@@ -219,11 +220,16 @@ def explain_postgres_refusal(exc: BaseException, config: SyncConfig, user: str |
     names = {"user": _ident(user), "db": _ident(database or parts.path or "postgres"),
              "schema": _ident(config.schema), "sync_schema": _ident(config.sync_schema),
              "sync_schema_re": re.escape(config.sync_schema)}
-    grant = "the grants in the README's role section (Security)"
+    grant = "the role section's grants"
     for pattern, template in _POSTGRES_GRANTS:
         found = re.search(pattern.format(**names), text)
         if found:
-            grant = template.format(**names, object=_ident(found.group(1)) if found.groups() else "")
+            name = found.group(1).strip('"') if found.groups() else ""
+            # The nine tables are the analytics schema's; any other is the sync's bookkeeping (rows deleted too).
+            analytics = name in BY_NAME
+            grant = template.format(**names, object=_ident(name),
+                                    table_schema=names["schema"] if analytics else names["sync_schema"],
+                                    table_rights="SELECT, INSERT, UPDATE" + ("" if analytics else ", DELETE"))
             break
     return (f"Postgres at {_where(url, 5432)} refused role '{user}': {text}. Every cycle fails the same way until "
             f"it is granted (as the owner or a superuser): {grant} (README, Security: Postgres role).")

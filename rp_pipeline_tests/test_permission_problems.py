@@ -131,6 +131,7 @@ README_GRANTS = {  # the README's role section, per grant left out below
     "CONNECT": 'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"',
     "TEMPORARY": 'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"',
     "schema": 'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"',
+    "tables": 'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
 }
 
 
@@ -163,13 +164,18 @@ def role_without(request, postgres_url, pg_schemas):
         admin.execute(f'DROP ROLE "{role}"')
 
 
-@pytest.mark.parametrize("role_without", ["CONNECT", "TEMPORARY", "schema"], indirect=True)
-def test_a_postgres_role_missing_a_grant_gets_the_grant_to_add(role_without, writer, sync_config):
+@pytest.mark.parametrize("role_without", ["CONNECT", "TEMPORARY", "schema", "tables"], indirect=True)
+def test_a_postgres_role_missing_a_grant_gets_the_grant_to_add(role_without, writer, sync_config, postgres_url):
     url, role, grant = role_without
+    config = dataclasses.replace(sync_config, postgres_url=url)
+    if "ALL TABLES" in grant:  # the role made the tables; then INSERT on one is taken away from it
+        sync_with(config)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'REVOKE INSERT ON "{config.schema}".models FROM "{role}"')
     write_some(writer)
 
     with pytest.raises(PermissionProblem) as refused:
-        sync_with(dataclasses.replace(sync_config, postgres_url=url))
+        sync_with(config)
 
     message = str(refused.value)
     assert f"Postgres at 127.0.0.1:5432 refused role '{role}'" in message and "permission denied" in message \
