@@ -3,10 +3,12 @@
 Covers: a Redis user made from the README's sync line without `+set`, or without write rights
 on the marker's keys, makes the engine raise PermissionProblem naming SET, the key pattern and
 the `ACL SETUSER` rule; the CLI exits 2 with that one line on stderr, never "the next cycle
-retries", never "Errors: 0"; a Dagster run fails its steps with the same text, which the API
-reports once (as `problem`) and counts in the statistics; a Postgres role missing one of the
-README's grants (CONNECT or TEMPORARY on the database, USAGE/CREATE on the schema) gets the same
-kind of line naming that GRANT, from connecting, the engine, the migration and the CLI.
+retries", never "Errors: 0"; a connection lost at that same SET stays a transient SyncFailed
+that does say the next cycle retries; a Dagster run fails its steps with the same text, which
+the API reports once (as `problem`) and counts in the statistics; a Postgres role missing one
+of the README's grants (CONNECT or TEMPORARY on the database, USAGE/CREATE on the schema, the
+table rights) gets the same kind of line naming that GRANT, from connecting, the engine, the
+migration and the CLI.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import pytest
 
 from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import sync_all
-from rp_pipeline.errors import PermissionProblem
+from rp_pipeline.errors import PermissionProblem, SyncFailed
 from rp_pipeline.schema import migrate
 
 from .acl_support import SYNC_ACL, acl_users
 from .cli_support import clean_env, run_cli
+from .faults import TcpProxy, with_address
 
 MARKER_RIGHTS = {"+set": "this user has no permissions to run the 'set' command",
                  "%RW~aidb:rp_pipeline:*": "this user has no permissions to access one of the keys"}
@@ -123,6 +126,20 @@ def test_the_dagster_run_fails_its_steps_with_the_same_line(users, writer, key_p
     assert outcome.failures[0].endswith(": " + outcome.problem)
     assert set(outcome.failures[0].split(": ", 1)[0].split(", ")) == roots
     assert outcome.stats["errors"] == len(roots)
+
+
+def test_a_transient_redis_fault_on_the_marker_keeps_the_retry_wording(writer, key_prefix, sync_config):
+    write_some(writer)
+    with TcpProxy.to(sync_config.redis_url, 6379) as proxy:
+        proxy.kill_after(f"{key_prefix}rp_pipeline:generation".encode())  # the connection drops at the SET
+        config = dataclasses.replace(sync_config, redis_url=with_address(sync_config.redis_url, proxy.port))
+        with pytest.raises(SyncFailed) as failure:
+            sync_with(config)
+        assert proxy.killed.is_set()
+
+    assert not isinstance(failure.value, PermissionProblem)
+    assert str(failure.value).startswith("models: Redis failed (")
+    assert str(failure.value).endswith("nothing committed, the next cycle retries")
 
 
 # -- Postgres -------------------------------------------------------------------------------------------------
