@@ -42,7 +42,9 @@ log = logging.getLogger("rp_pipeline")
 COUNTERS = (*STAT_KEYS[:-1], "experiment_runs", "errors")
 
 # Exceptions whose message is written for the user: shown as is, without the class name.
-USER_FACING_ERRORS = ("SyncFailed", "ConnectionProblem", "ConfigError")
+USER_FACING_ERRORS = ("SyncFailed", "ConnectionProblem", "ConfigError", "PermissionProblem")
+# Failures that are configuration (a missing grant): the CLI reports them like a bad setting (exit 2).
+CONFIGURATION_ERRORS = ("PermissionProblem",)
 
 # Storage for a working directory without a dagster.yaml (an installed package, a container):
 # the same environment-driven choice as the repository's dagster.yaml.
@@ -68,13 +70,18 @@ class SyncRunFailed(SyncFailed):
 
 @dataclass(frozen=True)
 class SyncOutcome:
-    """One cycle: the Dagster run, whether it succeeded, the guide's counters and the wall time."""
+    """One cycle: the Dagster run, whether it succeeded, the guide's counters and the wall time.
+
+    `problem` is set when a step failed on configuration (a missing Redis ACL right or Postgres
+    grant): one line naming the grant, the same every cycle until it is made.
+    """
 
     run_id: str
     success: bool
     stats: dict[str, int]
     seconds: float
     failures: list[str] = field(default_factory=list)
+    problem: str | None = None
 
 
 @contextmanager
@@ -110,6 +117,13 @@ def _instance_error(exc: Exception) -> str:
         lines = str(exc).strip().splitlines()
         detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
     return f"cannot open the Dagster instance ({where}): {detail}"
+
+
+def _innermost(error):
+    """The exception a step raised, out of the wrappers Dagster puts around it."""
+    while error.cause is not None:
+        error = error.cause
+    return error
 
 
 def _counter_label(key: str) -> str:
@@ -195,7 +209,7 @@ class RedisPgSync:
                     # Dagster's own console output is replaced by the guide-style lines forwarded below.
                     run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}))
             seconds = time.perf_counter() - clock
-            failures = self._failures(result)
+            failures, failed_steps, problem = self._failures(result)
             try:
                 found = run_statistics(self.config, run_id)
                 stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
@@ -204,7 +218,10 @@ class RedisPgSync:
                     raise
                 self.log.warning("  (statistics unavailable: %s)", exc)
                 stats = {key: 0 for key in COUNTERS}
-            outcome = SyncOutcome(run_id, result.success and not failures, dict(stats), seconds, failures)
+            stats = dict(stats)
+            if failures:  # a failed entity is an error too: a failed cycle never reports "Errors: 0"
+                stats["errors"] = stats.get("errors", 0) + max(1, failed_steps)
+            outcome = SyncOutcome(run_id, result.success and not failures, stats, seconds, failures, problem)
             self._log_outcome(outcome)
             self.last_outcome = outcome
             return outcome
@@ -232,19 +249,24 @@ class RedisPgSync:
         self.log.log(level, "  Check failed: %s.%s%s", evaluation.asset_key.to_user_string(), evaluation.check_name,
                      f" ({details})" if details else "")
 
-    def _failures(self, result) -> list[str]:
-        """One line per failed step (the run's own failure only when no step failed), then what did not run."""
-        failures, failed_steps = [], set()
-        run_failures = []
+    def _failures(self, result) -> tuple[list[str], int, str | None]:
+        """(one line per distinct failure, the steps sharing it named together, the run's own failure only
+        when no step failed, then what did not run; how many steps failed; the configuration problem if any)."""
+        by_text: dict[str, list[str]] = {}
+        failed_steps, run_failures, problem = set(), [], None
         for event in result.all_events:
             if event.is_step_failure:
                 failed_steps.add(event.step_key)
-                failures.append(self._error_line(event.step_key, event.step_failure_data.error))
+                error = _innermost(event.step_failure_data.error)
+                text = self._error_text(event.step_key, error)
+                by_text.setdefault(text, []).append(event.step_key)
+                if error.cls_name in CONFIGURATION_ERRORS and problem is None:
+                    problem = text
             elif event.event_type == dg.DagsterEventType.RUN_FAILURE and event.event_specific_data:
                 error = getattr(event.event_specific_data, "error", None)
                 if error is not None:
                     run_failures.append(self._error_line("run", error))
-        failures = failures or run_failures
+        failures = [self._redact(f"{', '.join(steps)}: {text}") for text, steps in by_text.items()] or run_failures
         if not result.success and not failures:
             failures.append(f"run {result.run_id} failed; see it in the Dagster UI")
         if failures:
@@ -252,19 +274,22 @@ class RedisPgSync:
             not_run = [spec.name for spec in ENTITIES if spec.name not in succeeded | failed_steps]
             if not_run:
                 failures.append(f"not synced this cycle, waiting on a failed parent: {', '.join(not_run)}")
-        return failures
+        return failures, len(failed_steps), self._redact(problem) if problem else None
 
     def _error_line(self, step: str, error) -> str:
         """'step: message' from the exception a step raised (inside Dagster's wrapper), redacted."""
-        while error.cause is not None:
-            error = error.cause
+        return self._redact(f"{step}: {self._error_text(step, _innermost(error))}")
+
+    @staticmethod
+    def _error_text(step: str, error) -> str:
+        """The exception's first line without the step's name; the class name unless written for the user."""
         first = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
         _qualified_name, sep, text = first.partition(": ")
         if not sep:
             text = first
         elif error.cls_name not in USER_FACING_ERRORS:
             text = f"{error.cls_name}: {text}"
-        return self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")
+        return text.removeprefix(f"{step}: ")
 
     def _redact(self, text: str) -> str:
         for url in (self.config.postgres_url or "", self.config.redis_url):

@@ -4,7 +4,8 @@ and `python -m rp_pipeline metrics`, the Prometheus exporter (exporter.py).
 Each cycle is the Dagster job `redis_to_postgres_sync`, run in this process by
 `RedisPgSync` (api.py) and recorded in the instance `dagster dev` shows.
 Exit codes: 0 success (rejected records do not fail a sync), 1 a sync failed,
-2 configuration or connection problem found before syncing, 130 aborted.
+2 configuration or connection problem (found before syncing, or a missing Redis ACL
+right or Postgres grant found by the sync), 130 aborted.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
         start_exporter(config, args.metrics_host, args.metrics_port, interval, logger)
     try:
         if interval is None:
-            return EXIT_OK if sync.sync_once().success else EXIT_SYNC_FAILED
+            outcome = sync.sync_once()
+            if outcome.problem:  # a missing right: configuration, not a failure the next run could outlive
+                return report_problem(outcome.problem)
+            return EXIT_OK if outcome.success else EXIT_SYNC_FAILED
         sync.run_continuous(interval)
         return EXIT_OK
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -22,8 +23,10 @@ import psycopg
 import redis
 
 from .bookkeeping import Bookkeeping, record_attempt
+from .connections import (MARKER_ACCESS, READ_ACCESS, RETENTION_ACCESS, RedisAccess, explain_postgres_refusal,
+                          explain_redis_refusal, refused_by_acl)
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
-from .errors import SyncFailed, first_line
+from .errors import PermissionProblem, SyncFailed, first_line
 from .extract import GENERATION_KEY, RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, validate
@@ -80,9 +83,18 @@ def lock_key(config: SyncConfig, origin: Origin, entity: str) -> str:
 
 def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
                 run_id: str = "manual", logger: logging.Logger | None = None) -> EntityResult:
-    """Sync one entity; all of its rows and bookkeeping commit together or not at all."""
+    """Sync one entity; all of its rows and bookkeeping commit together or not at all.
+
+    A missing right (Redis ACL, Postgres grant) raises PermissionProblem naming the grant:
+    it is configuration, and retrying cannot help. Other faults raise SyncFailed: transient,
+    nothing committed, the next cycle retries.
+    """
     try:
-        return _sync_entity(spec, client, conn, config, run_id, logger or log)
+        with redis_access(READ_ACCESS, config):
+            return _sync_entity(spec, client, conn, config, run_id, logger or log)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionProblem(explain_postgres_refusal(
+            exc, config, _pg_info(conn, "user"), _pg_info(conn, "dbname"))) from None
     except psycopg.errors.LockNotAvailable:
         raise SyncFailed(f"{spec.name}: waited more than {config.lock_timeout_ms} ms for a Postgres lock (another "
                          "sync of the same data running?); nothing committed, the next cycle retries") from None
@@ -94,8 +106,26 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
         raise SyncFailed(f"{spec.name}: {what} ({first_line(exc)}); nothing committed, "
                          "the next cycle retries") from None
     except redis.RedisError as exc:
-        raise SyncFailed(f"{spec.name}: Redis failed while reading ({first_line(exc)}); nothing committed, "
+        raise SyncFailed(f"{spec.name}: Redis failed ({first_line(exc)}); nothing committed, "
                          "the next cycle retries") from None
+
+
+@contextmanager
+def redis_access(access: RedisAccess, config: SyncConfig) -> Iterator[None]:
+    """Turn a Redis ACL refusal inside the block into a PermissionProblem naming `access`'s rule."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        if refused_by_acl(exc):
+            raise PermissionProblem(explain_redis_refusal(exc, config, access)) from None
+        raise
+
+
+def _pg_info(conn: psycopg.Connection, name: str) -> str | None:
+    try:
+        return getattr(conn.info, name)
+    except psycopg.Error:  # a closed connection: the URL's names are used instead
+        return None
 
 
 def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
@@ -103,7 +133,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
     clock = time.perf_counter()
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)
-    origin = resolve_origin(src, conn, config, logger)  # committed before: no sync waits on its row
+    with redis_access(MARKER_ACCESS, config):
+        origin = resolve_origin(src, conn, config, logger)  # committed before: no sync waits on its row
     record_attempt(conn, config.sync_schema, origin.name, spec.name)  # kept even if the sync fails
     with conn.transaction():
         # TimeZone UTC: the layout's naive timestamps are UTC, also where COPY parses them directly.
@@ -174,7 +205,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         book.record_success(run_id, result)
     if spec.name in config.retention_hours:
         # Only after the commit: what is deleted from Redis is already durable in Postgres.
-        result.deleted = apply_retention(spec, client, conn, config)
+        with redis_access(RETENTION_ACCESS, config):
+            result.deleted = apply_retention(spec, client, conn, config)
         with conn.transaction():
             book.record_deleted(run_id, result.deleted)
         if result.deleted:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import redis
 
+from .connections import refused_by_acl
 from .entities import (
     EXPERIMENTS, HASH_BY_ID, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, PARAMS_PER_RUN, TRAINING_RUNS, EntitySpec,
 )
@@ -86,14 +87,15 @@ class RedisSource:
 
 
 def pipelined(client: redis.Redis, commands: Iterable[tuple]) -> Iterator:
-    """Run commands in pipelined batches; a failing command yields its exception instead of raising."""
+    """Run commands in pipelined batches; a failing command yields its exception instead of raising,
+    except a refusal by the ACL, which is raised (configuration: no record is to blame)."""
     batch: list[tuple] = []
 
     def flush():
         pipe = client.pipeline(transaction=False)
         for command in batch:
             pipe.execute_command(*command)
-        return pipe.execute(raise_on_error=False)
+        return raise_refusal(pipe.execute(raise_on_error=False))
 
     for command in commands:
         batch.append(command)
@@ -102,6 +104,15 @@ def pipelined(client: redis.Redis, commands: Iterable[tuple]) -> Iterator:
             batch = []
     if batch:
         yield from flush()
+
+
+def raise_refusal(replies: list) -> list:
+    """The replies, unless one is an ACL refusal (as redis-py's or hiredis's error object): that is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception) and (refused_by_acl(reply) or str(reply).startswith("NOPERM")):
+            raise reply if isinstance(reply, redis.RedisError) else redis.exceptions.NoPermissionError(
+                str(reply).removeprefix("NOPERM "))
+    return replies
 
 
 def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) -> list:
@@ -174,15 +185,16 @@ def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple
         empty = [i for i in unusual if not isinstance(replies[i], Exception)]
         exists = {}
         if empty:
-            # Read again with EXISTS in one MULTI, so "no record" and "a hash without our fields" are told
-            # apart on one snapshot: a writer may have written the record since the first read.
-            pipe = src.client.pipeline(transaction=True)
-            for i in empty:
-                pipe.hmget(keys[i], fields)
-                pipe.exists(keys[i])
-            again = pipe.execute(raise_on_error=False)
-            for n, i in enumerate(empty):
-                replies[i], exists[i] = again[2 * n], again[2 * n + 1]
+            # Read again with HGETALL, so "no record" (empty: Redis has no empty hashes) and "a hash without
+            # our fields" are told apart on one snapshot, by one read-only command (no MULTI in the ACL):
+            # a writer may have written the record since the first read.
+            again = pipelined(src.client, (("HGETALL", keys[i]) for i in empty))
+            for i, whole in zip(empty, again):
+                if isinstance(whole, Exception):
+                    replies[i], exists[i] = whole, 1
+                else:
+                    replies[i], exists[i] = [whole.get(f) for f in fields], 1 if whole else 0
+        raise_refusal([replies[i] for i in unusual])
         keep = []
         for i in unusual:
             if isinstance(replies[i], Exception):

@@ -19,7 +19,7 @@ import redis
 
 from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
-from .extract import RedisSource, chunks, pipelined, read_hashes, read_metric_series
+from .extract import RedisSource, chunks, pipelined, raise_refusal, read_hashes, read_metric_series
 from .load import find_in_postgres
 from .settings import SyncConfig
 from .sources import Origin, resolve_origin
@@ -94,7 +94,7 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             for name, value in zip(fields, raw[record_id]):
                 args += [name, "" if value is None else value]
             script(keys=[key, index_of[record_id]], args=args, client=pipe)
-        deleted += sum(1 for r in pipe.execute(raise_on_error=False) if r == 1)
+        deleted += sum(1 for r in raise_refusal(pipe.execute(raise_on_error=False)) if r == 1)
     return deleted
 
 
@@ -119,7 +119,7 @@ def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: Sy
         pipe = src.client.pipeline(transaction=False)
         for key, member in zip(confirmed["_key"], confirmed["_member"]):
             pipe.zrem(key, member)  # the member is the point itself: removing it cannot lose a newer write
-        deleted += sum(r for r in pipe.execute(raise_on_error=False) if isinstance(r, int))
+        deleted += sum(r for r in raise_refusal(pipe.execute(raise_on_error=False)) if isinstance(r, int))
         cards = [c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))]
         with conn.transaction():
             book.set_series_cards(dict(zip(keys, cards)))

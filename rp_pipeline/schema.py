@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from .connections import explain_postgres_refusal
 from .entities import HASH_BY_ID, EntitySpec
+from .errors import PermissionProblem
 from .settings import SyncConfig, sqlalchemy_url
 
 
@@ -27,6 +29,7 @@ def identity_index_name(spec: EntitySpec) -> str:
     return f"uq_{spec.name}_identity"
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # a role without the grant (README, Security): explained, not a traceback
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -58,5 +61,9 @@ def migrate(config: SyncConfig, revision: str = "head") -> None:
             cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
             cfg.attributes.update(connection=conn, schema=config.schema, sync_schema=config.sync_schema)
             command.upgrade(cfg, revision)
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+            raise PermissionProblem(explain_postgres_refusal(exc.orig, config)) from None
+        raise
     finally:
         engine.dispose()

@@ -6,6 +6,15 @@ the ones it writes, so old and new writers can share one Redis. Unlike the old
 adapter, every record is written in one round trip by one Lua script that
 allocates the id, writes the hash and adds it to its index: no reader ever sees
 a counter ahead of the records that exist.
+
+Redis ACL (README, Security). The writer runs EVALSHA of its two scripts (SCRIPT LOAD the
+first time; inside them INCRBY, HSET, ZADD, EXISTS), HSET (hyperparameters), ZADD (metric
+points), MULTI/HSET/SADD/EXEC (experiment membership), EXISTS (update_training_run without
+fields) and, for get_statistics only, ZCARD, GET, ZRANGE, HGET. It writes under the key prefix
+only: counter:*, model:*, model:name_to_id, version:*, dataset:*, run:*, experiment:*,
+prediction:*, idx:*, hyperparam:*, metric:*, exprun:*; never the sync's rp_pipeline:* keys.
+
+    ACL SETUSER rp_writer reset on >CHANGE-ME %RW~aidb:* +@connection +evalsha +script|load +incrby +hset +zadd +exists +sadd +multi +exec +get +zcard +zrange +hget
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""The Postgres role the README lists is enough: a sync runs with exactly those rights, no more."""
+"""The Postgres role the README lists is enough: a sync runs with exactly those rights, no more.
+
+The role is made by running the README's statements as written (role, database and schema
+names replaced by the test's), so the README is what is tested.
+"""
 
 import dataclasses
+import re
 import uuid
 
 import psycopg
@@ -10,19 +15,30 @@ from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import sync_all
 from rp_pipeline.schema import migrate
 
+from .acl_support import README
+
+
+def readme_role_statements(role: str, database: str, schema: str, sync_schema: str) -> list[str]:
+    """The README's role section (the ```sql block after CREATE ROLE rp_sync), with this test's names."""
+    block = README.split("```sql\nCREATE ROLE rp_sync", 1)[1].split("```", 1)[0]
+    sql = "CREATE ROLE rp_sync" + "\n".join(line.split("--", 1)[0] for line in block.splitlines())
+    sql = sql.replace("SCHEMA rp_sync AUTHORIZATION", f'SCHEMA "{sync_schema}" AUTHORIZATION')
+    sql = re.sub(r"\brp_sync\b", f'"{role}"', sql).replace("'...'", "'unused-with-trust-auth'")
+    sql = re.sub(r"\bpublic\b", f'"{schema}"', sql).replace("ai_models", f'"{database}"')
+    return [statement.strip() for statement in sql.split(";") if statement.strip()]
+
 
 @pytest.fixture
 def least_privilege_url(postgres_url, pg_schemas):
-    """A login role with the README's grants only (no superuser, no CREATEDB, no DELETE)."""
+    """A login role with the README's grants only (no superuser, no CREATEDB, no DELETE), made by
+    running the README's statements as written, with this test's role, database and schemas."""
     role = f"rp_lp_{uuid.uuid4().hex[:8]}"
     schema, sync_schema = pg_schemas
     database = postgres_url.rsplit("/", 1)[1]
     with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
-        admin.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"')
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        admin.execute(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"')
-        admin.execute(f'CREATE SCHEMA "{sync_schema}" AUTHORIZATION "{role}"')
+        admin.execute(f'CREATE SCHEMA "{schema}"')  # stands in for public, which every database has
+        for statement in readme_role_statements(role, database, schema, sync_schema):
+            admin.execute(statement)
     base, _, _ = postgres_url.partition("://")
     rest = postgres_url.split("@", 1)[1]
     yield f"{base}://{role}@{rest}"

@@ -63,3 +63,55 @@ ensure_prometheus() {  # the Prometheus server and promtool, for the monitoring 
   _apt_install prometheus || { echo "could not install Prometheus (apt-get install prometheus); its tests will be skipped" >&2; return 0; }
   # The package enables a system service; the tests run their own server on a free loopback port.
 }
+
+# TLS-only Redis servers on loopback for the TLS tests, with a throwaway CA made by openssl.
+# start_tls_redis DIR writes into DIR: ca.crt (the CA), server.crt/.key, client.crt/.key (for
+# mutual TLS), other-ca.crt (a CA that signed nothing here), and starts two servers without
+# persistence: DIR/tls.port (no client certificate asked) and DIR/mtls.port (a client
+# certificate signed by the CA required). stop_tls_redis DIR stops both (by their pid files).
+start_tls_redis() {
+  local dir=$1 mode port auth
+  mkdir -p "$dir"
+  command -v openssl >/dev/null || _apt_install openssl
+  command -v redis-server >/dev/null || _apt_install redis-server
+  (
+    cd "$dir"
+    # Strict verifiers (Python >= 3.13) want key identifiers and a critical CA constraint.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=rp_pipeline test CA" -keyout ca.key -out ca.crt \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=unrelated CA" -keyout other-ca.key -out other-ca.crt
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "extendedKeyUsage=serverAuth" > server.ext
+    printf '%s\n' "extendedKeyUsage=clientAuth" > client.ext
+    for who in server client; do
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" "subjectKeyIdentifier=hash" \
+        "authorityKeyIdentifier=keyid,issuer" >> "$who.ext"
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=rp_pipeline test $who" -keyout "$who.key" -out "$who.csr"
+      openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile "$who.ext" \
+        -out "$who.crt"
+    done
+    chmod 600 ./*.key
+  ) >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; return 1; }
+  for mode in tls mtls; do
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if [ "$mode" = mtls ]; then auth=yes; else auth=no; fi
+    redis-server --bind 127.0.0.1 --port 0 --tls-port "$port" --tls-cert-file "$dir/server.crt" \
+      --tls-key-file "$dir/server.key" --tls-ca-cert-file "$dir/ca.crt" --tls-auth-clients "$auth" \
+      --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/$mode.pid" --logfile "$dir/$mode.log" \
+      || { echo "redis-server could not start with TLS (built without it?): see $dir/$mode.log" >&2; return 1; }
+    for _ in $(seq 50); do [ "$(_answers 127.0.0.1 "$port")" = yes ] && break; sleep 0.1; done
+    if [ "$(_answers 127.0.0.1 "$port")" != yes ]; then
+      echo "TLS Redis did not start on 127.0.0.1:$port: $(tail -3 "$dir/$mode.log")" >&2; return 1
+    fi
+    echo "$port" > "$dir/$mode.port"
+  done
+}
+
+stop_tls_redis() {
+  local dir=$1 mode
+  for mode in tls mtls; do
+    if [ -s "$dir/$mode.pid" ]; then kill "$(cat "$dir/$mode.pid")" 2>/dev/null || true; fi
+  done
+  # Redis removes its pid file as it exits; its last log lines would otherwise land in a removed directory.
+  for _ in $(seq 50); do [ -e "$dir/tls.pid" ] || [ -e "$dir/mtls.pid" ] || break; sleep 0.1; done
+  rm -rf "$dir"
+}
