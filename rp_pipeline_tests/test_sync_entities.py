@@ -151,7 +151,7 @@ def test_training_runs_map_parents_and_turn_not_set_values_into_null(synced, pg_
     assert running["dataset_id"] is None  # '0' = no dataset
     assert running["completed_at"] is None  # '' = not completed
     assert running["best_metric_value"] is None  # '0' = not set
-    assert (running["duration_seconds"], running["final_loss"]) == (0.0, 0.0)
+    assert (running["duration_seconds"], running["final_loss"]) == (None, None)  # '0' = not set, as the spec says
     assert running["artifacts"] == {}
 
 
