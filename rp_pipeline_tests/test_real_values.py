@@ -344,15 +344,24 @@ def test_a_bad_metric_point_stays_listed_while_its_series_grows(
 # -- merge over the old sync's '' ----------------------------------------------------------------------------------
 
 def test_merge_fills_the_empty_strings_the_old_sync_wrote(writer, sync_config, run_sync, pg_conn):
+    """The README's repair of the old sync's rows, with its SYNC_CONFLICT_POLICY value."""
+    from rp_pipeline.settings import SyncConfig
+
     migrate(sync_config)
     pg_conn.execute("INSERT INTO models (name, description, architecture, framework, task_type) "
                     "VALUES ('resnet', '', '', 'tensorflow', '')")
+    pg_conn.execute("INSERT INTO datasets (name, description, format) VALUES ('imagenet', '', 'jpeg')")
     writer.create_model("resnet", description="from redis", framework="pytorch", task_type="classification")
+    writer.create_dataset("imagenet", description="ILSVRC", format="png", source_path="")
+    conflict = SyncConfig.from_env({
+        "SYNC_CONFLICT_POLICY": "models=merge,datasets=merge,model_versions=merge,experiments=merge"}).conflict
 
-    first = run_sync(conflict={"models": "merge"})
-    again = run_sync(conflict={"models": "merge"})
+    first = run_sync(conflict=conflict)
+    again = run_sync(conflict=conflict)
 
     assert rows(pg_conn, "SELECT description, architecture, framework, task_type FROM models") == [
         {"description": "from redis", "architecture": "", "framework": "tensorflow", "task_type": "classification"}]
-    assert (first["models"].updated, again["models"].updated) == (1, 0)
-
+    assert rows(pg_conn, "SELECT description, format, source_path FROM datasets") == [
+        {"description": "ILSVRC", "format": "jpeg", "source_path": None}]
+    assert (first["models"].updated, first["datasets"].updated) == (1, 1)
+    assert (again["models"].updated, again["datasets"].updated) == (0, 0)
