@@ -26,7 +26,7 @@ from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, T
 from .errors import SyncFailed, first_line
 from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
-from .mapping import map_parent_ids, normalize_values, validate
+from .mapping import map_parent_ids, null_non_finite_json, validate
 from .retention import apply_retention
 from .settings import SyncConfig
 
@@ -208,7 +208,7 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
 class _Batch:
     read: int
     mapped: pd.DataFrame
-    raw: pd.DataFrame  # the valid records as read, before mapping (for rejections by Postgres)
+    raw: pd.DataFrame  # the records as read, before validation rewrote any value (for rejections by Postgres)
     start: int  # ordinal of the first mapped record in this cycle's staging
     payload: bytes
     rejected: list[pd.DataFrame]
@@ -224,9 +224,9 @@ def _prepare(spec: EntitySpec, reads: Iterator[tuple[pd.DataFrame, pd.DataFrame]
         incomplete: list[pd.DataFrame] = [missing]
         ok, rejected = validate(spec, frame, incomplete if spec.incremental else None)
         mapped, waiting = map_parent_ids(spec, ok, resolve)
-        mapped = normalize_values(spec, mapped)
+        mapped = null_non_finite_json(spec, mapped)
         waiting = pd.concat([waiting, *[w for w in incomplete if not w.empty]], ignore_index=True)
-        yield _Batch(len(frame), mapped, ok, start, loader.copy_payload(mapped, start), rejected, waiting)
+        yield _Batch(len(frame), mapped, frame, start, loader.copy_payload(mapped, start), rejected, waiting)
         start += len(mapped)
 
 

@@ -16,7 +16,7 @@ import psycopg
 
 from .entities import PARENT_ENTITIES, TEXT, EntitySpec, sql_name as q
 from .errors import first_line
-from .mapping import NON_FINITE_COLUMN, cast_sql, map_parent_ids, normalize_values, raw_record, validate
+from .mapping import NON_FINITE_COLUMN, cast_sql, map_parent_ids, null_non_finite_json, raw_record, validate
 from .schema import has_redis_id
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def find_in_postgres(conn: psycopg.Connection, spec: EntitySpec, frame: pd.DataF
     ok, invalid = validate(spec, frame)
     book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
     mapped, waiting = map_parent_ids(spec, ok, book.resolve)
-    mapped = normalize_values(spec, mapped).reset_index(drop=True)
+    mapped = null_non_finite_json(spec, mapped).reset_index(drop=True)
     loader = Loader(conn, spec, schema=schema, sync_schema=sync_schema, source=source, generation=generation,
                     policy="skip")
     return mapped, loader.find_existing(mapped, exact=exact), invalid, waiting

@@ -7,12 +7,12 @@ validated by Postgres on load, and a value it refuses is isolated there (see
 load.py). A record whose parent has no Postgres id yet waits (pending) instead of
 being dropped.
 
-Normalization (`normalize_values`) rewrites only what Postgres cannot read as
-meant: ISO-8601 forms its parser lacks (week dates, basic format, a comma
-decimal, ...) become the same instant in UTC, and the NaN/Infinity that Python's
-`json.dumps` writes become JSON null. Both cost one scan of the joined column
-when absent. The sync, reconciliation and retention all map through here, so
-they see the same values.
+Two rewrites make values Postgres cannot read as meant loadable: `validate` turns
+the ISO-8601 forms Postgres's parser lacks (week dates, basic format, a comma
+decimal, ...) into the same instant in UTC, and `null_non_finite_json` turns the
+NaN/Infinity that Python's `json.dumps` writes into JSON null. Each costs one scan
+of the joined column when there is nothing to rewrite. The sync, reconciliation
+and retention all map through here, so they compare the same values.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ _ISO_ANY = re.compile(
     r"(?P<year>[0-9]{4})(?P<sep>-?)(?:(?P<month>[0-9]{2})(?P=sep)(?P<day>[0-9]{2})|W(?P<week>[0-9]{2})(?P=sep)"
     r"(?P<weekday>[1-7])|(?P<yday>[0-9]{3}))"
     r"(?:[Tt ](?P<hour>[0-9]{2})(?::?(?P<minute>[0-9]{2})(?::?(?P<second>[0-9]{2}))?)?(?:[.,](?P<fraction>[0-9]+))?"
-    r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<oh>[0-9]{2})(?::?(?P<om>[0-9]{2})(?::?(?P<os>[0-9]{2})(?:[.,](?P<of>[0-9]+))?)?)?)?)?",
+    r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<oh>[0-9]{2})"
+    r"(?::?(?P<om>[0-9]{2})(?::?(?P<os>[0-9]{2})(?:[.,](?P<of>[0-9]+))?)?)?)?)?",
     re.ASCII)
 
 # Python's json.dumps writes these for non-finite floats; JSON (and jsonb) has no such tokens. A JSON
@@ -149,12 +150,14 @@ def _timestamp_for_postgres(text: str) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def _not_a_timestamp(values: pd.Series) -> pd.Series:
-    """ISO-8601 only: Postgres would also take words like 'now' or 'epoch', which are not what was logged."""
-    given = values.dropna()
-    given = given[given != ""]
-    if not len(given) or _PG_ISO_COLUMN.fullmatch("\x01".join(given.tolist())):
-        return pd.Series(False, index=values.index)
+def _not_a_timestamp(values: pd.Series) -> pd.Series | None:
+    """ISO-8601 only: Postgres would also take words like 'now' or 'epoch', which are not what was logged.
+
+    None when every value is in a form Postgres reads as it is (the usual case: one regex pass).
+    """
+    blob = "\x01".join(filter(None, values.tolist()))
+    if not blob or _PG_ISO_COLUMN.fullmatch(blob):
+        return None
     return values.map(lambda v: isinstance(v, str) and v != "" and _timestamp_for_postgres(v) is None)
 
 
@@ -174,6 +177,7 @@ def validate(spec: EntitySpec, frame: pd.DataFrame,
     being rejected: a writer that sets fields with several commands may not have finished yet.
     """
     rejected = []
+    rewrite = []  # timestamp columns with values in a form Postgres does not read as it is
 
     def reject(mask, reason, waits=False):
         nonlocal frame
@@ -191,9 +195,11 @@ def validate(spec: EntitySpec, frame: pd.DataFrame,
             reject(_not_a_number(frame[name]),
                    lambda bad, name=name, field=field: [f"field {field!r} is not a number: {v!r:.80}" for v in bad[name]])
         elif column.type == TIMESTAMPTZ:
-            reject(_not_a_timestamp(frame[name]),
-                   lambda bad, name=name, field=field: [f"field {field!r} is not an ISO-8601 timestamp: {v!r:.80}"
-                                                        for v in bad[name]])
+            not_iso = _not_a_timestamp(frame[name])
+            if not_iso is not None:
+                rewrite.append(name)
+                reject(not_iso, lambda bad, name=name, field=field: [
+                    f"field {field!r} is not an ISO-8601 timestamp: {v!r:.80}" for v in bad[name]])
     for parent in spec.parents:
         values = frame[parent.column]
         absent = values.isna() | (values == "")
@@ -204,6 +210,9 @@ def validate(spec: EntitySpec, frame: pd.DataFrame,
             values = frame[parent.column]
             absent = pd.Series(False, index=frame.index)
         reject(~absent & _not_an_id(values), f"field {parent.field!r} is not an id")
+    if rewrite and len(frame):  # last, so every rejected record keeps its values as read
+        frame = frame.assign(**{name: frame[name].map(lambda v: _timestamp_for_postgres(v) if v else v)
+                                for name in rewrite})
     return frame, rejected
 
 
@@ -233,24 +242,19 @@ def map_parent_ids(spec: EntitySpec, frame: pd.DataFrame, resolve: Resolver) -> 
 NON_FINITE_COLUMN = "_non_finite"  # per record: JSON numbers stored as null (present only when some were)
 
 
-def normalize_values(spec: EntitySpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """Validated records with the values Postgres would misread rewritten (see the module docstring).
+def null_non_finite_json(spec: EntitySpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Records with the NaN/Infinity/-Infinity of their JSON fields stored as null.
 
-    When JSON held NaN/Infinity, the frame gains a `_non_finite` column: how many were nulled per record.
+    When there were some, the frame gains a `_non_finite` column: how many were nulled per record.
     """
     changed: dict[str, list] = {}
     non_finite = None
     for column in spec.columns:
-        if column.type not in (TIMESTAMPTZ, JSONB):
+        if column.type != JSONB:
             continue
         values = frame[column.name]
-        present = [v for v in values.tolist() if v]
-        if not present:
-            continue
-        blob = "\x01".join(present)
-        if column.type == TIMESTAMPTZ and not _PG_ISO_COLUMN.fullmatch(blob):
-            changed[column.name] = [_timestamp_for_postgres(v) if v else v for v in values.tolist()]
-        elif column.type == JSONB and ("NaN" in blob or "Infinity" in blob):
+        blob = "\x01".join(filter(None, values.tolist()))
+        if "NaN" in blob or "Infinity" in blob:
             rewritten = [_null_non_finite(v) if v and ("NaN" in v or "Infinity" in v) else (v, 0)
                          for v in values.tolist()]
             counts = pd.Series([n for _, n in rewritten], index=frame.index)

@@ -13,7 +13,7 @@ fixed version loads; and `merge` filling the '' the old sync wrote.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from psycopg.rows import dict_row
@@ -365,3 +365,38 @@ def test_merge_fills_the_empty_strings_the_old_sync_wrote(writer, sync_config, r
         {"description": "ILSVRC", "format": "jpeg", "source_path": None}]
     assert (first["models"].updated, first["datasets"].updated) == (1, 1)
     assert (again["models"].updated, again["datasets"].updated) == (0, 0)
+
+
+# -- what Redis keeps: raw values as read, retention that recognises what it synced ---------------------------
+
+def test_a_refused_record_keeps_its_timestamp_as_written_in_rejected_records(
+        version, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
+    refused = hand_prediction(redis_client, key_prefix, version, input="{bad", timestamp="2025-W47-6T10:30")
+    key = f"{key_prefix}prediction:{refused}"
+
+    run_sync()
+
+    raw = json.loads(scalar(pg_conn, f'SELECT raw FROM "{pg_schemas[1]}".rejected_records WHERE redis_key = %s', key))
+    assert (raw["timestamp"], raw["input"]) == ("2025-W47-6T10:30", "{bad")
+
+
+def test_retention_deletes_synced_records_whatever_their_timestamp_form_and_nan(
+        writer, version, redis_client, key_prefix, run_sync, pg_conn):
+    """Retention compares Redis with Postgres exactly: it must see the same normalized values as the load."""
+    run = writer.create_training_run(version)
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    forms = [old.isoformat(), old.astimezone(timezone(timedelta(hours=3, minutes=30))).isoformat(),
+             old.strftime("%G-W%V-%uT%H:%M:%S"), old.replace(tzinfo=None).isoformat() + "Z"]
+    for n, text in enumerate(forms):
+        prediction = hand_prediction(redis_client, key_prefix, version, timestamp=text,
+                                     output=json.dumps({"logits": [float("nan"), n]}), confidence="0")
+        redis_client.zadd(f"{key_prefix}idx:predictions:{version}", {prediction: -old.timestamp()})
+        metric_point(redis_client, key_prefix, run, "loss", n, text, step=n)
+
+    results = run_sync(retention_hours={"predictions": 1, "metrics": 1})
+
+    assert (results["predictions"].deleted, results["metrics"].deleted) == (len(forms), len(forms))
+    assert not list(redis_client.scan_iter(match=f"{key_prefix}prediction:*"))
+    assert redis_client.zcard(f"{key_prefix}metric:{run}:loss:train") == 0
+    assert scalar(pg_conn, "SELECT count(*) FROM predictions") == len(forms)
+    assert scalar(pg_conn, "SELECT count(DISTINCT timestamp) FROM metrics") == 1

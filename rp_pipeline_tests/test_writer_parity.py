@@ -221,10 +221,12 @@ QUERIES = {
                      "JOIN model_versions v ON v.id = r.model_version_id LEFT JOIN datasets d ON d.id = r.dataset_id "
                      "ORDER BY r.run_name COLLATE \"C\"",
     "hyperparameters": "SELECT r.run_name, h.param_name, h.param_value FROM hyperparameters h "
-                       "JOIN training_runs r ON r.id = h.training_run_id ORDER BY r.run_name COLLATE \"C\", h.param_name COLLATE \"C\"",
+                       "JOIN training_runs r ON r.id = h.training_run_id "
+                       "ORDER BY r.run_name COLLATE \"C\", h.param_name COLLATE \"C\"",
     "metrics": "SELECT r.run_name, m.epoch, m.step, m.metric_name, m.metric_value, m.split, m.timestamp "
                "FROM metrics m JOIN training_runs r ON r.id = m.training_run_id "
-               "ORDER BY r.run_name COLLATE \"C\", m.metric_name COLLATE \"C\", coalesce(m.epoch, 0), coalesce(m.step, 0)",
+               "ORDER BY r.run_name COLLATE \"C\", m.metric_name COLLATE \"C\", "
+               "coalesce(m.epoch, 0), coalesce(m.step, 0)",
     "experiments": "SELECT name, description, hypothesis, status, created_at, completed_at, results FROM experiments",
     "experiment_runs": "SELECT e.name AS experiment, r.run_name, x.variant_name, x.notes FROM experiment_runs x "
                        "JOIN experiments e ON e.id = x.experiment_id JOIN training_runs r ON r.id = x.training_run_id "
