@@ -2,7 +2,8 @@
 
 Covers exact rows and values per table; column types (BIGINT ids and size_bytes,
 JSONB, TIMESTAMPTZ read as UTC); '' and the "not set" zeros becoming NULL
-(completed_at, dataset_id, best_metric_value, confidence, inference_time_ms);
+(completed_at, dataset_id, duration_seconds, final_loss, best_metric_value, confidence,
+inference_time_ms);
 input/output landing in input_data/output_data with the `{"data": x}` wrapping
 kept as JSON; foreign keys mapped by name to Postgres's own ids (which differ from
 the Redis ids here); and the guide's statistics from `stats_from_results`.
