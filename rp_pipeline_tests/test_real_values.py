@@ -400,3 +400,29 @@ def test_retention_deletes_synced_records_whatever_their_timestamp_form_and_nan(
     assert redis_client.zcard(f"{key_prefix}metric:{run}:loss:train") == 0
     assert scalar(pg_conn, "SELECT count(*) FROM predictions") == len(forms)
     assert scalar(pg_conn, "SELECT count(DISTINCT timestamp) FROM metrics") == 1
+
+
+def test_the_dagster_run_counts_an_error_once_and_its_check_warns_until_the_record_is_fixed(
+        writer, version, redis_client, key_prefix, sync_config):
+    import dagster as dg
+
+    from rp_pipeline import defs
+    from rp_pipeline.resources import resources_for
+    from rp_pipeline.schedules import JOB_NAME
+
+    key = f"{key_prefix}run:{hand_run(redis_client, key_prefix, version, started_at='yesterday')}"
+    job, instance = defs.resolve_job_def(JOB_NAME), dg.DagsterInstance.ephemeral()
+
+    def cycle():
+        result = job.execute_in_process(resources=resources_for(sync_config), instance=instance)
+        assert result.success
+        check = next(e for e in result.get_asset_check_evaluations()
+                     if e.asset_key.to_user_string() == "training_runs" and e.check_name == "no_rejected_records")
+        tags = instance.get_run_by_id(result.run_id).tags
+        return (int(tags["rp_pipeline/errors"]), check.passed, check.metadata["rejected_last_sync"].value,
+                check.metadata["rejected_seen_last_sync"].value)
+
+    assert cycle() == (1, False, 1, 1)  # errors, check passed, newly rejected, still met by the sync
+    assert cycle() == (0, False, 0, 1)
+    redis_client.hset(key, "started_at", "2025-11-22T10:30:00+00:00")
+    assert cycle() == (0, True, 0, 0)
