@@ -132,8 +132,11 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
                 columns=["_key", "raw", "reason"])
             if pending:
                 book.done([k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending])
-            if not spec.incremental:  # incremental records are read once: no later version can load
-                book.forget_rejected(loaded.loaded_keys, still_rejected=rejected["_key"].tolist())
+            if spec.incremental:  # read once: only a retried (pending) record can load after a rejection
+                loaded_again = [k for k in loaded.loaded_keys if k in pending] if pending else []
+            else:
+                loaded_again = loaded.loaded_keys
+            book.forget_rejected(loaded_again, still_rejected=rejected["_key"].tolist())
             new = book.reject(rejected)
             result.rejected += new
             if series_cards:

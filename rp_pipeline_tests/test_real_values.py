@@ -426,3 +426,24 @@ def test_the_dagster_run_counts_an_error_once_and_its_check_warns_until_the_reco
     assert cycle() == (0, False, 0, 1)
     redis_client.hset(key, "started_at", "2025-11-22T10:30:00+00:00")
     assert cycle() == (0, True, 0, 0)
+
+
+def test_rejected_predictions_queued_again_as_the_readme_shows_load_and_leave_the_table(
+        writer, version, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
+    bad = hand_prediction(redis_client, key_prefix, version, input="{bad")
+    key = f"{key_prefix}prediction:{bad}"
+    writer.log_prediction(version, {"later": True}, {})
+    run_sync()  # rejected, and the watermark has passed it
+    redis_client.hset(key, "input", json.dumps({"x": float("nan")}))  # what a newer sync now accepts
+    sync = pg_schemas[1]
+    pg_conn.execute(  # the README's statement, in this test's bookkeeping schema
+        f'INSERT INTO "{sync}".pending (source, entity, redis_key, generation, reason) '
+        "SELECT r.source, r.entity, r.redis_key, w.generation, 'retry after a fix' "
+        f'FROM "{sync}".rejected_records r JOIN "{sync}".watermarks w USING (source, entity) '
+        "WHERE r.entity = 'predictions' ON CONFLICT DO NOTHING")
+
+    again = run_sync()
+
+    assert (again["predictions"].inserted, again["predictions"].pending) == (1, 0)
+    assert scalar(pg_conn, "SELECT input_data FROM predictions WHERE origin_redis_id = %s", bad) == {"x": None}
+    assert rejected(pg_conn, pg_schemas) == {}
