@@ -26,6 +26,7 @@ def materialization_metadata(result: EntityResult) -> dict:
         "rows_rejected": result.rejected,
         "rows_pending": result.pending,
         "rows_deleted_from_redis": result.deleted,
+        "json_non_finite_nulled": result.json_non_finite_nulled,
         "duration_seconds": round(result.duration_seconds, 3),
         "rows_per_second": round(result.rows_per_second, 1),
     }

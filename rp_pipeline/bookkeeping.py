@@ -20,6 +20,7 @@ class Bookkeeping:
         self.s = q(sync_schema)
         self._id_cache: dict[tuple[str, int], int] = {}
         self._preloaded: set[str] = set()
+        self._holds_rejected: bool | None = None  # whether this entity has rejected records (asked once)
 
     def _params(self, **extra) -> dict:
         return {"source": self.source, "entity": self.entity, "generation": self.generation, **extra}
@@ -114,20 +115,45 @@ class Bookkeeping:
 
     # -- rejected records ------------------------------------------------------------------------
     def reject(self, rejected: pd.DataFrame) -> int:
-        """Keep each bad record once (by key and content); seeing it again bumps times_seen."""
+        """Keep each bad record once (by key and content); seeing it again bumps times_seen.
+
+        Returns how many were not held yet: a record re-read every cycle is one error, in the cycle
+        that first rejects it, not one per cycle.
+        """
         if rejected.empty:
             return 0
-        count = len(rejected)
         rejected = rejected.assign(raw=rejected["raw"].map(lambda r: r if isinstance(r, str) else ""))
         rejected = rejected.drop_duplicates(["_key", "raw"], keep="last")  # one statement cannot touch a row twice
         raw = rejected["raw"].tolist()
-        self.conn.execute(
+        rows = self.conn.execute(
             f"INSERT INTO {self.s}.rejected_records AS r (source, entity, redis_key, raw, raw_md5, reason) "
             "SELECT %(source)s, %(entity)s, k, w, md5(w), why FROM unnest(%(keys)s::text[], %(raw)s::text[], "
             "%(reasons)s::text[]) AS x(k, w, why) ON CONFLICT (source, entity, md5(redis_key), raw_md5) DO UPDATE SET "
-            "last_seen = now(), times_seen = r.times_seen + 1, reason = EXCLUDED.reason",
-            self._params(keys=rejected["_key"].tolist(), raw=raw, reasons=rejected["reason"].tolist()))
-        return count
+            "last_seen = now(), times_seen = r.times_seen + 1, reason = EXCLUDED.reason RETURNING (r.xmax = 0)",
+            self._params(keys=rejected["_key"].tolist(), raw=raw, reasons=rejected["reason"].tolist())).fetchall()
+        self._holds_rejected = True
+        return sum(1 for (new,) in rows if new)
+
+    def forget_rejected(self, loaded_keys: list[str], still_rejected: Iterable[str] = ()) -> None:
+        """Records whose key has loaded (a later, valid version) leave the rejected-records table.
+
+        Keys rejected in the same breath stay: a metric series key covers many points, some of which
+        may still be bad. Costs one query per cycle when the entity holds no rejected record at all.
+        """
+        if not loaded_keys:
+            return
+        if self._holds_rejected is None:
+            self._holds_rejected = self.conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {self.s}.rejected_records WHERE source = %(source)s "
+                "AND entity = %(entity)s)", self._params()).fetchone()[0]
+        if not self._holds_rejected:
+            return
+        keep = set(still_rejected)
+        keys = [k for k in dict.fromkeys(loaded_keys) if k not in keep]
+        if keys:
+            self.conn.execute(
+                f"DELETE FROM {self.s}.rejected_records WHERE source = %(source)s AND entity = %(entity)s "
+                "AND redis_key = ANY(%(keys)s)", self._params(keys=keys))
 
     # -- small named state (metric series scan) ------------------------------------------------------
     def state(self, name: str) -> str | None:

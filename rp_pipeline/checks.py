@@ -4,7 +4,8 @@
 - `foreign_keys_resolve`: every parent id points at an existing row;
 - `reconciles_with_redis`: a sample of the records the last sync covered is in Postgres
   (or was kept as rejected or pending): nothing lost;
-- `no_rejected_records` (WARN): the last sync rejected nothing; when it did, examples and reasons.
+- `no_rejected_records` (WARN): the last sync met no record it could not load (new, or still bad since
+  an earlier sync); when it did, examples and reasons.
 """
 
 
@@ -81,7 +82,8 @@ def build_checks(spec: EntitySpec) -> list[dg.AssetChecksDefinition]:
         return dg.AssetCheckResult(passed=result.passed, metadata=metadata)
 
     @dg.asset_check(asset=spec.name, name="no_rejected_records",
-                    description="The last sync of this table rejected no record (WARN: the sync still succeeds).")
+                    description="The last sync of this table met no record it could not load, new or still bad "
+                                "(WARN: the sync still succeeds).")
     def no_rejected_records(redis: RedisResource, postgres: PostgresResource,
                             sync_settings: SyncSettingsResource) -> dg.AssetCheckResult:
         config = sync_config(redis, postgres, sync_settings)
@@ -91,15 +93,16 @@ def build_checks(spec: EntitySpec) -> list[dg.AssetChecksDefinition]:
             row = conn.execute(
                 f"SELECT rejected, finished_at FROM {s}.entity_runs WHERE source = %s AND entity = %s "
                 "ORDER BY id DESC LIMIT 1", (origin, spec.name)).fetchone()
-            examples = conn.execute(
-                f"SELECT redis_key, reason, times_seen FROM {s}.rejected_records WHERE source = %s AND entity = %s "
-                "ORDER BY last_seen DESC LIMIT 10", (origin, spec.name)).fetchall()
-        rejected = row[0] if row else 0
-        metadata = {"rejected_last_sync": rejected}
-        if rejected and examples:
+            # A rejection that sync met has last_seen = its finished_at: both are now() of its transaction.
+            met = conn.execute(
+                f"SELECT redis_key, reason, times_seen, count(*) OVER () FROM {s}.rejected_records "
+                "WHERE source = %s AND entity = %s AND last_seen = %s ORDER BY redis_key LIMIT 10",
+                (origin, spec.name, row[1] if row else None)).fetchall()
+        metadata = {"rejected_last_sync": row[0] if row else 0, "rejected_seen_last_sync": met[0][3] if met else 0}
+        if met:
             metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
-                examples, columns=["redis_key", "reason", "times_seen"]).to_markdown(index=False))
-        return dg.AssetCheckResult(passed=rejected == 0, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+                [r[:3] for r in met], columns=["redis_key", "reason", "times_seen"]).to_markdown(index=False))
+        return dg.AssetCheckResult(passed=not met, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
 
     return [identity_is_unique, foreign_keys_resolve, reconciles_with_redis, no_rejected_records]
 

@@ -29,7 +29,7 @@ from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, T
 from .errors import PermissionProblem, SyncFailed, first_line
 from .extract import GENERATION_KEY, RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
-from .mapping import map_parent_ids, validate
+from .mapping import map_parent_ids, null_non_finite_json, validate
 from .retention import apply_retention
 from .settings import SyncConfig
 from .sources import Origin, resolve_origin
@@ -54,11 +54,12 @@ class EntityResult:
     updated: int = 0
     unchanged: int = 0
     skipped: int = 0
-    rejected: int = 0
+    rejected: int = 0  # newly rejected: a record already held as rejected is not counted again
     pending: int = 0
     deleted: int = 0
     watermark: int | None = None
     duration_seconds: float = 0.0
+    json_non_finite_nulled: int = 0  # NaN/Infinity in JSON fields stored as null, in the rows written
     rejection_samples: list[dict] = field(default_factory=list)
 
     @property
@@ -159,21 +160,28 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
             result.updated += loaded.updated
             result.unchanged += loaded.unchanged
             result.skipped += loaded.skipped
+            result.json_non_finite_nulled += loaded.non_finite
             rejected = [r for r in [*rejected, *loaded.rejected, book.wait(waiting, config.pending_max_age_seconds)]
                         if not r.empty]
             rejected = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
                 columns=["_key", "raw", "reason"])
             if pending:
                 book.done([k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending])
-            result.rejected += book.reject(rejected)
+            if spec.incremental:  # read once: only a retried (pending) record can load after a rejection
+                loaded_again = [k for k in loaded.loaded_keys if k in pending] if pending else []
+            else:
+                loaded_again = loaded.loaded_keys
+            book.forget_rejected(loaded_again, still_rejected=rejected["_key"].tolist())
+            new = book.reject(rejected)
+            result.rejected += new
             if series_cards:
                 _keep_series_waiting(series_cards, waiting)
             for key, reason in zip(rejected["_key"], rejected["reason"]):
                 if len(result.rejection_samples) < 5:
                     result.rejection_samples.append({"key": key, "reason": reason})
             if len(rejected):
-                logger.warning("  %s: %d record(s) rejected, e.g. %s: %s", spec.name, len(rejected),
-                               rejected["_key"].iloc[0], rejected["reason"].iloc[0])
+                logger.warning("  %s: %d record(s) rejected (%d of them for the first time), e.g. %s: %s",
+                               spec.name, len(rejected), new, rejected["_key"].iloc[0], rejected["reason"].iloc[0])
 
         # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
         # loads; this thread only talks to Postgres, so the server is never waiting on Python.
@@ -245,7 +253,7 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
 class _Batch:
     read: int
     mapped: pd.DataFrame
-    raw: pd.DataFrame  # the valid records as read, before mapping (for rejections by Postgres)
+    raw: pd.DataFrame  # the records as read, before validation rewrote any value (for rejections by Postgres)
     start: int  # ordinal of the first mapped record in this cycle's staging
     payload: bytes
     rejected: list[pd.DataFrame]
@@ -261,8 +269,9 @@ def _prepare(spec: EntitySpec, reads: Iterator[tuple[pd.DataFrame, pd.DataFrame]
         incomplete: list[pd.DataFrame] = [missing]
         ok, rejected = validate(spec, frame, incomplete if spec.incremental else None)
         mapped, waiting = map_parent_ids(spec, ok, resolve)
+        mapped = null_non_finite_json(spec, mapped)
         waiting = pd.concat([waiting, *[w for w in incomplete if not w.empty]], ignore_index=True)
-        yield _Batch(len(frame), mapped, ok, start, loader.copy_payload(mapped, start), rejected, waiting)
+        yield _Batch(len(frame), mapped, frame, start, loader.copy_payload(mapped, start), rejected, waiting)
         start += len(mapped)
 
 

@@ -131,7 +131,7 @@ TRAINING_RUNS = EntitySpec(
     key="run:{id}", counter="counter:run", index="idx:runs",
     columns=(
         C("run_name"), C("status"), C("started_at", TIMESTAMPTZ, required=True),
-        C("completed_at", TIMESTAMPTZ), C("duration_seconds", FLOAT), C("final_loss", FLOAT),
+        C("completed_at", TIMESTAMPTZ), C("duration_seconds", FLOAT, unset="0"), C("final_loss", FLOAT, unset="0"),
         C("best_metric_value", FLOAT, unset="0"), C("artifacts", JSONB),
     ),
     parents=(

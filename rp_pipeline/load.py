@@ -16,7 +16,7 @@ import psycopg
 
 from .entities import PARENT_ENTITIES, TEXT, EntitySpec, sql_name as q
 from .errors import first_line
-from .mapping import cast_sql, map_parent_ids, raw_record, validate
+from .mapping import NON_FINITE_COLUMN, cast_sql, map_parent_ids, null_non_finite_json, raw_record, validate
 from .schema import has_redis_id
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class LoadResult:
     unchanged: int = 0
     rejected: list[pd.DataFrame] = field(default_factory=list)
     loaded_keys: list[str] = field(default_factory=list)
+    non_finite: int = 0  # NaN/Infinity in JSON stored as null, in the records written
 
 
 @dataclass
@@ -74,6 +75,7 @@ class _Chunk:
     raw: pd.DataFrame  # the records as read from Redis, for rejections
     frame: pd.DataFrame  # the mapped records
     payload: bytes  # COPY text: for the staging table, or for the table itself when loading directly
+    non_finite: list[int] | None = None  # per record: JSON NaN/Infinity stored as null (None: none at all)
 
 
 class Loader:
@@ -101,7 +103,9 @@ class Loader:
         # A chunk that fails that way (a refused value, or a row already there) goes through the
         # staging upsert instead, which isolates bad records and skips existing ones.
         self.direct = not spec.mutable
+        # The casts and COPY read a naive timestamp in TimeZone: UTC for this transaction, as the layout says.
         conn.execute(
+            "SELECT set_config('TimeZone', 'UTC', true); "
             f"CREATE TEMP TABLE IF NOT EXISTS {self.stage_table} (_ord bigint, _id bigint, "
             + ", ".join(f"{q(c)} text" for c in self.stage_columns[2:]) + ") ON COMMIT DROP"
         )
@@ -127,10 +131,12 @@ class Loader:
         updatable = [c for c in cols if c not in keycols and not c.startswith("origin_")]
         if not updatable:
             return sql + " DO NOTHING" + returning
-        ours = "t.origin_source = %(source)s"
+        # Rows any sync created (they carry an origin) follow Redis, also after a flush, when the
+        # application re-creates its models under the same names in a new data set; rows it did not
+        # create (origin NULL: the old adapter's, hand-written) are the conflict policy's.
+        ours = "t.origin_source IS NOT NULL"
         if self.policy == "merge":
-            new = {c: f"CASE WHEN {ours} THEN EXCLUDED.{q(c)} ELSE COALESCE(t.{q(c)}, EXCLUDED.{q(c)}) END"
-                   for c in updatable}
+            new = {c: f"CASE WHEN {ours} THEN EXCLUDED.{q(c)} ELSE {self._fill(c)} END" for c in updatable}
         else:
             new = {c: f"EXCLUDED.{q(c)}" for c in updatable}
         changed = (f"ROW({', '.join(f't.{q(c)}' for c in updatable)}) IS DISTINCT FROM "
@@ -138,6 +144,16 @@ class Loader:
         where = f"{ours} AND {changed}" if self.policy == "skip" else changed
         return (sql + f" DO UPDATE SET {', '.join(f'{q(c)} = {e}' for c, e in new.items())} WHERE {where}"
                 " RETURNING t.id, (t.xmax = 0) AS inserted")
+
+    def _fill(self, column: str) -> str:
+        """Merge: the row's value, or Redis's where the row's is empty. The old sync wrote '' for NULL
+        in text columns, so '' is empty too (and stays when Redis has nothing either)."""
+        if self._type(column) == TEXT:
+            return f"COALESCE(NULLIF(t.{q(column)}, ''), EXCLUDED.{q(column)}, t.{q(column)})"
+        return f"COALESCE(t.{q(column)}, EXCLUDED.{q(column)})"
+
+    def _type(self, column: str) -> str | None:
+        return next((c.type for c in self.spec.columns if c.name == column), None)
 
     def _match(self) -> str:
         """Join condition: a staged record ↔ the table row with its identity."""
@@ -206,7 +222,9 @@ class Loader:
         if not self.direct:
             with self.conn.cursor() as cur:
                 self._copy(cur, payload)
-        self._chunks.append(_Chunk(self._next_ord, frame["_key"].tolist(), raw.loc[frame.index], frame, payload))
+        non_finite = frame[NON_FINITE_COLUMN].tolist() if NON_FINITE_COLUMN in frame else None
+        self._chunks.append(_Chunk(self._next_ord, frame["_key"].tolist(), raw.loc[frame.index], frame, payload,
+                                   non_finite))
         self._next_ord += len(frame)
 
     def flush(self) -> LoadResult:
@@ -228,6 +246,7 @@ class Loader:
                                 cp.write(chunk.payload)
                             result.inserted += max(cur.rowcount, 0)
                     result.loaded_keys = [key for chunk in self._chunks for key in chunk.keys]
+                    result.non_finite = sum(sum(chunk.non_finite or ()) for chunk in self._chunks)
                     self._chunks = []
                     return result
                 except REFUSED:
@@ -236,7 +255,7 @@ class Loader:
                         self._copy(cur, self._stage_payload(chunk.frame, chunk.start))
             if self.spec.mutable and self.policy == "skip" and not self.spec.by_origin:
                 cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
-                            "WHERE t.origin_source IS DISTINCT FROM %(source)s", {"source": self.source})
+                            "WHERE t.origin_source IS NULL")
                 result.skipped = cur.fetchone()[0]
             returned: list[tuple[int, bool]] = []
             bad: list[tuple[int, str]] = []
@@ -253,6 +272,7 @@ class Loader:
             bad_ords = {o for o, _ in bad}
             result.loaded_keys = [key for chunk in self._chunks for i, key in enumerate(chunk.keys, chunk.start)
                                   if i not in bad_ords]
+            result.non_finite = self._non_finite_written(cur, returned, bad_ords)
             if self.spec.name in PARENT_ENTITIES:
                 self._record_ids(cur)
             if self.spec.log_each and returned:
@@ -304,6 +324,19 @@ class Loader:
                 return f"field {spec_column.redis_field!r}: {first_line(field_exc)}"
         return first_line(exc)
 
+    def _non_finite_written(self, cur, returned: list[tuple[int, bool]], bad_ords: set[int]) -> int:
+        """JSON values nulled in the staged records that were written (costs a query only when there are some)."""
+        counts = {chunk.start + i: n for chunk in self._chunks if chunk.non_finite
+                  for i, n in enumerate(chunk.non_finite) if n and chunk.start + i not in bad_ords}
+        if not counts or not self.returns_rows:
+            return sum(counts.values())  # append-only: every record not refused is new
+        if not returned:
+            return 0
+        # The rows inserted or updated, each by the latest staged record of its identity.
+        cur.execute(f"SELECT max(s._ord) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
+                    "WHERE t.id = ANY(%(ids)s) GROUP BY t.id", {"ids": [pg_id for pg_id, _ in returned]})
+        return sum(counts.get(row[0], 0) for row in cur.fetchall())
+
     def _record_ids(self, cur) -> None:
         """Remember Redis id → Postgres id for every staged record, so children can be mapped."""
         cur.execute(
@@ -336,7 +369,7 @@ def find_in_postgres(conn: psycopg.Connection, spec: EntitySpec, frame: pd.DataF
     ok, invalid = validate(spec, frame)
     book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
     mapped, waiting = map_parent_ids(spec, ok, book.resolve)
-    mapped = mapped.reset_index(drop=True)
+    mapped = null_non_finite_json(spec, mapped).reset_index(drop=True)
     loader = Loader(conn, spec, schema=schema, sync_schema=sync_schema, source=source, generation=generation,
                     policy="skip")
     return mapped, loader.find_existing(mapped, exact=exact), invalid, waiting

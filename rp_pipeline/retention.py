@@ -21,6 +21,7 @@ from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
 from .extract import RedisSource, chunks, pipelined, raise_refusal, read_hashes, read_metric_series
 from .load import find_in_postgres
+from .mapping import parse_timestamp
 from .settings import SyncConfig
 from .sources import Origin, resolve_origin
 
@@ -108,11 +109,11 @@ def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: Sy
     with conn.transaction():
         series = sorted(book.series_cards())
     deleted = 0
-    cutoff_iso = datetime.fromtimestamp(cutoff, timezone.utc).replace(tzinfo=None).isoformat()
+    cutoff_moment = datetime.fromtimestamp(cutoff, timezone.utc)
     for keys in chunks(series, 200):
         frame = read_metric_series(src, METRICS, keys)
         old = frame[frame["_error"].isna() & frame["timestamp"].notna()]
-        old = old[old["timestamp"].map(_iso_before(cutoff_iso))]
+        old = old[old["timestamp"].map(_before(cutoff_moment))]
         if old.empty:
             continue
         confirmed = _confirmed(METRICS, old, conn, config, origin)
@@ -126,11 +127,10 @@ def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: Sy
     return deleted
 
 
-def _iso_before(cutoff_iso: str):
+def _before(cutoff: datetime):
+    """Whether a point's ISO-8601 timestamp (any form; naive is UTC) is older than the cutoff."""
     def before(value: str) -> bool:
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=None).isoformat() < cutoff_iso
-        except ValueError:
-            return False
+        moment = parse_timestamp(value)
+        return moment is not None and moment < cutoff
     return before
 

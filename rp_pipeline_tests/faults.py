@@ -242,7 +242,7 @@ def json_value(text: str | None):
             return ("number", Decimal(value).normalize() if isinstance(value, Decimal) else value)
         return ("string", value)
 
-    return freeze(json.loads(text, parse_float=Decimal))
+    return freeze(json.loads(text, parse_float=Decimal, parse_constant=lambda name: None))  # NaN is stored as null
 
 
 def _float(text: str | None) -> float | None:

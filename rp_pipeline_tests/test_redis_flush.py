@@ -160,3 +160,21 @@ def test_metrics_of_finished_runs_written_after_a_flush_reach_postgres_next_cycl
     assert rows(pg_conn, "SELECT r.run_name, m.metric_name FROM metrics m JOIN training_runs r "
                          "ON r.id = m.training_run_id ORDER BY r.run_name") == [
         {"run_name": "run-one", "metric_name": "loss-one"}, {"run_name": "run-two", "metric_name": "loss-two"}]
+
+
+def test_a_model_re_created_after_a_flush_updates_the_row_the_sync_created(writer, redis_client, key_prefix,
+                                                                          run_sync, pg_conn):
+    """After a restart the application re-creates its catalog under the same names: the rows the sync
+    created earlier follow the new records (description, a version's status), under the default policy."""
+    model = writer.create_model("resnet", description="before the restart")
+    writer.create_model_version(model, "1.0", status="staging")
+    run_sync()
+    delete_prefix(redis_client, key_prefix)
+    model = writer.create_model("resnet", description="after the restart")
+    writer.create_model_version(model, "1.0", status="production")
+    results = run_sync()
+    assert rows(pg_conn, "SELECT name, description FROM models") == [
+        {"name": "resnet", "description": "after the restart"}]
+    assert rows(pg_conn, "SELECT version, status FROM model_versions") == [{"version": "1.0", "status": "production"}]
+    assert (results["models"].updated, results["models"].skipped) == (1, 0)
+

@@ -2,7 +2,8 @@
 
 Covers exact rows and values per table; column types (BIGINT ids and size_bytes,
 JSONB, TIMESTAMPTZ read as UTC); '' and the "not set" zeros becoming NULL
-(completed_at, dataset_id, best_metric_value, confidence, inference_time_ms);
+(completed_at, dataset_id, duration_seconds, final_loss, best_metric_value, confidence,
+inference_time_ms);
 input/output landing in input_data/output_data with the `{"data": x}` wrapping
 kept as JSON; foreign keys mapped by name to Postgres's own ids (which differ from
 the Redis ids here); and the guide's statistics from `stats_from_results`.
@@ -151,7 +152,7 @@ def test_training_runs_map_parents_and_turn_not_set_values_into_null(synced, pg_
     assert running["dataset_id"] is None  # '0' = no dataset
     assert running["completed_at"] is None  # '' = not completed
     assert running["best_metric_value"] is None  # '0' = not set
-    assert (running["duration_seconds"], running["final_loss"]) == (0.0, 0.0)
+    assert (running["duration_seconds"], running["final_loss"]) == (None, None)  # '0' = not set, as the spec says
     assert running["artifacts"] == {}
 
 
