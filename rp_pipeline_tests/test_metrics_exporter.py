@@ -225,7 +225,7 @@ def test_an_upgraded_deployment_starts_with_its_history_folded_in(sync_config, w
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         before = conn.execute(f"SELECT entity, {columns} FROM {s}.sync_status ORDER BY entity").fetchall()
         conn.execute(f"DROP TABLE {s}.sync_status")
-        conn.execute(f"UPDATE {s}.alembic_version SET version_num = '0004'")
+        conn.execute(f"UPDATE {s}.alembic_version SET version_num = %s", (revision_before("0005"),))
     migrate(sync_config)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         after = conn.execute(f"SELECT entity, {columns} FROM {s}.sync_status ORDER BY entity").fetchall()
@@ -247,3 +247,13 @@ def test_source_label_is_sync_source_else_the_address(exporter, sync_config, wri
     assert value(labelled, "rp_pipeline_backlog_records", entity="predictions", source="redis-main") == 0
     assert value(labelled, "rp_pipeline_rows_total", entity="predictions", source="redis-main", outcome="inserted") == 14
     assert not [k for k in labelled if ("source", sync_config.redis_address) in k]
+
+
+def revision_before(revision: str) -> str:
+    """The revision a migration follows (so the test survives revisions added before or after it)."""
+    from alembic.script import ScriptDirectory
+
+    from rp_pipeline.schema import MIGRATIONS_DIR
+
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_revision(revision).down_revision
+
