@@ -203,11 +203,13 @@ class Loader:
         if start is not None and start != self._next_ord:
             raise RuntimeError(f"chunk numbered from {start}, expected {self._next_ord}")
         payload = self.copy_payload(frame, self._next_ord) if payload is None else payload
+        keys, index, count = frame["_key"].tolist(), frame.index, len(frame)
         if not self.direct:
             with self.conn.cursor() as cur:
                 self._copy(cur, payload)
-        self._chunks.append(_Chunk(self._next_ord, frame["_key"].tolist(), raw.loc[frame.index], frame, payload))
-        self._next_ord += len(frame)
+            frame, payload = frame.iloc[:0], b""  # in the staging table now: keep only what rejections need
+        self._chunks.append(_Chunk(self._next_ord, keys, raw.loc[index], frame, payload))
+        self._next_ord += count
 
     def flush(self) -> LoadResult:
         """Upsert everything staged since the last flush in one statement (halving around refused records).
