@@ -40,7 +40,12 @@ def copy_text(columns: list[list]) -> bytes:
         escaped.append(blob.split("\x00") if values else [])
     if not escaped or not escaped[0]:
         return b""
-    return ("\n".join(map("\t".join, zip(*escaped))) + "\n").encode("utf-8")
+    rows = list(map("\t".join, zip(*escaped)))
+    del escaped
+    rows.append("")  # the last newline, without one more copy of the whole text
+    text = "\n".join(rows)
+    del rows  # wide records: at most two copies of the chunk's text are alive at once
+    return text.encode("utf-8")
 
 
 def _escape(value: str) -> str:
