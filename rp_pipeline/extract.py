@@ -11,8 +11,10 @@ All reads are pipelined: one round trip per batch of keys, never per record.
 
 from __future__ import annotations
 
+import bisect
 import json
 import uuid
+from itertools import accumulate
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -90,25 +92,27 @@ def pipelined(client: redis.Redis, commands: Iterable[tuple]) -> Iterator:
 
 def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) -> list:
     """HMGET each key, pipelined; error replies come back as exception objects, in place."""
-    return [reply for reply, _ in hmget_stream(client, keys, fields)]
+    return [reply for replies, _ in hmget_stream(client, keys, fields) for reply in replies]
 
 
 def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str],
-                 window_bytes: int = 1 << 62) -> Iterator[tuple[object, int]]:
-    """(reply, its size in bytes as received) per key, HMGET pipelined on a pooled connection and
-    parsed by hiredis directly, one reply at a time as the consumer asks for it.
+                 window_bytes: int = 1 << 62) -> Iterator[tuple[list, list[int]]]:
+    """HMGET each key, pipelined on a pooled connection and parsed by hiredis directly: runs of
+    consecutive replies, each run with the replies' sizes in bytes as received (to within 1 KB:
+    hiredis compacts its buffer by the kilobyte).
 
     redis-py's per-reply Python overhead caps a pipeline near 90k hashes/s; packing the commands
-    in bulk and reading raw replies roughly triples that. Replies are parsed lazily, so a consumer
-    that stops (a chunk full of bytes) holds only what it took; the next window of commands is sent
-    once this one is read, its length sized from the largest reply seen so that about
-    `window_bytes` wait in Redis's output buffer, never more than PIPELINE_BATCH commands.
+    in bulk and reading raw replies roughly triples that. Replies are parsed as they arrive, one
+    socket read at a time, so a consumer that stops (a chunk full of bytes) holds only what it
+    took. The next window of commands is sent once this one is read, its length sized from the
+    largest reply seen so that about `window_bytes` wait in Redis's output buffer, never more than
+    PIPELINE_BATCH commands. Error replies come back as exception objects, in place.
     """
     try:
         import hiredis
     except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
         for reply in pipelined(client, (("HMGET", k, *fields) for k in keys)):
-            yield reply, sum(len(v) for v in reply if isinstance(v, str)) if isinstance(reply, list) else 0
+            yield [reply], [sum(len(v) for v in reply if isinstance(v, str)) if isinstance(reply, list) else 0]
         return
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (f.encode() for f in fields))
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
@@ -123,20 +127,25 @@ def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]
             conn.send_packed_command([b"".join(
                 [head + b"$%d\r\n%s\r\n" % (len(k), k) + tail for k in (k.encode() for k in batch)])])
             reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
-            buffered = 0  # bytes fed to the reader and not yet accounted to a reply
-            for _ in range(len(batch)):
+            unread, got = 0, 0  # bytes fed to the reader and not yet parsed; replies of this window
+            while got < len(batch):
+                data = sock.recv(1 << 20)
+                if not data:
+                    raise redis.ConnectionError("Redis closed the connection while answering HMGET")
+                reader.feed(data)
+                unread += len(data)
+                replies, sizes = [], []
                 reply = reader.gets()
-                while reply is False:
-                    data = sock.recv(1 << 20)
-                    if not data:
-                        raise redis.ConnectionError("Redis closed the connection while answering HMGET")
-                    reader.feed(data)
-                    buffered += len(data)
+                while reply is not False:
+                    replies.append(reply)
+                    left = reader.len()
+                    sizes.append(unread - left)
+                    unread = left
                     reply = reader.gets()
-                # The reader keeps up to 1 KB of parsed input before compacting: sizes are exact to within that.
-                size, buffered = buffered - reader.len(), reader.len()
-                largest = max(largest, size)
-                yield reply, size
+                if replies:
+                    got += len(replies)
+                    largest = max(largest, max(sizes))
+                    yield replies, sizes
             window = max(1, min(PIPELINE_BATCH, window_bytes // largest))
     except BaseException as exc:
         conn.disconnect()  # its reply stream is in an unknown state: never reuse it
@@ -186,25 +195,26 @@ def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max
                      max_bytes: int) -> Iterator[Read]:
     """HMGET these ids in chunks that close at `max_records` records or `max_bytes` bytes, whichever
     comes first; a record bigger than `max_bytes` is a chunk of its own."""
-    fields = _fields(spec)[0]
     keys = _hash_keys(src, spec, ids)
-    stream = hmget_stream(src.client, keys, fields, window_bytes=max_bytes)
-    done = 0
-    while done < len(ids):
-        replies, size, largest = [], 0, 0
-        for reply, n in stream:
-            replies.append(reply)
-            size, largest = size + n, max(largest, n)
-            if len(replies) >= max_records or size >= max_bytes:
-                break
-        if not replies:
-            return
-        chunk = slice(done, done + len(replies))
-        done += len(replies)
+    done, replies, sizes = 0, [], []
+
+    def chunk(count: int) -> Read:
+        nonlocal done, replies, sizes
+        taken, size, largest = replies[:count], sum(sizes[:count]), max(sizes[:count])
+        replies, sizes = replies[count:], sizes[count:]
         if largest > MAX_VALUE_BYTES[JSONB]:
-            _refuse_oversized(spec, replies)
-        frame, missing = _hash_frame(src, spec, ids[chunk], keys[chunk], replies)
-        yield Read(frame, size, largest, _hash_keys(src, spec, missing))
+            _refuse_oversized(spec, taken)
+        frame, missing = _hash_frame(src, spec, ids[done:done + count], keys[done:done + count], taken)
+        done += count
+        return Read(frame, size, largest, _hash_keys(src, spec, missing))
+
+    for more, more_sizes in hmget_stream(src.client, keys, _fields(spec)[0], window_bytes=max_bytes):
+        replies += more
+        sizes += more_sizes
+        while len(replies) >= max_records or sum(sizes) >= max_bytes:
+            yield chunk(min(max_records, bisect.bisect_left(list(accumulate(sizes)), max_bytes) + 1))
+    if replies:
+        yield chunk(len(replies))
 
 
 # What Postgres accepts: one jsonb value up to 2^28 - 1 bytes, any other value (and so one COPY row) up to 1 GB - 1.

@@ -140,3 +140,33 @@ def test_a_sync_stays_within_its_budget(redis_client, key_prefix, version_id, sy
     grew = figures["peak"] - figures["baseline"]
     assert grew <= budget_mb * MiB + allowance, (
         f"peak RSS grew {grew / MiB:.1f} MiB during the sync of {written / MiB:.0f} MiB with a {budget_mb} MiB budget")
+
+
+def test_long_loads_log_records_and_bytes_so_far(run_sync, redis_client, key_prefix, version_id, monkeypatch,
+                                                 caplog):
+    import logging
+
+    from rp_pipeline import engine
+
+    write_wide_predictions(redis_client, key_prefix, version_id, 100)
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_SECONDS", 0.0)  # every chunk counts as a long wait
+    with caplog.at_level(logging.INFO, logger="rp_pipeline"):
+        run_sync(memory_budget_mb=1)
+    progress = [r.getMessage() for r in caplog.records if "read so far" in r.getMessage()]
+    assert len(progress) > 2
+    assert progress[-1].startswith("  predictions: 100 records, 3.")  # about 3.1 MB
+    assert " MB read so far" in progress[-1]
+
+
+def test_the_budget_is_set_like_every_other_setting():
+    from rp_pipeline.resources import resources_for, sync_config
+    from rp_pipeline.settings import ConfigError, SyncConfig
+
+    config = SyncConfig.from_env({"SYNC_MEMORY_BUDGET_MB": "96", "POSTGRES_URL": "postgresql://u@h/db"})
+    assert config.memory_budget_mb == 96 and config.memory_budget_bytes == 96 * MiB
+    assert SyncConfig.from_env({}).memory_budget_mb == 256
+    resources = resources_for(config)
+    assert sync_config(resources["redis"], resources["postgres"], resources["sync_settings"]) == config
+    for bad in ("0", "-5", "lots"):
+        with pytest.raises(ConfigError, match="SYNC_MEMORY_BUDGET_MB|memory budget"):
+            SyncConfig.from_env({"SYNC_MEMORY_BUDGET_MB": bad})
