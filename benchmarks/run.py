@@ -36,7 +36,8 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEMORY_BASELINE = 10_000
 MiB = 1 << 20
 COMPARED = ("floor", "floor_overlapped", "pandas", "dlt")
-LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_wide": "floor, batches sized to the budget", "floor_overlapped": "(a') floor, overlapped",
+LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_wide": "floor, batches sized to the budget",
+          "floor_overlapped": "(a') floor, overlapped",
           "pandas": "(b) pandas", "dlt": "(c) dlt"}
 # Targets of the performance issue.
 FLOOR_RATIO, RSS_GROWTH, IDLE_SECONDS, P99_MS, BATCH_PER_S, SCALING_FALL = 0.8, 100_000_000, 0.5, 0.5, 50_000, 0.15
@@ -256,6 +257,7 @@ def measure_wide(args) -> list[str]:
             print(f"{name}: filling Redis with {n:,} predictions of {floats:,} floats...", flush=True)
             fill_wide(args.redis_url, n, floats)
             cli = run_cli_once(n, args)
+            print(f"  one-shot CLI: {cli}", flush=True)
             floor_ = quiet_run("floor_wide", n, args)
             if "error" in cli or "error" in floor_:
                 lines.append(f"FAIL  {name}: a path failed (cli: {cli.get('error')}, floor: {floor_.get('error')})")

@@ -24,7 +24,7 @@ import redis
 from .bookkeeping import Bookkeeping
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
 from .errors import SyncFailed, first_line
-from .extract import Read, RedisSource, chunks, extract_all, pipelined, read_hash_chunks
+from .extract import Read, RedisSource, extract_all, pipelined, read_hash_chunks
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, validate
 from .retention import apply_retention

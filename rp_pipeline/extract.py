@@ -14,9 +14,9 @@ from __future__ import annotations
 import bisect
 import json
 import uuid
-from itertools import accumulate
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import pandas as pd
 import redis
@@ -229,7 +229,7 @@ def _refuse_oversized(spec: EntitySpec, replies: list) -> None:
     for i, reply in enumerate(replies):
         if not isinstance(reply, list):
             continue
-        sizes = [0 if not isinstance(v, str) else len(v) if len(v) < 1 << 20 else len(v.encode("utf-8", "surrogateescape"))
+        sizes = [0 if not isinstance(v, str) else len(v) if v.isascii() else len(v.encode("utf-8", "surrogateescape"))
                  for v in reply]
         why = [f"field {f!r} is {n:,} bytes, more than Postgres accepts in one {t or 'text'} value "
                f"({MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None]):,} bytes)"
@@ -382,7 +382,8 @@ def extract_all(src: RedisSource, spec: EntitySpec, chunk_size: int, ids: Sequen
     if spec.strategy == PARAMS_PER_RUN:
         frames = (read_params(src, spec, ids) for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20)))
     elif spec.strategy == MEMBERS_PER_EXPERIMENT:
-        frames = (read_memberships(src, spec, ids) for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20)))
+        frames = (read_memberships(src, spec, ids)
+                  for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20)))
     elif spec.strategy == METRIC_SERIES:
         frames = (read_metric_series(src, spec, keys) for keys in chunks(list(series_keys), max(1, chunk_size // 100)))
     else:

@@ -127,7 +127,8 @@ def test_a_sync_stays_within_its_budget(redis_client, key_prefix, version_id, sy
     budget_mb = 2
     written = write_wide_predictions(redis_client, key_prefix, version_id, 1_000)  # about 31 MB: 15 budgets
     config = {k: getattr(sync_config, k) for k in ("postgres_url", "redis_url", "key_prefix", "schema", "sync_schema")}
-    proc = subprocess.run([sys.executable, "-c", _SYNC_IN_A_PROCESS, json.dumps({**config, "memory_budget_mb": budget_mb})],
+    proc = subprocess.run([sys.executable, "-c", _SYNC_IN_A_PROCESS,
+                           json.dumps({**config, "memory_budget_mb": budget_mb})],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
