@@ -253,7 +253,7 @@ def measure_wide(args) -> list[str]:
     os.environ["SYNC_MEMORY_BUDGET_MB"] = str(args.budget)  # the floor's worker sizes its batches from it
     lines = [f"== wide records, SYNC_MEMORY_BUDGET_MB={args.budget:g} =="]
     try:
-        for name, n, floats in WIDE_WORKLOADS:
+        for name, n, floats in (w for w in WIDE_WORKLOADS if w[0] in args.wide_workloads.split(",")):
             print(f"{name}: filling Redis with {n:,} predictions of {floats:,} floats...", flush=True)
             fill_wide(args.redis_url, n, floats)
             cli = run_cli_once(n, args)
@@ -471,6 +471,7 @@ def parse_args(argv=None):
                         help="only the wide-record workloads (40,000 embeddings; 300 records of 2.4 MB): the "
                              "one-shot CLI's peak RSS and time against a floor batched to the same budget")
     parser.add_argument("--budget", type=float, default=256, help="SYNC_MEMORY_BUDGET_MB for --wide")
+    parser.add_argument("--wide-workloads", default="embeddings,large", help="which of --wide's workloads to run")
     parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

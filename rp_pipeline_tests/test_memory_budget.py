@@ -66,6 +66,16 @@ def test_backlog_many_times_the_budget_syncs_completely(run_sync, redis_client, 
     assert 30_000 < result.largest_record_bytes < 40_000
 
 
+def test_the_materialization_reports_bytes_read_and_the_largest_record(run_sync, redis_client, key_prefix,
+                                                                      version_id):
+    from rp_pipeline.assets import materialization_metadata
+
+    written = write_wide_predictions(redis_client, key_prefix, version_id, 20)
+    metadata = materialization_metadata(run_sync()["predictions"])
+    assert written <= metadata["bytes_read"] < written + 20 * 1_000  # the values, plus each reply's framing
+    assert 30_000 < metadata["largest_record_bytes"] < 40_000
+
+
 def test_a_record_larger_than_the_budget_syncs_alone(run_sync, redis_client, key_prefix, version_id, pg_conn):
     write_wide_predictions(redis_client, key_prefix, version_id, 3, floats=1536)
     big = embedding(4, floats=150_000)  # about 3 MB, three times the budget
