@@ -191,11 +191,26 @@ def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple
     return _hash_frame(src, spec, ids, keys, hmget_many(src.client, keys, _fields(spec)[0]))
 
 
+class _KeysOf(Sequence):
+    """The Redis keys of ids, made a slice at a time: a backlog of a million ids is 80 MB of keys."""
+
+    def __init__(self, src: RedisSource, spec: EntitySpec, ids: Sequence[int]):
+        self.src, self.spec, self.ids = src, spec, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return _hash_keys(self.src, self.spec, self.ids[index])
+        return _hash_keys(self.src, self.spec, [self.ids[index]])[0]
+
+
 def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max_records: int,
                      max_bytes: int) -> Iterator[Read]:
     """HMGET these ids in chunks that close at `max_records` records or `max_bytes` bytes, whichever
     comes first; a record bigger than `max_bytes` is a chunk of its own."""
-    keys = _hash_keys(src, spec, ids)
+    keys = _KeysOf(src, spec, ids)
     done, replies, sizes = 0, [], []
 
     def chunk(count: int) -> Read:
