@@ -83,7 +83,7 @@ def admin(postgres_url: str):
 
 def run_path(path: str, n: int, args) -> dict:
     """Run one path in a child process against a fresh database; its figures, or {'error': ...}."""
-    db = f"rp_bench_{path}"
+    db = f"rp_bench_{path}{args.db_suffix}"
     with admin(args.postgres_url) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {db}")
@@ -214,7 +214,7 @@ WIDE_RSS, WIDE_RATIO = 600 * MiB, 0.8
 def run_cli_once(n: int, args) -> dict:
     """The one-shot CLI sync (`python -m rp_pipeline --once`, Dagster included) in a child process of its
     own, into a fresh database: its peak RSS (wait4's ru_maxrss) and the predictions' load time."""
-    db = "rp_bench_wide_cli"
+    db = f"rp_bench_wide_cli{args.db_suffix}"
     with admin(args.postgres_url) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {db}")
@@ -471,6 +471,8 @@ def parse_args(argv=None):
                         help="only the wide-record workloads (40,000 embeddings; 300 records of 2.4 MB): the "
                              "one-shot CLI's peak RSS and time against a floor batched to the same budget")
     parser.add_argument("--budget", type=float, default=256, help="SYNC_MEMORY_BUDGET_MB for --wide")
+    parser.add_argument("--db-suffix", default="",
+                        help="appended to the rp_bench_* database names (two benchmarks on one server)")
     parser.add_argument("--wide-workloads", default="embeddings,large", help="which of --wide's workloads to run")
     parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
