@@ -230,22 +230,23 @@ def _copy_rows(ids: range, replies: list, versions: dict[bytes, bytes]) -> tuple
     return (blob.replace(b"\\", b"\\\\") if b"\\" in blob else blob), len(rows)
 
 
-def _floor_batches(redis_url: str, versions: dict[bytes, bytes]):
+def _floor_batches(redis_url: str, versions: dict[bytes, bytes], chunk: int = CHUNK):
     raw = RawRedis(redis_url)
     last = int(raw.call(b"GET", PREFIX.encode() + b"counter:prediction") or 0)
-    for lo in range(1, last + 1, CHUNK):
-        ids = range(lo, min(lo + CHUNK, last + 1))
+    for lo in range(1, last + 1, chunk):
+        ids = range(lo, min(lo + chunk, last + 1))
         yield _copy_rows(ids, raw.pipeline(_hmget_commands(ids)), versions)
     raw.close()
 
 
-def _floor(redis_url: str, pg_url: str, overlapped: bool) -> dict:
+def _floor(redis_url: str, pg_url: str, overlapped: bool, chunk: int = CHUNK) -> dict:
     conn = psycopg.connect(pg_url, autocommit=True)
     versions = {b"%d" % r: b"%d" % p for r, p in _prepare_predictions_table(redis_url, pg_url, conn).items()}
     source, start_rss = "bench-floor", resident()
     cpu = CpuMeter(redis_url, [conn.info.backend_pid])
     started = time.perf_counter()
-    batches = _overlapped(_floor_batches(redis_url, versions)) if overlapped else _floor_batches(redis_url, versions)
+    batches = _floor_batches(redis_url, versions, chunk)
+    batches = _overlapped(batches) if overlapped else batches
     read = inserted = 0
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(CREATE_STAGE + " ON COMMIT DROP")
@@ -290,6 +291,17 @@ def floor(redis_url: str, pg_url: str, n: int, rss) -> dict:
 
 def floor_overlapped(redis_url: str, pg_url: str, n: int, rss) -> dict:
     return _floor(redis_url, pg_url, overlapped=True)
+
+
+def floor_wide(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    """The floor for wide records: batches of as many records as a quarter of the memory budget holds
+    (one batch's replies, its COPY text and psycopg's copy of it are alive at once)."""
+    budget = float(os.environ.get("SYNC_MEMORY_BUDGET_MB", "256")) * (1 << 20)
+    raw = RawRedis(redis_url)
+    record = sum(raw.call(b"HSTRLEN", PREFIX.encode() + b"prediction:1", f) for f in PREDICTION_FIELDS)
+    raw.close()
+    return {**_floor(redis_url, pg_url, overlapped=False, chunk=max(1, int(budget // 4 // max(record, 1)))),
+            "record_bytes": record}
 
 
 # -- pandas ----------------------------------------------------------------------------------------
@@ -387,5 +399,5 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
             "note": "append (no dedupe), csv loader (COPY); its Postgres CPU not counted"}
 
 
-PATHS = {"project": project, "floor": floor, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
+PATHS = {"project": project, "floor": floor, "floor_wide": floor_wide, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
          "dlt": dlt_path}

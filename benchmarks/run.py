@@ -36,7 +36,8 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEMORY_BASELINE = 10_000
 MiB = 1 << 20
 COMPARED = ("floor", "floor_overlapped", "pandas", "dlt")
-LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_overlapped": "(a') floor, overlapped",
+LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_wide": "floor, batches sized to the budget",
+          "floor_overlapped": "(a') floor, overlapped",
           "pandas": "(b) pandas", "dlt": "(c) dlt"}
 # Targets of the performance issue.
 FLOOR_RATIO, RSS_GROWTH, IDLE_SECONDS, P99_MS, BATCH_PER_S, SCALING_FALL = 0.8, 100_000_000, 0.5, 0.5, 50_000, 0.15
@@ -82,7 +83,7 @@ def admin(postgres_url: str):
 
 def run_path(path: str, n: int, args) -> dict:
     """Run one path in a child process against a fresh database; its figures, or {'error': ...}."""
-    db = f"rp_bench_{path}"
+    db = f"rp_bench_{path}{args.db_suffix}"
     with admin(args.postgres_url) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {db}")
@@ -201,6 +202,84 @@ def measure(args) -> dict:
         flush(args.redis_url)
     return {"results": results, "writer": writer, "dlt_note": dlt_note, "code": code, "load_before": load_before,
             "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+# -- wide records: the memory budget ---------------------------------------------------------------
+
+# The memory issue's workloads: (name, predictions, floats per input vector).
+WIDE_WORKLOADS = (("embeddings", 40_000, 1536), ("large", 300, 120_000))
+WIDE_RSS, WIDE_RATIO = 600 * MiB, 0.8
+
+
+def run_cli_once(n: int, args) -> dict:
+    """The one-shot CLI sync (`python -m rp_pipeline --once`, Dagster included) in a child process of its
+    own, into a fresh database: its peak RSS (wait4's ru_maxrss) and the predictions' load time."""
+    db = f"rp_bench_wide_cli{args.db_suffix}"
+    with admin(args.postgres_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db}")
+        conn.execute("CHECKPOINT")
+    url = database_url(args.postgres_url, db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
+    env.update(SYNC_MEMORY_BUDGET_MB=str(args.budget),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+    try:
+        with tempfile.TemporaryDirectory(prefix="rp_bench_cli") as cwd:
+            started = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "rp_pipeline", "--once", "--redis-url", args.redis_url,
+                                     "--postgres-url", url, "--key-prefix", "aidb:"], cwd=cwd, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            output = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - started
+        if status != 0:
+            print("\n".join(output.splitlines()[-15:]))
+            return {"error": f"exit status {status}"}
+        with admin(url) as conn:
+            seconds, read, inserted = conn.execute(
+                "SELECT duration_seconds, read, inserted FROM rp_sync.entity_runs WHERE entity = 'predictions' "
+                "ORDER BY finished_at DESC LIMIT 1").fetchone()
+    finally:
+        with admin(args.postgres_url) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    progress = [line for line in output.splitlines() if "read so far" in line]
+    return {"peak_rss": usage.ru_maxrss * 1024, "wall_seconds": wall, "predictions_seconds": seconds,
+            "predictions_per_s": read / seconds, "loaded": inserted, "progress": progress[-1:] }
+
+
+def measure_wide(args) -> list[str]:
+    from workload import fill_wide
+
+    os.environ["SYNC_MEMORY_BUDGET_MB"] = str(args.budget)  # the floor's worker sizes its batches from it
+    lines = [f"== wide records, SYNC_MEMORY_BUDGET_MB={args.budget:g} =="]
+    try:
+        for name, n, floats in (w for w in WIDE_WORKLOADS if w[0] in args.wide_workloads.split(",")):
+            print(f"{name}: filling Redis with {n:,} predictions of {floats:,} floats...", flush=True)
+            fill_wide(args.redis_url, n, floats)
+            cli = run_cli_once(n, args)
+            print(f"  one-shot CLI: {cli}", flush=True)
+            floor_ = quiet_run("floor_wide", n, args)
+            if "error" in cli or "error" in floor_:
+                lines.append(f"FAIL  {name}: a path failed (cli: {cli.get('error')}, floor: {floor_.get('error')})")
+                continue
+            ratio = cli["predictions_per_s"] / floor_["predictions_per_s"]
+            lines += [
+                f"{name}: {n:,} predictions of about {floor_['record_bytes'] / 1e3:,.0f} KB "
+                f"({n * floor_['record_bytes'] / 1e9:.2f} GB of JSON)",
+                f"  one-shot CLI: peak RSS {cli['peak_rss'] / MiB:,.0f} MiB, predictions in {cli['predictions_seconds']:.1f} s "
+                f"({cli['predictions_per_s']:,.0f}/s; whole run {cli['wall_seconds']:.1f} s); {cli['loaded']:,} loaded",
+                f"  floor:        peak RSS {floor_['peak_rss'] / MiB:,.0f} MiB, predictions in "
+                f"{floor_['predictions_seconds']:.1f} s ({floor_['predictions_per_s']:,.0f}/s); others "
+                f"{floor_.get('other_cores') or 0:.2f} cores",
+                f"  last progress line: {cli['progress'][0].split('] ', 1)[-1] if cli['progress'] else '(none)'}",
+                f"{verdict(cli['peak_rss'] <= WIDE_RSS)}  {name}: CLI peak RSS {cli['peak_rss'] / MiB:,.0f} MiB "
+                f"(target ≤ {WIDE_RSS / MiB:,.0f} MiB)",
+                f"{verdict(ratio >= WIDE_RATIO)}  {name}: CLI predictions/s = {ratio:.2f}× the floor's "
+                f"(target ≥ {WIDE_RATIO}×)"]
+            print("\n".join(lines[-7:]), flush=True)
+    finally:
+        flush(args.redis_url)
+    return lines
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -388,6 +467,13 @@ def parse_args(argv=None):
     parser.add_argument("--retries", type=int, default=2, help="how many times a noisy run is run again")
     parser.add_argument("--writer-n", type=int, default=20_000, help="predictions per measure_writer path")
     parser.add_argument("--save", help="also write the raw figures (JSON) to this file")
+    parser.add_argument("--wide", action="store_true",
+                        help="only the wide-record workloads (40,000 embeddings; 300 records of 2.4 MB): the "
+                             "one-shot CLI's peak RSS and time against a floor batched to the same budget")
+    parser.add_argument("--budget", type=float, default=256, help="SYNC_MEMORY_BUDGET_MB for --wide")
+    parser.add_argument("--db-suffix", default="",
+                        help="appended to the rp_bench_* database names (two benchmarks on one server)")
+    parser.add_argument("--wide-workloads", default="embeddings,large", help="which of --wide's workloads to run")
     parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -409,6 +495,10 @@ def main(argv=None) -> None:
         worker(args)
         return
     started = time.perf_counter()
+    if args.wide:
+        lines = measure_wide(args)
+        print("\n" + "\n".join(lines) + f"\n\n(benchmark took {time.perf_counter() - started:.0f} s)")
+        return
     data = measure(args)
     if args.save:
         Path(args.save).write_text(json.dumps(data, indent=1))

@@ -185,3 +185,51 @@ def remove_predictions(raw: RawRedis, first_id: int, count: int) -> None:
              for v in range(1, VERSIONS + 1) if any(i % VERSIONS + 1 == v for i in ids)]
     _send(raw, cmds)
     raw.call(b"SET", p + b"counter:prediction", b"%d" % (first_id - 1))
+
+
+# -- wide workloads: ML payloads of realistic width ----------------------------------------------------
+
+def _float_pool(rng: random.Random, size: int = 4096) -> list[bytes]:
+    """Embedding values as json.dumps writes float32 values widened to double (about 20 characters each)."""
+    return [repr(rng.gauss(0, 0.05)).encode() for _ in range(size)]
+
+
+def _floats(pool: list[bytes], rng: random.Random, count: int) -> bytes:
+    start = rng.randrange(len(pool))
+    values = (pool[start:] + pool[:start]) * (count // len(pool) + 1)
+    return b", ".join(values[:count])
+
+
+def fill_wide(redis_url: str, n: int, floats: int, seed: int = 7) -> Workload:
+    """FLUSHDB, then the metadata for N predictions and N predictions whose input is a vector of `floats`
+    floats (1536: an embedding, about 31 KB of JSON; 120,000: a tensor or a long prompt, about 2.4 MB)."""
+    raw = RawRedis(redis_url)
+    try:
+        raw.call(b"FLUSHDB")
+        rng = random.Random(seed)
+        work = Workload(n)
+        _write_metadata(raw, work, rng)
+        pool = _float_pool(rng)
+        p = PREFIX.encode()
+        end = time.time()
+        batch = max(1, min(WRITE_BATCH, (64 << 20) // (floats * 21)))  # about 64 MB per pipeline
+        for lo in range(1, n + 1, batch):
+            cmds, index = [], {}
+            for pid in range(lo, min(lo + batch, n + 1)):
+                logged = end - SPAN_SECONDS + pid * SPAN_SECONDS / n
+                version = pid % VERSIONS + 1
+                cmds.append(command(
+                    b"HSET", p + b"prediction:%d" % pid, b"id", b"%d" % pid, b"model_version_id", b"%d" % version,
+                    b"input", b'{"embedding": [%s], "model": "text-embedding-3-small"}' % _floats(pool, rng, floats),
+                    b"output", b'{"label": "%s", "scores": [%.4f, %.4f, %.4f]}' % (
+                        rng.choice(_LABELS).encode(), rng.random(), rng.random(), rng.random()),
+                    b"confidence", b"%.4f" % rng.random(), b"inference_time_ms", b"%.3f" % (1 + 20 * rng.random()),
+                    b"timestamp", _iso(logged),
+                    b"metadata", b'{"request_id": "%s"}' % str(uuid.UUID(int=rng.getrandbits(128))).encode()))
+                index.setdefault(version, []).extend((b"%.6f" % -logged, b"%d" % pid))
+            cmds += [command(b"ZADD", p + b"idx:predictions:%d" % v, *members) for v, members in index.items()]
+            _send(raw, cmds)
+        raw.call(b"SET", p + b"counter:prediction", b"%d" % n)
+    finally:
+        raw.close()
+    return work

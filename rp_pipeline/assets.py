@@ -29,6 +29,8 @@ def materialization_metadata(result: EntityResult) -> dict:
         "json_non_finite_nulled": result.json_non_finite_nulled,
         "duration_seconds": round(result.duration_seconds, 3),
         "rows_per_second": round(result.rows_per_second, 1),
+        "bytes_read": result.bytes_read,
+        "largest_record_bytes": result.largest_record_bytes,
     }
     if result.watermark is not None:
         metadata["watermark"] = result.watermark

@@ -35,6 +35,8 @@ environment (a .env file in the working directory fills what is not set):
   SYNC_INTERVAL       seconds between syncs when neither --once nor --interval is given (default 300)
   POSTGRES_SCHEMA     schema of the analytics tables (default public)
   SYNC_SCHEMA         schema of the sync's bookkeeping (default rp_sync)
+  SYNC_MEMORY_BUDGET_MB  MB the sync holds in flight at once (default 256); set it well under the
+                      container's memory limit (see the README's operations section)
   SYNC_CONFLICT_POLICY, SYNC_RETENTION_HOURS, SYNC_LOCK_TIMEOUT_MS, ...  see deploy/dagster-production.md
   DAGSTER_HOME        Dagster instance to record runs in (default: ./dagster.yaml, storage in ./.dagster_home)
 """

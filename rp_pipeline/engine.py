@@ -27,7 +27,7 @@ from .connections import (MARKER_ACCESS, READ_ACCESS, RETENTION_ACCESS, RedisAcc
                           explain_redis_refusal, refused_by_acl)
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
 from .errors import PermissionProblem, SyncFailed, first_line
-from .extract import GENERATION_KEY, RedisSource, chunks, extract_all, pipelined, read_hashes
+from .extract import GENERATION_KEY, Read, RedisSource, extract_all, pipelined, read_hash_chunks
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, null_non_finite_json, validate
 from .retention import apply_retention
@@ -40,6 +40,12 @@ TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "canceled
                                    "killed", "finished", "succeeded", "success", "error"})
 NOT_WRITTEN_YET = "id allocated, record not written yet"
 NO_WAITING = pd.DataFrame(columns=["_key", "reason"])  # (read-only) no record waits for anything
+# Memory a chunk takes at its peak, per byte read from Redis: the strings as read, the frame's and the
+# mapped frame's references to them, the COPY text built from them (and its transient pieces).
+# Measured with benchmarks/run.py --wide and rp_pipeline_tests/test_memory_budget.py.
+MEMORY_PER_BYTE_READ = 4
+CHUNKS_IN_FLIGHT = 3  # the chunk being read (and prepared), the one queued, the one being loaded
+PROGRESS_EVERY_SECONDS = 10.0
 
 
 @dataclass
@@ -60,6 +66,8 @@ class EntityResult:
     watermark: int | None = None
     duration_seconds: float = 0.0
     json_non_finite_nulled: int = 0  # NaN/Infinity in JSON fields stored as null, in the rows written
+    bytes_read: int = 0  # record bytes as received from Redis
+    largest_record_bytes: int = 0
     rejection_samples: list[dict] = field(default_factory=list)
 
     @property
@@ -152,7 +160,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         pending = set(book.pending_keys())
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
         series_cards: dict[str, int] = {}
-        reads = _plan_reads(spec, src, book, config, pending, result, series_cards)
+        in_flight = InFlight(config.memory_budget_bytes // MEMORY_PER_BYTE_READ)
+        reads = _plan_reads(spec, src, book, config, pending, result, series_cards, in_flight.chunk_bytes)
 
         def account(loaded: LoadResult, rejected: list[pd.DataFrame] = (),
                     waiting: pd.DataFrame = NO_WAITING) -> None:
@@ -185,14 +194,27 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
 
         # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
         # loads; this thread only talks to Postgres, so the server is never waiting on Python.
-        nothing = LoadResult()
-        for batch in prefetched(_prepare(spec, reads, book.resolve, loader)):
+        # The reader takes bytes from `in_flight` before each chunk and they come back once it is
+        # loaded, so what is held at once stays within the memory budget.
+        nothing, staged, progress = LoadResult(), 0, Progress(spec.name, logger)
+        for batch in prefetched(_prepare(spec, in_flight.gate(reads), book.resolve, loader), stopping=in_flight.close):
             result.read += batch.read
+            result.bytes_read += batch.bytes
+            result.largest_record_bytes = max(result.largest_record_bytes, batch.largest)
             loader.stage(batch.mapped, batch.raw, batch.payload, batch.start)
-            # Append-only rows load chunk by chunk; mutable ones once, so duplicates settle on the latest.
-            account(nothing if spec.mutable else loader.flush(), batch.rejected, batch.waiting)
+            # Append-only rows load chunk by chunk; mutable ones once, so duplicates settle on the latest,
+            # unless their records as read (kept for rejections) outgrow the budget: then the later flush
+            # updates what an earlier one wrote, which settles on the latest too.
+            staged += batch.bytes
+            flush = not spec.mutable or staged > in_flight.chunk_bytes
+            account(loader.flush() if flush else nothing, batch.rejected, batch.waiting)
+            staged = 0 if flush else staged
+            in_flight.release(batch.bytes)
+            progress.update(result.read, result.bytes_read)
+            del batch  # before waiting for the next: its memory is free for the reader
         if spec.mutable:
             account(loader.flush())
+        progress.finish(result.read, result.bytes_read)
         if src.problems:  # an unreadable counter or index: reported like a bad record, the rest synced
             keys, reasons = zip(*dict(src.problems).items())
             account(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})])
@@ -224,21 +246,18 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
 
 
 def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: SyncConfig, pending: set[str],
-                result: EntityResult, series_cards: dict[str, int]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+                result: EntityResult, series_cards: dict[str, int], chunk_bytes: int) -> Iterator[Read]:
     """Decide what to read (this touches Postgres, so it runs here, in the caller's thread) and
-    return an iterator that only reads Redis: chunks to load, each with the ids that had no
-    record yet (only incremental entities have those)."""
+    return an iterator that only reads Redis: chunks to load (closing at `config.chunk_size` records
+    or `chunk_bytes` bytes), each with the ids that had no record yet (only incremental entities)."""
     if spec.incremental:
         watermark, counter = book.watermark(), src.counter(spec)
         retry = sorted(int(k.rsplit(":", 1)[1]) for k in pending if k.rsplit(":", 1)[1].isdigit())
         result.watermark = max(watermark, counter)
-        id_chunks = [*chunks(retry, config.chunk_size), *chunks(range(watermark + 1, counter + 1), config.chunk_size)]
 
         def incremental():
-            for ids in id_chunks:
-                frame, missing = read_hashes(src, spec, ids)
-                yield frame, pd.DataFrame({"_key": [src.key(spec.key, id=i) for i in missing],
-                                           "reason": NOT_WRITTEN_YET}) if missing else NO_WAITING
+            for ids in (retry, range(watermark + 1, counter + 1)):
+                yield from read_hash_chunks(src, spec, ids, config.chunk_size, chunk_bytes)
         return incremental()
     series, ids = (), None
     if spec.strategy == METRIC_SERIES:
@@ -246,12 +265,14 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
     elif spec.strategy == HASH_BY_ID:
         ids = src.all_ids(spec)
         result.watermark = max(ids, default=0)  # what the reconciliation check may expect in Postgres
-    return ((frame, NO_WAITING) for frame in extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series))
+    return extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series, max_bytes=chunk_bytes)
 
 
 @dataclass
 class _Batch:
     read: int
+    bytes: int  # as read from Redis: what it holds of the memory budget
+    largest: int  # its largest record's bytes
     mapped: pd.DataFrame
     raw: pd.DataFrame  # the records as read, before validation rewrote any value (for rejections by Postgres)
     start: int  # ordinal of the first mapped record in this cycle's staging
@@ -260,23 +281,112 @@ class _Batch:
     waiting: pd.DataFrame
 
 
-def _prepare(spec: EntitySpec, reads: Iterator[tuple[pd.DataFrame, pd.DataFrame]], resolve,
-             loader: Loader) -> Iterator[_Batch]:
+def _prepare(spec: EntitySpec, reads: Iterator[Read], resolve, loader: Loader) -> Iterator[_Batch]:
     """Everything before the load that needs no Postgres round trip (ids are preloaded)."""
     start = 0
-    for frame, missing in reads:
+    for read in reads:
+        frame = read.frame
+        missing = pd.DataFrame({"_key": read.missing, "reason": NOT_WRITTEN_YET}) if read.missing else NO_WAITING
         # Incremental records are read once: one caught half-written waits (pending) instead of being rejected.
         incomplete: list[pd.DataFrame] = [missing]
         ok, rejected = validate(spec, frame, incomplete if spec.incremental else None)
         mapped, waiting = map_parent_ids(spec, ok, resolve)
         mapped = null_non_finite_json(spec, mapped)
         waiting = pd.concat([waiting, *[w for w in incomplete if not w.empty]], ignore_index=True)
-        yield _Batch(len(frame), mapped, frame, start, loader.copy_payload(mapped, start), rejected, waiting)
+        yield _Batch(len(frame), read.bytes, read.largest, mapped, frame, start, loader.copy_payload(mapped, start),
+                     rejected, waiting)
+        del read, frame  # the reader's references: the batch holds what is still needed
         start += len(mapped)
 
 
-def prefetched(items: Iterator, depth: int = 2) -> Iterator:
-    """Run an iterator in a thread, up to `depth` items ahead, so Redis reads overlap Postgres writes."""
+class InFlight:
+    """Bytes read from Redis and not loaded into Postgres yet, kept within `limit`.
+
+    The reader takes a chunk's worth before reading one, and waits while that would pass the limit;
+    the loader gives a chunk's bytes back once it is loaded. A record bigger than a chunk is read
+    on its own, then waits until everything else is loaded, so it is prepared and loaded alone.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.chunk_bytes = max(1, self.limit // CHUNKS_IN_FLIGHT)
+        self.held = 0
+        self.closed = False
+        self._changed = threading.Condition()
+
+    def _wait_until(self, ready) -> None:
+        with self._changed:
+            while not self.closed and not ready():
+                self._changed.wait(0.1)
+
+    def take(self, amount: int) -> None:
+        self._wait_until(lambda: self.held == 0 or self.held + amount <= self.limit)
+        with self._changed:
+            self.held += amount
+
+    def settle(self, taken: int, actual: int) -> None:
+        """The chunk read holds `actual` bytes, not the `taken` ones reserved for it."""
+        with self._changed:
+            self.held += actual - taken
+            self._changed.notify_all()
+        if actual > self.chunk_bytes:
+            self._wait_until(lambda: self.held <= actual)
+
+    def release(self, amount: int) -> None:
+        with self._changed:
+            self.held -= amount
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Let a waiting reader go: the consumer has stopped."""
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def gate(self, reads: Iterator[Read]) -> Iterator[Read]:
+        """`reads`, each chunk read only once the budget has room for it."""
+        reads = iter(reads)
+        while True:
+            self.take(self.chunk_bytes)
+            read = next(reads, None)
+            if read is None:
+                self.release(self.chunk_bytes)
+                return
+            self.settle(self.chunk_bytes, read.bytes)
+            yield read
+            del read
+
+
+class Progress:
+    """A log line every PROGRESS_EVERY_SECONDS of a long load: records and bytes so far."""
+
+    def __init__(self, entity: str, logger: logging.Logger):
+        self.entity, self.log = entity, logger
+        self.started = self.last = time.monotonic()
+
+    def update(self, records: int, nbytes: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SECONDS:
+            self.last = now
+            self.log.info("  %s: %s records, %s read so far (%.0f s, %s/s)", self.entity, f"{records:,}",
+                          human_bytes(nbytes), now - self.started, human_bytes(nbytes / (now - self.started)))
+
+    def finish(self, records: int, nbytes: int) -> None:
+        if self.last > self.started:  # it logged progress: say where it ended
+            self.last = float("-inf")
+            self.update(records, nbytes)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def prefetched(items: Iterator, depth: int = 2, stopping=lambda: None) -> Iterator:
+    """Run an iterator in a thread, up to `depth` items ahead, so Redis reads overlap Postgres writes.
+    `stopping` is called when the consumer stops, before waiting for the thread (to wake it)."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -311,6 +421,7 @@ def prefetched(items: Iterator, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        stopping()
         thread.join()
 
 

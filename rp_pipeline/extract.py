@@ -11,17 +11,19 @@ All reads are pipelined: one round trip per batch of keys, never per record.
 
 from __future__ import annotations
 
+import bisect
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import pandas as pd
 import redis
 
 from .connections import refused_by_acl
 from .entities import (
-    EXPERIMENTS, HASH_BY_ID, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, PARAMS_PER_RUN, TRAINING_RUNS, EntitySpec,
+    EXPERIMENTS, HASH_BY_ID, JSONB, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, PARAMS_PER_RUN, TRAINING_RUNS, EntitySpec,
 )
 
 PIPELINE_BATCH = 5_000
@@ -116,37 +118,62 @@ def raise_refusal(replies: list) -> list:
 
 
 def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) -> list:
-    """HMGET each key, pipelined on a pooled connection and parsed by hiredis directly.
+    """HMGET each key, pipelined; error replies come back as exception objects, in place."""
+    return [reply for replies, _ in hmget_stream(client, keys, fields) for reply in replies]
 
-    redis-py's per-reply Python overhead caps a pipeline near 90k hashes/s; packing the
-    commands in bulk and reading raw replies roughly triples that. Error replies come back
-    as exception objects, in place, like a non-raising pipeline.
+
+def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str],
+                 window_bytes: int = 1 << 62) -> Iterator[tuple[list, list[int]]]:
+    """HMGET each key, pipelined on a pooled connection and parsed by hiredis directly: runs of
+    consecutive replies, each run with the replies' sizes in bytes as received (to within 1 KB:
+    hiredis compacts its buffer by the kilobyte).
+
+    redis-py's per-reply Python overhead caps a pipeline near 90k hashes/s; packing the commands
+    in bulk and reading raw replies roughly triples that. Replies are parsed as they arrive, one
+    socket read at a time, so a consumer that stops (a chunk full of bytes) holds only what it
+    took. The next window of commands is sent once this one is read, its length sized from the
+    largest reply seen so that about `window_bytes` wait in Redis's output buffer, never more than
+    PIPELINE_BATCH commands. Error replies come back as exception objects, in place.
     """
     try:
         import hiredis
     except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
-        return list(pipelined(client, (("HMGET", k, *fields) for k in keys)))
+        for reply in pipelined(client, (("HMGET", k, *fields) for k in keys)):
+            yield [reply], [sum(len(v) for v in reply if isinstance(v, str)) if isinstance(reply, list) else 0]
+        return
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (f.encode() for f in fields))
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
-    replies: list = []
     conn = client.connection_pool.get_connection()
+    window, largest = min(64, PIPELINE_BATCH), 1  # a first small window measures the records
     try:
         sock = conn._sock  # redis-py has connected, authenticated and selected the db (TLS included)
-        for start in range(0, len(keys), PIPELINE_BATCH):
-            batch = keys[start:start + PIPELINE_BATCH]
+        start = 0
+        while start < len(keys):
+            batch = keys[start:start + window]
+            start += len(batch)
             conn.send_packed_command([b"".join(
                 [head + b"$%d\r\n%s\r\n" % (len(k), k) + tail for k in (k.encode() for k in batch)])])
             reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
-            want = len(replies) + len(batch)
-            while len(replies) < want:
+            unread, got = 0, 0  # bytes fed to the reader and not yet parsed; replies of this window
+            while got < len(batch):
                 data = sock.recv(1 << 20)
                 if not data:
                     raise redis.ConnectionError("Redis closed the connection while answering HMGET")
                 reader.feed(data)
+                unread += len(data)
+                replies, sizes = [], []
                 reply = reader.gets()
                 while reply is not False:
                     replies.append(reply)
+                    left = reader.len()
+                    sizes.append(unread - left)
+                    unread = left
                     reply = reader.gets()
+                if replies:
+                    got += len(replies)
+                    largest = max(largest, max(sizes))
+                    yield replies, sizes
+            window = max(1, min(PIPELINE_BATCH, window_bytes // largest))
     except BaseException as exc:
         conn.disconnect()  # its reply stream is in an unknown state: never reuse it
         if isinstance(exc, OSError):  # a socket timeout or reset, in redis-py's terms
@@ -154,7 +181,6 @@ def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) 
         raise
     finally:
         client.connection_pool.release(conn)
-    return replies
 
 
 def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
@@ -165,13 +191,106 @@ def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
+@dataclass
+class Read:
+    """One chunk as read from Redis, with its size: what the memory budget counts."""
+
+    frame: pd.DataFrame
+    bytes: int  # as received from Redis
+    largest: int  # the largest record's bytes
+    missing: list[str] = field(default_factory=list)  # keys of ids with no record (yet)
+
+
+def _fields(spec: EntitySpec) -> tuple[list[str], list[str]]:
+    """(Redis fields, frame columns) that HMGET reads for a hash entity."""
+    return ([p.field for p in spec.parents] + [c.redis_field for c in spec.columns],
+            [p.column for p in spec.parents] + spec.column_names)
+
+
+def _hash_keys(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> list[str]:
+    head, _, tail = (src.prefix + spec.key).partition("{id}")
+    return [f"{head}{i}{tail}" for i in ids]
+
+
 def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple[pd.DataFrame, list[int]]:
     """HMGET the entity's fields for these ids: (rows that exist, ids with no record)."""
-    fields = [p.field for p in spec.parents] + [c.redis_field for c in spec.columns]
-    names = [p.column for p in spec.parents] + spec.column_names
-    head, _, tail = (src.prefix + spec.key).partition("{id}")
-    keys = [f"{head}{i}{tail}" for i in ids]
-    replies = hmget_many(src.client, keys, fields)
+    keys = _hash_keys(src, spec, ids)
+    return _hash_frame(src, spec, ids, keys, hmget_many(src.client, keys, _fields(spec)[0]))
+
+
+class _KeysOf(Sequence):
+    """The Redis keys of ids, made a slice at a time: a backlog of a million ids is 80 MB of keys."""
+
+    def __init__(self, src: RedisSource, spec: EntitySpec, ids: Sequence[int]):
+        self.src, self.spec, self.ids = src, spec, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return _hash_keys(self.src, self.spec, self.ids[index])
+        return _hash_keys(self.src, self.spec, [self.ids[index]])[0]
+
+
+def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max_records: int,
+                     max_bytes: int) -> Iterator[Read]:
+    """HMGET these ids in chunks that close at `max_records` records or `max_bytes` bytes, whichever
+    comes first; a record bigger than `max_bytes` is a chunk of its own."""
+    keys = _KeysOf(src, spec, ids)
+    done, replies, sizes = 0, [], []
+
+    def chunk(count: int) -> Read:
+        nonlocal done, replies, sizes
+        taken, size, largest = replies[:count], sum(sizes[:count]), max(sizes[:count])
+        replies, sizes = replies[count:], sizes[count:]
+        if largest > MAX_VALUE_BYTES[JSONB]:
+            _refuse_oversized(spec, taken)
+        frame, missing = _hash_frame(src, spec, ids[done:done + count], keys[done:done + count], taken)
+        done += count
+        return Read(frame, size, largest, _hash_keys(src, spec, missing))
+
+    for more, more_sizes in hmget_stream(src.client, keys, _fields(spec)[0], window_bytes=max_bytes):
+        replies += more
+        sizes += more_sizes
+        while len(replies) >= max_records or sum(sizes) >= max_bytes:
+            yield chunk(min(max_records, bisect.bisect_left(list(accumulate(sizes)), max_bytes) + 1))
+    if replies:
+        yield chunk(len(replies))
+
+
+# What Postgres accepts: one jsonb value up to 2^28 - 1 bytes, any other value (and so one COPY row) up to 1 GB - 1.
+MAX_VALUE_BYTES = {JSONB: (1 << 28) - 1, None: (1 << 30) - 1}
+
+
+def _refuse_oversized(spec: EntitySpec, replies: list) -> None:
+    """Records with a value Postgres cannot take become errors naming the field and its size; their
+    values are dropped here, so neither the load nor the rejected-records table carries them."""
+    types = [None] * len(spec.parents) + [c.type for c in spec.columns]
+    fields = _fields(spec)[0]
+    for i, reply in enumerate(replies):
+        if not isinstance(reply, list):
+            continue
+        sizes = [0 if not isinstance(v, str) else len(v) if v.isascii() else len(v.encode("utf-8", "surrogateescape"))
+                 for v in reply]
+        why = [f"field {f!r} is {n:,} bytes, more than Postgres accepts in one {t or 'text'} value "
+               f"({MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None]):,} bytes)"
+               for f, t, n in zip(fields, types, sizes) if n > MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None])]
+        if not why and sum(sizes) > MAX_VALUE_BYTES[None]:
+            why = [f"the record is {sum(sizes):,} bytes, more than Postgres accepts in one row "
+                   f"({MAX_VALUE_BYTES[None]:,} bytes)"]
+        if why:
+            replies[i] = TooLarge("; ".join(why) + "; not synced")
+
+
+class TooLarge(Exception):
+    """A record Postgres cannot take whole (in place of its HMGET reply)."""
+
+
+def _hash_frame(src: RedisSource, spec: EntitySpec, ids: Sequence[int], keys: list[str],
+                replies: list) -> tuple[pd.DataFrame, list[int]]:
+    """HMGET replies as a frame: (rows that exist, ids with no record)."""
+    fields, names = _fields(spec)
     width = len(fields)
     errors: list = [None] * len(replies)
     if set(map(type, replies)) <= {list}:  # the usual case, checked in C: a record with no field is rare
@@ -198,7 +317,7 @@ def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple
         keep = []
         for i in unusual:
             if isinstance(replies[i], Exception):
-                errors[i] = f"cannot read: {replies[i]}"
+                errors[i] = str(replies[i]) if isinstance(replies[i], TooLarge) else f"cannot read: {replies[i]}"
                 replies[i] = [None] * width
             elif exists.get(i) != 1:
                 missing.append(ids[i])
@@ -295,19 +414,24 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def extract_all(src: RedisSource, spec: EntitySpec, chunk_size: int, ids: Sequence[int] | None = None,
-                series_keys: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
-    """Every current record of a fully re-read entity, in chunks (not for incremental predictions)."""
+                series_keys: Sequence[str] = (), max_bytes: int = 1 << 62) -> Iterator[Read]:
+    """Every current record of a fully re-read entity, in chunks (not for incremental predictions).
+
+    Hashes chunk on records or bytes, whichever comes first; the other layouts (parameters,
+    memberships, metric points) are narrow by nature and chunk on records."""
     if spec.strategy == HASH_BY_ID:
-        for ids in chunks(src.all_ids(spec) if ids is None else ids, chunk_size):
-            yield read_hashes(src, spec, ids)[0]
-    elif spec.strategy == PARAMS_PER_RUN:
-        for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20)):
-            yield read_params(src, spec, ids)
+        yield from read_hash_chunks(src, spec, src.all_ids(spec) if ids is None else ids, chunk_size, max_bytes)
+        return
+    if spec.strategy == PARAMS_PER_RUN:
+        frames = (read_params(src, spec, ids) for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20)))
     elif spec.strategy == MEMBERS_PER_EXPERIMENT:
-        for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20)):
-            yield read_memberships(src, spec, ids)
+        frames = (read_memberships(src, spec, ids)
+                  for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20)))
     elif spec.strategy == METRIC_SERIES:
-        for keys in chunks(list(series_keys), max(1, chunk_size // 100)):
-            yield read_metric_series(src, spec, keys)
+        frames = (read_metric_series(src, spec, keys) for keys in chunks(list(series_keys), max(1, chunk_size // 100)))
     else:
         raise ValueError(f"unknown strategy {spec.strategy!r} for {spec.name}")
+    for frame in frames:
+        sizes = sum((frame[c].str.len().fillna(0) for c in frame.columns if c not in ("_id", "_error")),
+                    pd.Series(0, index=frame.index))
+        yield Read(frame, int(sizes.sum()), int(sizes.max()) if len(sizes) else 0)

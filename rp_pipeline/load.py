@@ -40,7 +40,12 @@ def copy_text(columns: list[list]) -> bytes:
         escaped.append(blob.split("\x00") if values else [])
     if not escaped or not escaped[0]:
         return b""
-    return ("\n".join(map("\t".join, zip(*escaped))) + "\n").encode("utf-8")
+    rows = list(map("\t".join, zip(*escaped)))
+    del escaped
+    rows.append("")  # the last newline, without one more copy of the whole text
+    text = "\n".join(rows)
+    del rows  # wide records: at most two copies of the chunk's text are alive at once
+    return text.encode("utf-8")
 
 
 def _escape(value: str) -> str:
@@ -219,13 +224,14 @@ class Loader:
         if start is not None and start != self._next_ord:
             raise RuntimeError(f"chunk numbered from {start}, expected {self._next_ord}")
         payload = self.copy_payload(frame, self._next_ord) if payload is None else payload
+        keys, index, count = frame["_key"].tolist(), frame.index, len(frame)
+        non_finite = frame[NON_FINITE_COLUMN].tolist() if NON_FINITE_COLUMN in frame else None
         if not self.direct:
             with self.conn.cursor() as cur:
                 self._copy(cur, payload)
-        non_finite = frame[NON_FINITE_COLUMN].tolist() if NON_FINITE_COLUMN in frame else None
-        self._chunks.append(_Chunk(self._next_ord, frame["_key"].tolist(), raw.loc[frame.index], frame, payload,
-                                   non_finite))
-        self._next_ord += len(frame)
+            frame, payload = frame.iloc[:0], b""  # in the staging table now: keep only what rejections need
+        self._chunks.append(_Chunk(self._next_ord, keys, raw.loc[index], frame, payload, non_finite))
+        self._next_ord += count
 
     def flush(self) -> LoadResult:
         """Upsert everything staged since the last flush in one statement (halving around refused records).

@@ -36,6 +36,7 @@ class SyncSettingsResource(dg.ConfigurableResource):
     conflict_policy: str = ""  # e.g. "models=overwrite,datasets=merge"; default skip
     pending_max_age_seconds: float = 3600.0
     chunk_size: int = 20_000
+    memory_budget_mb: float = 256.0  # what one sync holds in flight (chunks read, prepared, loaded)
     statement_timeout_ms: int = 300_000
     lock_timeout_ms: int = 60_000
     retention_hours: str = ""  # e.g. "predictions=24,metrics=72"; default: keep everything in Redis
@@ -77,6 +78,7 @@ def _config_from(redis_resource: RedisResource, postgres: PostgresResource,
         conflict=parse_mapping(settings.conflict_policy, "conflict_policy"),
         pending_max_age_seconds=settings.pending_max_age_seconds,
         chunk_size=settings.chunk_size,
+        memory_budget_mb=settings.memory_budget_mb,
         statement_timeout_ms=settings.statement_timeout_ms,
         lock_timeout_ms=settings.lock_timeout_ms,
         retention_hours={k: float(v) for k, v in parse_mapping(settings.retention_hours, "retention_hours").items()},
@@ -94,6 +96,7 @@ def resources_for(config: SyncConfig) -> dict[str, dg.ConfigurableResource]:
             conflict_policy=",".join(f"{k}={v}" for k, v in config.conflict.items()),
             pending_max_age_seconds=config.pending_max_age_seconds,
             chunk_size=config.chunk_size,
+            memory_budget_mb=config.memory_budget_mb,
             statement_timeout_ms=config.statement_timeout_ms,
             lock_timeout_ms=config.lock_timeout_ms,
             retention_hours=",".join(f"{k}={v}" for k, v in config.retention_hours.items()),
@@ -127,6 +130,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             source=_env("SYNC_SOURCE"),
             pending_max_age_seconds=_number_env("SYNC_PENDING_MAX_AGE", float),
             chunk_size=_number_env("SYNC_CHUNK_SIZE", int),
+            memory_budget_mb=_number_env("SYNC_MEMORY_BUDGET_MB", float),
             statement_timeout_ms=_number_env("SYNC_STATEMENT_TIMEOUT_MS", int),
             lock_timeout_ms=_number_env("SYNC_LOCK_TIMEOUT_MS", int),
             metric_rescan_seconds=_number_env("SYNC_METRIC_RESCAN_SECONDS", float),

@@ -19,7 +19,7 @@ import redis
 
 from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
-from .extract import RedisSource, chunks, pipelined, raise_refusal, read_hashes, read_metric_series
+from .extract import RedisSource, chunks, pipelined, raise_refusal, read_hash_chunks, read_metric_series
 from .load import find_in_postgres
 from .mapping import parse_timestamp
 from .settings import SyncConfig
@@ -81,10 +81,12 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
     deleted = 0
     script = src.client.register_script(_DELETE_IF_UNCHANGED)
     fields = [p.field for p in PREDICTIONS.parents] + [c.redis_field for c in PREDICTIONS.columns]
-    for batch in chunks(candidates, BATCH):
-        index_of = dict(batch)
-        frame, _ = read_hashes(src, PREDICTIONS, [i for i, _ in batch])
-        frame = frame[~frame["_key"].isin(waiting) & frame["_error"].isna()]
+    index_of = dict(candidates)
+    # One chunk at a time, closing on records or bytes: the records, their values again as the
+    # script's arguments and the confirmed frame are alive together, so about a quarter of the budget.
+    for read in read_hash_chunks(src, PREDICTIONS, [i for i, _ in candidates], BATCH,
+                                 max(1, config.memory_budget_bytes // 8)):
+        frame = read.frame[~read.frame["_key"].isin(waiting) & read.frame["_error"].isna()]
         if frame.empty:
             continue
         raw = {row[0]: row[1:] for row in frame[["_id", *_raw_columns(PREDICTIONS)]].itertuples(index=False)}

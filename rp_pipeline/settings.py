@@ -35,7 +35,8 @@ class SyncConfig:
     source: str | None = None  # SYNC_SOURCE: a label for this Redis in rp_sync.sources, never its identity
     conflict: dict[str, str] = field(default_factory=dict)  # entity -> skip | overwrite | merge
     pending_max_age_seconds: float = 3600.0  # a child waits this long for its parent, then is rejected
-    chunk_size: int = 20_000
+    chunk_size: int = 20_000  # records per chunk at most; the memory budget may close a chunk sooner
+    memory_budget_mb: float = 256.0  # what one sync holds in flight: chunks being read, prepared and loaded
     statement_timeout_ms: int = 300_000
     lock_timeout_ms: int = 60_000
     metric_rescan_seconds: float = 3600.0  # full SCAN for new metric series at least this often
@@ -57,6 +58,12 @@ class SyncConfig:
                 raise ConfigError(f"retention is supported for predictions and metrics, not {entity!r}")
         if self.chunk_size < 1:
             raise ConfigError("chunk size must be at least 1")
+        if not self.memory_budget_mb > 0:
+            raise ConfigError(f"the memory budget must be a positive number of MB, not {self.memory_budget_mb!r}")
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_mb * (1 << 20))
 
     @property
     def redis_address(self) -> str:
@@ -96,6 +103,7 @@ class SyncConfig:
         for name, key, cast in (
             ("pending_max_age_seconds", "SYNC_PENDING_MAX_AGE", float),
             ("chunk_size", "SYNC_CHUNK_SIZE", int),
+            ("memory_budget_mb", "SYNC_MEMORY_BUDGET_MB", float),
             ("statement_timeout_ms", "SYNC_STATEMENT_TIMEOUT_MS", int),
             ("lock_timeout_ms", "SYNC_LOCK_TIMEOUT_MS", int),
             ("metric_rescan_seconds", "SYNC_METRIC_RESCAN_SECONDS", float),
