@@ -25,12 +25,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
+
+# No public API builds an instance from ./dagster.yaml with its home in ./.dagster_home (or from
+# overrides when there is no dagster.yaml): DagsterInstance.get() needs DAGSTER_HOME to hold both.
 from dagster._core.instance.ref import InstanceRef
 
-from .assets import run_statistics, sync_report
+from .assets import run_statistics
 from .connections import connect_postgres, connect_redis, explain_postgres_error
 from .definitions import defs
-from .entities import ENTITIES, STAT_KEYS
+from .entities import STAT_KEYS
 from .errors import ConnectionProblem, SyncFailed
 from .resources import resources_for
 from .schedules import JOB_NAME
@@ -212,14 +215,14 @@ class RedisPgSync:
     def _forward_log(self, entry) -> None:
         """The assets' log lines and failed checks, as they happen (called on the cycle's thread).
 
-        sync_report's summary is left out (it is printed from the statistics), and so is
-        Dagster's one line per step skipped behind a failed parent (summed up at the end).
+        The run's summary is left out (it is printed from the statistics), and so is Dagster's
+        note on check results a partial run did not produce.
         """
         if entry.is_dagster_event:
             if entry.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
                 self._log_check(entry.dagster_event.asset_check_evaluation_data)
             return
-        if entry.step_key == sync_report.op.name or entry.user_message.startswith("Dependencies for step"):
+        if entry.user_message.startswith(("Sync complete in ", "Dependencies for step")):
             return
         self.log.log(entry.level, entry.user_message)
 
@@ -233,38 +236,34 @@ class RedisPgSync:
                      f" ({details})" if details else "")
 
     def _failures(self, result) -> list[str]:
-        """One line per failed step (the run's own failure only when no step failed), then what did not run."""
-        failures, failed_steps = [], set()
-        run_failures = []
+        """One line per failed table and one for those left waiting behind it (the step's own message),
+        or the run's failure when the step did not get to run."""
+        failures, run_failures = [], []
         for event in result.all_events:
             if event.is_step_failure:
-                failed_steps.add(event.step_key)
-                failures.append(self._error_line(event.step_key, event.step_failure_data.error))
+                failures.extend(self._error_lines(event.step_key, event.step_failure_data.error))
             elif event.event_type == dg.DagsterEventType.RUN_FAILURE and event.event_specific_data:
                 error = getattr(event.event_specific_data, "error", None)
                 if error is not None:
-                    run_failures.append(self._error_line("run", error))
+                    run_failures.extend(self._error_lines("run", error))
         failures = failures or run_failures
         if not result.success and not failures:
             failures.append(f"run {result.run_id} failed; see it in the Dagster UI")
-        if failures:
-            succeeded = {e.step_key for e in result.all_events if e.is_step_success}
-            not_run = [spec.name for spec in ENTITIES if spec.name not in succeeded | failed_steps]
-            if not_run:
-                failures.append(f"not synced this cycle, waiting on a failed parent: {', '.join(not_run)}")
         return failures
 
-    def _error_line(self, step: str, error) -> str:
-        """'step: message' from the exception a step raised (inside Dagster's wrapper), redacted."""
+    def _error_lines(self, step: str, error) -> list[str]:
+        """The lines of the exception a step raised (inside Dagster's wrapper), redacted: the sync's own
+        failure names each table ('models: ...'); anything else is 'step: Class: message'."""
         while error.cause is not None:
             error = error.cause
-        first = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
-        _qualified_name, sep, text = first.partition(": ")
+        lines = error.message.strip().splitlines() or [error.cls_name or "error"]
+        _qualified_name, sep, first = lines[0].partition(": ")
         if not sep:
-            text = first
-        elif error.cls_name not in USER_FACING_ERRORS:
-            text = f"{error.cls_name}: {text}"
-        return self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")
+            first = lines[0]
+        if error.cls_name in USER_FACING_ERRORS:
+            return [self._redact(line) for line in [first, *lines[1:]] if line.strip() and not line.startswith(" ")]
+        text = f"{error.cls_name}: {first}" if sep else first
+        return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
 
     def _redact(self, text: str) -> str:
         for url in (self.config.postgres_url or "", self.config.redis_url):

@@ -23,6 +23,7 @@ import redis
 
 from .bookkeeping import Bookkeeping
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
+from .entities import sql_name as q
 from .errors import SyncFailed, first_line
 from .extract import RedisSource, chunks, extract_all, pipelined, read_hashes
 from .load import Loader, LoadResult
@@ -56,6 +57,10 @@ class EntityResult:
     watermark: int | None = None
     duration_seconds: float = 0.0
     rejection_samples: list[dict] = field(default_factory=list)
+    row_count: int | None = None  # the table's rows after this sync (kept by the sync, never counted)
+    inserted_after_id: int | None = None  # this sync's new rows have ids in (after, up_to]
+    inserted_up_to_id: int | None = None
+    updated_ids: list[int] = field(default_factory=list, repr=False)  # rows its upserts changed
 
     @property
     def synced(self) -> int:
@@ -67,6 +72,7 @@ class EntityResult:
 
     def as_dict(self) -> dict:
         data = asdict(self)
+        del data["updated_ids"]  # possibly long; the history row keeps them
         data.update(started_at=self.started_at.isoformat(), synced=self.synced,
                     rows_per_second=round(self.rows_per_second, 1))
         return data
@@ -115,6 +121,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         book.drop_other_generations()
         pending = set(book.pending_keys())
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
+        table = f"{q(config.schema)}.{q(spec.name)}"
+        result.inserted_after_id = book.largest_id(table)
         series_cards: dict[str, int] = {}
         reads = _plan_reads(spec, src, book, config, pending, result, series_cards)
 
@@ -124,6 +132,7 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
             result.updated += loaded.updated
             result.unchanged += loaded.unchanged
             result.skipped += loaded.skipped
+            result.updated_ids.extend(loaded.updated_ids)
             rejected = [r for r in [*rejected, *loaded.rejected, book.wait(waiting, config.pending_max_age_seconds)]
                         if not r.empty]
             rejected = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
@@ -160,6 +169,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         if result.watermark is not None:
             book.set_watermark(result.watermark)
         result.pending = book.pending_count()
+        result.inserted_up_to_id = book.largest_id(table) if result.inserted else result.inserted_after_id
+        result.row_count = book.add_rows(config.schema, spec.name, result.inserted)
         result.duration_seconds = time.perf_counter() - clock
         book.record_run(run_id, result)
     if spec.name in config.retention_hours:
