@@ -43,6 +43,10 @@ HOW_READ = {
 }
 
 
+# Types as Postgres reports them (information_schema.columns.data_type).
+POSTGRES_TYPE_NAMES = {sa.Float: "double precision", sa.DateTime: "timestamp with time zone"}
+
+
 def freshness_policy(seconds: int) -> dg.FreshnessPolicy:
     """Warn after about two sync intervals without a successful sync of the table, fail after about three."""
     return dg.FreshnessPolicy.time_window(fail_window=timedelta(seconds=3 * seconds),
@@ -55,7 +59,7 @@ def column_schema(spec: EntitySpec, schema: str = "public") -> dg.TableSchema:
     parents = {p.column: p.entity for p in spec.parents}
     identity = ", ".join(spec.natural_key) + (f" WHERE {spec.key_where}" if spec.key_where else "")
     columns = [dg.TableColumn(
-        column.name, str(column.type.compile(dialect=postgresql.dialect())).lower(),
+        column.name, POSTGRES_TYPE_NAMES.get(type(column.type), str(column.type.compile(dialect=postgresql.dialect())).lower()),
         constraints=dg.TableColumnConstraints(
             nullable=column.nullable and not column.primary_key, unique=column.primary_key,
             other=[*(["primary key, identity"] if column.primary_key else []),
