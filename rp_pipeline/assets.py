@@ -14,6 +14,7 @@ left unchanged as not executed in that run, their last results unchanged.
 """
 
 import inspect
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -80,6 +81,12 @@ def _line_of(path: Path, text: str) -> int | None:
 def code_references(spec: EntitySpec) -> dg.CodeReferencesMetadataValue:
     """Where the table is declared (its spec) and the engine that syncs every table."""
     specs_file = Path(entities.__file__)
+    with warnings.catch_warnings():  # code references are "beta": said once here, not at every import
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _code_references(spec, specs_file)
+
+
+def _code_references(spec: EntitySpec, specs_file: Path) -> dg.CodeReferencesMetadataValue:
     return dg.CodeReferencesMetadataValue(code_references=[
         dg.LocalFileCodeReference(file_path=str(specs_file), line_number=_line_of(specs_file, f'name="{spec.name}"'),
                                   label=f"{spec.name} spec"),

@@ -5,6 +5,7 @@
 load the same definitions under the same location name, `rp_pipeline`.
 """
 
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -23,3 +24,8 @@ def load_definitions() -> dg.Definitions:
 
 
 defs = load_definitions()
+
+# Importing the `defs/` folder bound `rp_pipeline.defs` to that subpackage (Python sets a subpackage
+# as an attribute of its parent); the package's `defs` is these Definitions, as `dagster -m rp_pipeline`
+# and `from rp_pipeline import defs` expect.
+sys.modules[__package__].defs = defs
