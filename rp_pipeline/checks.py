@@ -111,18 +111,29 @@ def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: Entit
     """Rows this sync inserted whose content another row already holds (first 10): (new id, other id, its origin).
 
     Only origin-identified tables can have them: elsewhere the identity is part of the content and
-    the unique index already rules them out. Columns that cannot be NULL are compared with `=`, so
-    the lookup goes through the table's indexes (e.g. predictions by model version and timestamp).
+    the unique index already rules them out. Candidates are the rows sharing the new rows' NOT NULL
+    columns (found through the table's indexes, e.g. predictions by model version and timestamp);
+    they are matched to the new rows by a hash of their whole content, so a batch of rows logged at
+    one time costs a hash join, not a comparison of every pair.
     """
     if not spec.by_origin or written.up_to_id <= written.after_id:
         return []
-    not_null = {p.column for p in spec.parents if not p.optional} | {c.name for c in spec.columns if c.required}
-    match = " AND ".join(f"t.{q(c)} = n.{q(c)}" if c in not_null else f"t.{q(c)} IS NOT DISTINCT FROM n.{q(c)}"
-                         for c in content_columns(spec))
+    content = content_columns(spec)
+    not_null = [c for c in content if c in {p.column for p in spec.parents if not p.optional}
+                | {c.name for c in spec.columns if c.required}]
     table = f"{q(config.schema)}.{q(spec.name)}"
+
+    def digest(alias: str) -> str:
+        return f"md5(ROW({', '.join(f'{alias}.{q(c)}' for c in content)})::text)"
+
+    keys = ", ".join(q(c) for c in not_null)
     return conn.execute(
-        f"SELECT n.id, t.id, t.origin_source FROM {table} n JOIN {table} t ON {match} AND t.id <> n.id "
-        "WHERE n.id > %(after)s AND n.id <= %(up_to)s AND n.origin_source = %(source)s ORDER BY n.id LIMIT 10",
+        f"WITH n AS MATERIALIZED (SELECT n.id, {digest('n')} AS h, {', '.join(f'n.{q(c)}' for c in not_null)} "
+        f"FROM {table} n WHERE n.id > %(after)s AND n.id <= %(up_to)s AND n.origin_source = %(source)s), "
+        f"k AS (SELECT DISTINCT {keys} FROM n), "
+        f"c AS MATERIALIZED (SELECT t.id, t.origin_source, {digest('t')} AS h FROM k JOIN {table} t ON "
+        + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null) + ") "
+        "SELECT n.id, c.id, c.origin_source FROM n JOIN c ON c.h = n.h AND c.id <> n.id ORDER BY n.id LIMIT 10",
         written.params(origin(config))).fetchall()
 
 
