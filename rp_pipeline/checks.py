@@ -108,13 +108,14 @@ def content_columns(spec: EntitySpec) -> list[str]:
 
 def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec,
                        written: WrittenRows) -> list[tuple]:
-    """Rows this sync inserted whose content another row already holds (first 10): (new id, other id, its origin).
+    """Groups of rows holding the same content, one of them inserted by this sync (first 10):
+    (their ids, their origins).
 
     Only origin-identified tables can have them: elsewhere the identity is part of the content and
     the unique index already rules them out. Candidates are the rows sharing the new rows' NOT NULL
-    columns (found through the table's indexes, e.g. predictions by model version and timestamp);
-    they are matched to the new rows by a hash of their whole content, so a batch of rows logged at
-    one time costs a hash join, not a comparison of every pair.
+    columns (found through the table's indexes, e.g. predictions by model version and timestamp),
+    grouped by a hash of their whole content: a batch logged at one time costs a grouping of the
+    batch, never a comparison of every pair.
     """
     if not spec.by_origin or written.up_to_id <= written.after_id:
         return []
@@ -122,19 +123,19 @@ def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: Entit
     not_null = [c for c in content if c in {p.column for p in spec.parents if not p.optional}
                 | {c.name for c in spec.columns if c.required}]
     table = f"{q(config.schema)}.{q(spec.name)}"
-
-    def digest(alias: str) -> str:
-        return f"md5(ROW({', '.join(f'{alias}.{q(c)}' for c in content)})::text)"
-
     keys = ", ".join(q(c) for c in not_null)
-    return conn.execute(
-        f"WITH n AS MATERIALIZED (SELECT n.id, {digest('n')} AS h, {', '.join(f'n.{q(c)}' for c in not_null)} "
-        f"FROM {table} n WHERE n.id > %(after)s AND n.id <= %(up_to)s AND n.origin_source = %(source)s), "
-        f"k AS (SELECT DISTINCT {keys} FROM n), "
-        f"c AS MATERIALIZED (SELECT t.id, t.origin_source, {digest('t')} AS h FROM k JOIN {table} t ON "
-        + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null) + ") "
-        "SELECT n.id, c.id, c.origin_source FROM n JOIN c ON c.h = n.h AND c.id <> n.id ORDER BY n.id LIMIT 10",
-        written.params(origin(config))).fetchall()
+    new = "c.id > %(after)s AND c.id <= %(up_to)s AND c.origin_source = %(source)s"
+    with conn.transaction():
+        # Right after a bulk load the table has no statistics yet, and the planner may scan it once
+        # per new row; the lookups must go through the indexes whatever the statistics say.
+        conn.execute("SET LOCAL enable_seqscan = off")
+        return conn.execute(
+            f"WITH k AS MATERIALIZED (SELECT DISTINCT {keys} FROM {table} c WHERE {new}), "
+            f"c AS MATERIALIZED (SELECT t.id, t.origin_source, md5(ROW({', '.join(f't.{q(c)}' for c in content)})::text) "
+            f"AS h FROM k JOIN {table} t ON " + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null) + ") "
+            "SELECT array_agg(c.id ORDER BY c.id), array_agg(DISTINCT c.origin_source) FROM c GROUP BY c.h "
+            f"HAVING count(*) > 1 AND bool_or({new}) ORDER BY min(c.id) LIMIT 10",
+            written.params(origin(config))).fetchall()
 
 
 def unenforced_foreign_keys(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec) -> list[str]:
@@ -173,7 +174,7 @@ def check_identity(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.A
                 "content_duplicates": len(duplicates)}
     if duplicates:
         metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
-            duplicates, columns=["inserted id", "same content in id", "its origin"]).astype(str).to_markdown(index=False))
+            duplicates, columns=["ids with the same content", "their origins"]).astype(str).to_markdown(index=False))
     return dg.AssetCheckResult(asset_key=spec.name, check_name=IDENTITY_IS_UNIQUE, passed=index_ok and not duplicates,
                                metadata=metadata)
 
