@@ -96,4 +96,16 @@ def test_migration_is_idempotent_and_safe_to_run_concurrently(sync_config, pg_co
     migrate(sync_config)
     assert errors == []
     version = pg_conn.execute(f'SELECT version_num FROM "{sync_config.sync_schema}".alembic_version').fetchall()
-    assert version == [("0001",)]
+    assert version == [(_head(),)]
+
+
+def _head() -> str:
+    """The newest revision in rp_pipeline/migrations."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from rp_pipeline.schema import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
