@@ -222,7 +222,8 @@ class RedisPgSync:
             if entry.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
                 self._log_check(entry.dagster_event.asset_check_evaluation_data)
             return
-        if entry.user_message.startswith(("Sync complete in ", "Dependencies for step")):
+        if (entry.user_message.startswith(("Sync complete in ", "Dependencies for step"))
+                or "did not yield or return expected outputs" in entry.user_message):
             return
         self.log.log(entry.level, entry.user_message)
 

@@ -31,7 +31,7 @@ from .engine import EntityResult, stats_from_results, sync_entity
 from .entities import ENTITIES, STAT_KEYS, EntitySpec, sql_name as q
 from .errors import SyncFailed
 from .resources import PostgresResource, RedisResource, SyncSettingsResource, open_connections, sync_config
-from .schema import entity_table, identity_index_name
+from .schema import ensure_schema, entity_table, identity_index_name
 from .settings import SyncConfig, interval_seconds
 
 GROUP = "redis_to_postgres"
@@ -149,8 +149,6 @@ ENTITIES_BY_NAME = {spec.name: spec for spec in ENTITIES}
 def redis_to_postgres(context: dg.AssetExecutionContext, redis: RedisResource, postgres: PostgresResource,
                       sync_settings: SyncSettingsResource) -> Iterator:
     config = sync_config(redis, postgres, sync_settings)
-    from .schema import ensure_schema
-
     ensure_schema(config)
     client, conn = open_connections(config)
     try:
