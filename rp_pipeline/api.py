@@ -225,7 +225,8 @@ class RedisPgSync:
         if (entry.user_message.startswith(("Sync complete in ", "Dependencies for step"))
                 or "did not yield or return expected outputs" in entry.user_message):
             return
-        self.log.log(entry.level, entry.user_message)
+        for line in entry.user_message.splitlines():  # a table's lines arrive as one message
+            self.log.log(entry.level, line)
 
     def _log_check(self, evaluation) -> None:
         if evaluation.passed:
