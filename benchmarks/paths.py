@@ -2,6 +2,9 @@
 
 - project: the real sync, `migrate` then `engine.sync_all`, as the Dagster assets run it; then the
   cost of cycles with nothing new and with 1% new predictions.
+- job: the Dagster job as users run it, `RedisPgSync.full_sync()` in process, on the default instance
+  (a working directory holding the repository's dagster.yaml: SQLite run history on disk); then cycles
+  with nothing new (wall time and events per run) and what the checks cost, with nothing new and 1% new.
 - floor: pipelined HMGET over a raw hiredis connection, values formatted straight into COPY text
   (Postgres parses the JSON), COPY into a temp staging table, one INSERT … SELECT … ON CONFLICT.
 - floor_overlapped: the same, with Redis reads and COPY-text building in a thread while the main
@@ -399,5 +402,97 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
             "note": "append (no dedupe), csv loader (COPY); its Postgres CPU not counted"}
 
 
-PATHS = {"project": project, "floor": floor, "floor_wide": floor_wide, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
+# -- job: the Dagster job, in process, as RedisPgSync runs it ---------------------------------------
+
+def _events(instance, run_id: str) -> int:
+    return len(instance.all_logs(run_id))
+
+
+def _check_seconds(config) -> dict[str, float]:
+    """Each check's time over the nine tables, on the rows the tables' last syncs wrote (as the job runs them)."""
+    from rp_pipeline.checks import WrittenRows, check_specs, table_checks
+    from rp_pipeline.bookkeeping import Bookkeeping
+    from rp_pipeline.entities import ENTITIES
+    from rp_pipeline.extract import RedisSource
+    from rp_pipeline.resources import open_connections
+    from rp_pipeline.sources import resolve_origin
+
+    client, conn = open_connections(config)
+    seconds: dict[str, float] = {}
+    try:
+        origin = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
+        for spec in ENTITIES:
+            written = WrittenRows.last_sync(Bookkeeping(conn, config.sync_schema, origin, spec.name, ""))
+            for check in check_specs(spec):
+                clock = time.perf_counter()
+                list(table_checks(spec, {check.name}, written, conn, client, config, origin))
+                seconds[check.name] = seconds.get(check.name, 0.0) + time.perf_counter() - clock
+    finally:
+        client.close()
+        conn.close()
+    return seconds
+
+
+def job(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    import logging
+    import shutil
+    import tempfile
+
+    from rp_pipeline.api import RedisPgSync, sync_instance
+
+    config = _config(redis_url, pg_url)
+    home = Path(tempfile.mkdtemp(prefix="rp_bench_job_", dir=os.environ.get("RP_BENCH_JOB_DIR")))
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    for name in ("DAGSTER_HOME", "DAGSTER_POSTGRES_URL"):
+        os.environ.pop(name, None)
+    os.chdir(home)  # the default instance: ./dagster.yaml, run history in ./.dagster_home (SQLite)
+    quiet = logging.getLogger("rp_bench_job")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    sync = RedisPgSync.from_config(config, quiet)
+    try:
+        start_rss = resident()
+        started = time.perf_counter()
+        outcome = sync.sync_once()
+        wall = time.perf_counter() - started
+        bulk_rss = rss()
+        if not outcome.success:
+            raise RuntimeError("; ".join(outcome.failures))
+        with psycopg.connect(pg_url) as conn:
+            predictions_seconds = conn.execute(
+                "SELECT duration_seconds FROM rp_sync.entity_runs WHERE run_id = %s AND entity = 'predictions'",
+                (outcome.run_id,)).fetchone()[0]
+            loaded = _count(conn)
+        idle = []
+        for _ in range(3):
+            clock = time.perf_counter()
+            cycle = sync.sync_once()
+            idle.append((time.perf_counter() - clock, cycle.run_id))
+        idle_seconds, idle_run = sorted(idle)[1]
+        with sync_instance() as instance:
+            events = _events(instance, idle_run)
+            bulk_events = _events(instance, outcome.run_id)
+        checks_idle = _check_seconds(config)
+        raw = RawRedis(redis_url)
+        new = min(1_000, n)  # the same change at every N: check time must not grow with the table
+        write_predictions(raw, n + 1, new, random.Random(99))
+        clock = time.perf_counter()
+        sync.sync_once()
+        increment_seconds = time.perf_counter() - clock
+        checks_increment = _check_seconds(config)
+        remove_predictions(raw, n + 1, new)
+        raw.call(b"DEL", (PREFIX + "rp_pipeline:generation").encode())
+        raw.close()
+    finally:
+        os.chdir(Path(__file__).resolve().parent)
+        shutil.rmtree(home, ignore_errors=True)
+    return {"predictions": n, "loaded": loaded, "predictions_seconds": wall, "predictions_per_s": n / wall,
+            "engine_predictions_per_s": n / predictions_seconds, "peak_rss": bulk_rss, "start_rss": start_rss,
+            "job_wall_seconds": wall, "bulk_events": bulk_events, "idle_seconds": idle_seconds,
+            "idle_all": [round(t, 3) for t, _ in idle], "idle_events": events, "increment_new": new,
+            "increment_seconds": increment_seconds, "checks_idle": checks_idle, "checks_increment": checks_increment,
+            "note": "whole job run (nine tables + checks + Dagster) per wall second"}
+
+
+PATHS = {"project": project, "job": job, "floor": floor, "floor_wide": floor_wide, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
          "dlt": dlt_path}

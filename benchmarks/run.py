@@ -35,12 +35,13 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 MEMORY_BASELINE = 10_000
 MiB = 1 << 20
-COMPARED = ("floor", "floor_overlapped", "pandas", "dlt")
-LABELS = {"project": "project (sync_all)", "floor": "(a) floor", "floor_wide": "floor, batches sized to the budget",
-          "floor_overlapped": "(a') floor, overlapped",
+COMPARED = ("job", "floor", "floor_overlapped", "pandas", "dlt")
+LABELS = {"project": "project (sync_all)", "job": "job (full_sync)", "floor": "(a) floor",
+          "floor_wide": "floor, batches sized to the budget", "floor_overlapped": "(a') floor, overlapped",
           "pandas": "(b) pandas", "dlt": "(c) dlt"}
 # Targets of the performance issue.
 FLOOR_RATIO, RSS_GROWTH, IDLE_SECONDS, P99_MS, BATCH_PER_S, SCALING_FALL = 0.8, 100_000_000, 0.5, 0.5, 50_000, 0.15
+JOB_IDLE_SECONDS, CHECK_GROWTH = 2.5, 0.5  # the Dagster-native issue: a nothing-new job cycle; check time flat
 
 
 # -- the worker: one path, one process ------------------------------------------------------------
@@ -351,7 +352,7 @@ def report(data: dict, args) -> list[str]:
             + (f"; each path run {r['repeat']}×, the median shown" if r.get("repeat", 1) > 1 else "") + " ==")
         say(f"{'path':<26}{'predictions/s':>14}{'× project':>11}{'seconds':>9}{'CPU s: client+pg+redis':>25}"
             f"{'µs/row':>8}{'peak RSS':>11}{'at start':>10}{'rows loaded':>13}{'others':>8}")
-        for path in ("project", "floor", "floor_overlapped", "pandas", "dlt"):
+        for path in ("project", "job", "floor", "floor_overlapped", "pandas", "dlt"):
             if path not in r:
                 if path == "dlt" and "dlt" in args.paths:
                     say(f"{LABELS[path]:<26}  {data['dlt_note']}")
@@ -383,6 +384,16 @@ def report(data: dict, args) -> list[str]:
             f"(predictions {project['increment_predictions_seconds']:.2f} s, "
             f"{project['increment_inserted']:,} inserted); "
             f"nothing new but one run still training: sync_all {project['idle_active_run_seconds']:.2f} s")
+
+        job = r.get("job", {})
+        if "idle_seconds" in job:
+            say(f"job (RedisPgSync.full_sync, default instance): bulk run {job['job_wall_seconds']:.1f} s "
+                f"({job['bulk_events']} events; predictions alone {job['engine_predictions_per_s']:,.0f}/s); "
+                f"nothing new {job['idle_seconds']:.2f} s (median of {job['idle_all']}), {job['idle_events']} events "
+                f"per run; {job['increment_new']:,} new: {job['increment_seconds']:.2f} s")
+            for label, key in (("nothing new", "checks_idle"), (f"{job['increment_new']:,} new", "checks_increment")):
+                say(f"  checks, {label}: " + ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in job[key].items())
+                    + f"; total {sum(job[key].values()) * 1000:.0f} ms")
 
     sized = [n for n in args.sizes if "error" not in results[n]["project"]]
     if len(sized) >= 2:
@@ -419,6 +430,23 @@ def report(data: dict, args) -> list[str]:
         ratio = project["predictions_per_s"] / overlapped["predictions_per_s"]
         say(f"INFO  stretch: project = {ratio:.2f}× the overlapped floor's "
             f"{overlapped['predictions_per_s']:,.0f} (the issue's stretch is 1.0×)")
+    job = at_main.get("job", {})
+    if "predictions_per_s" in job and "predictions_per_s" in floor_:
+        ratio = job["predictions_per_s"] / floor_["predictions_per_s"]
+        say(f"{verdict(ratio >= FLOOR_RATIO)}  job: full_sync {job['predictions_per_s']:,.0f} predictions/s (whole run) = "
+            f"{ratio:.2f}× the floor (target ≥ {FLOOR_RATIO}×, N={main:,}); predictions' own sync in the job "
+            f"{job['engine_predictions_per_s'] / floor_['predictions_per_s']:.2f}×")
+    if "idle_seconds" in job:
+        say(f"{verdict(job['idle_seconds'] < JOB_IDLE_SECONDS)}  job: a cycle with nothing new {job['idle_seconds']:.2f} s, "
+            f"{job['idle_events']} events per run (target < {JOB_IDLE_SECONDS} s, N={main:,})")
+    with_job = [n for n in args.sizes if "checks_increment" in results[n].get("job", {})]
+    if len(with_job) >= 2:
+        small, large = with_job[0], with_job[-1]
+        for key, label in (("checks_idle", "nothing new"), ("checks_increment", f"{results[small]['job']['increment_new']:,} new")):
+            a, b = (sum(results[m]["job"][key].values()) for m in (small, large))
+            growth = b / a - 1 if a else 0.0
+            say(f"{verdict(growth <= CHECK_GROWTH)}  checks, {label}: {a * 1000:.0f} ms at N={small:,} → {b * 1000:.0f} ms "
+                f"at N={large:,} ({growth * 100:+.0f}%; target: flat, ≤ +{CHECK_GROWTH * 100:.0f}%)")
     base = results.get(args.memory_baseline, {}).get("project", {})
     largest = max(sized) if sized else None
     if args.memory_baseline and largest and "peak_rss" in base and largest > args.memory_baseline:

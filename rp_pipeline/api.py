@@ -25,12 +25,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
+
+# No public API builds an instance from ./dagster.yaml with its home in ./.dagster_home (or from
+# overrides when there is no dagster.yaml): DagsterInstance.get() needs DAGSTER_HOME to hold both.
 from dagster._core.instance.ref import InstanceRef
 
-from .assets import run_statistics, sync_report
+from .assets import run_statistics
 from .connections import connect_postgres, connect_redis, explain_postgres_error
 from .definitions import defs
-from .entities import ENTITIES, STAT_KEYS
+from .entities import BY_NAME, STAT_KEYS
 from .errors import ConnectionProblem, SyncFailed
 from .resources import resources_for
 from .schedules import JOB_NAME
@@ -229,16 +232,18 @@ class RedisPgSync:
     def _forward_log(self, entry) -> None:
         """The assets' log lines and failed checks, as they happen (called on the cycle's thread).
 
-        sync_report's summary is left out (it is printed from the statistics), and so is
-        Dagster's one line per step skipped behind a failed parent (summed up at the end).
+        The run's summary is left out (it is printed from the statistics), and so is Dagster's
+        note on check results a partial run did not produce.
         """
         if entry.is_dagster_event:
             if entry.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
                 self._log_check(entry.dagster_event.asset_check_evaluation_data)
             return
-        if entry.step_key == sync_report.op.name or entry.user_message.startswith("Dependencies for step"):
+        if (entry.user_message.startswith(("Sync complete in ", "Dependencies for step"))
+                or "did not yield or return expected outputs" in entry.user_message):
             return
-        self.log.log(entry.level, entry.user_message)
+        for line in entry.user_message.splitlines():  # a table's lines arrive as one message
+            self.log.log(entry.level, line)
 
     def _log_check(self, evaluation) -> None:
         if evaluation.passed:
@@ -250,46 +255,37 @@ class RedisPgSync:
                      f" ({details})" if details else "")
 
     def _failures(self, result) -> tuple[list[str], int, str | None]:
-        """(one line per distinct failure, the steps sharing it named together, the run's own failure only
-        when no step failed, then what did not run; how many steps failed; the configuration problem if any)."""
-        by_text: dict[str, list[str]] = {}
-        failed_steps, run_failures, problem = set(), [], None
+        """(the failure lines: one per distinct failure naming the tables that failed alike, then those
+        left waiting behind them, or the run's own failure when no step got to run; how many tables
+        failed; the configuration problem, without the tables' names, if the step failed on one)."""
+        failures, run_failures, problem = [], [], None
         for event in result.all_events:
             if event.is_step_failure:
-                failed_steps.add(event.step_key)
                 error = _innermost(event.step_failure_data.error)
-                text = self._error_text(event.step_key, error)
-                by_text.setdefault(text, []).append(event.step_key)
-                if error.cls_name in CONFIGURATION_ERRORS and problem is None:
-                    problem = text
+                lines = self._error_lines(event.step_key, error)
+                failures.extend(lines)
+                if error.cls_name in CONFIGURATION_ERRORS and problem is None and lines:
+                    problem = lines[0].split(": ", 1)[1] if _tables_named(lines[0]) else lines[0]
             elif event.event_type == dg.DagsterEventType.RUN_FAILURE and event.event_specific_data:
                 error = getattr(event.event_specific_data, "error", None)
                 if error is not None:
-                    run_failures.append(self._error_line("run", error))
-        failures = [self._redact(f"{', '.join(steps)}: {text}") for text, steps in by_text.items()] or run_failures
+                    run_failures.extend(self._error_lines("run", _innermost(error)))
+        failures = failures or run_failures
         if not result.success and not failures:
             failures.append(f"run {result.run_id} failed; see it in the Dagster UI")
-        if failures:
-            succeeded = {e.step_key for e in result.all_events if e.is_step_success}
-            not_run = [spec.name for spec in ENTITIES if spec.name not in succeeded | failed_steps]
-            if not_run:
-                failures.append(f"not synced this cycle, waiting on a failed parent: {', '.join(not_run)}")
-        return failures, len(failed_steps), self._redact(problem) if problem else None
+        return failures, sum(len(_tables_named(line)) for line in failures), problem
 
-    def _error_line(self, step: str, error) -> str:
-        """'step: message' from the exception a step raised (inside Dagster's wrapper), redacted."""
-        return self._redact(f"{step}: {self._error_text(step, _innermost(error))}")
-
-    @staticmethod
-    def _error_text(step: str, error) -> str:
-        """The exception's first line without the step's name; the class name unless written for the user."""
-        first = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
-        _qualified_name, sep, text = first.partition(": ")
+    def _error_lines(self, step: str, error) -> list[str]:
+        """The lines of the exception a step raised, redacted: the sync's own failure names each table
+        ('models, datasets: ...'); anything else is 'step: Class: message'."""
+        lines = error.message.strip().splitlines() or [error.cls_name or "error"]
+        _qualified_name, sep, first = lines[0].partition(": ")
         if not sep:
-            text = first
-        elif error.cls_name not in USER_FACING_ERRORS:
-            text = f"{error.cls_name}: {text}"
-        return text.removeprefix(f"{step}: ")
+            first = lines[0]
+        if error.cls_name in USER_FACING_ERRORS:
+            return [self._redact(line) for line in [first, *lines[1:]] if line.strip() and not line.startswith(" ")]
+        text = f"{error.cls_name}: {first}" if sep else first
+        return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
 
     def _redact(self, text: str) -> str:
         for url in (self.config.postgres_url or "", self.config.redis_url):
@@ -394,4 +390,11 @@ class RedisPgSync:
         if "error" in box:
             raise box["error"]
         return box["value"]
+
+
+def _tables_named(line: str) -> list[str]:
+    """The tables a failure line starts with ('models, datasets: ...'); [] for any other line."""
+    head, sep, _ = line.partition(": ")
+    names = head.split(", ") if sep else []
+    return names if names and all(name in BY_NAME for name in names) else []
 

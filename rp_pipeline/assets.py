@@ -1,23 +1,128 @@
-"""Sync assets: one per Postgres table, made from the entity specs by one factory.
+"""The nine Postgres tables as one multi-asset: one step per sync cycle, made from the entity specs.
 
-Each asset is a thin shell over `engine.sync_entity`; its dependencies follow the
-foreign keys, so materializing all nine is one consistent sync. `sync_report`
-sums the run up in the guide's statistics.
+Dagster records every event (a materialization, a check result, a log line) at tens of
+milliseconds, and every step adds its own; nine steps and their checks cost a cycle with nothing
+new seconds. So the tables sync in one step, in dependency order, each table followed by its
+checks on the rows it wrote. Each table still has its own asset, materialization, metadata,
+freshness policy and check results, its dependencies follow the foreign keys, and any table can
+be materialized alone (`can_subset=True`). The run's statistics in the guide's counters become
+run tags.
+
+A table's checks run when the cycle wrote to it (or when checks are run on their own): a cycle with
+nothing new records only the nine materializations, and Dagster shows the checks of a table it
+left unchanged as not executed in that run, their last results unchanged.
 """
+
+import inspect
+import itertools
+import logging
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import psycopg
 
+from . import engine, entities
+from .checks import check_specs, table_checks, WrittenRows
 from .engine import EntityResult, stats_from_results, sync_entity
 from .entities import ENTITIES, STAT_KEYS, EntitySpec, sql_name as q
+from .errors import ConnectionProblem, PermissionProblem, SyncFailed
+from .extract import RedisSource
 from .resources import PostgresResource, RedisResource, SyncSettingsResource, open_connections, sync_config
-from .schema import ensure_schema
+from .schema import ensure_schema, has_redis_id, identity_index_name
+from .settings import ConfigError, SyncConfig, interval_seconds
+from .sources import resolve_origin
 
 GROUP = "redis_to_postgres"
+OWNERS = ["team:ml-platform"]
+HOW_READ = {
+    entities.HASH_BY_ID: "one hash per record, ids from the counter `{counter}`",
+    entities.PARAMS_PER_RUN: "one hash per training run, one row per field",
+    entities.METRIC_SERIES: "sorted sets of JSON points, one per run and metric",
+    entities.MEMBERS_PER_EXPERIMENT: "a set of run ids per experiment and one hash per membership",
+}
 
 
-def materialization_metadata(result: EntityResult) -> dict:
+# Types as Postgres reports them (information_schema.columns.data_type).
+INFORMATION_SCHEMA_TYPES = {entities.TIMESTAMPTZ: "timestamp with time zone"}
+
+
+def freshness_policy(seconds: int) -> dg.FreshnessPolicy:
+    """Warn after about two sync intervals without a successful sync of the table, fail after about three."""
+    return dg.FreshnessPolicy.time_window(fail_window=timedelta(seconds=3 * seconds),
+                                          warn_window=timedelta(seconds=2 * seconds))
+
+
+def column_schema(spec: EntitySpec) -> dg.TableSchema:
+    """The table's columns (Postgres types, nullability), its unique identity and its foreign keys."""
+
+    def column(name: str, type_: str, nullable: bool, other: tuple[str, ...] = ()) -> dg.TableColumn:
+        return dg.TableColumn(name, INFORMATION_SCHEMA_TYPES.get(type_, type_), constraints=dg.TableColumnConstraints(
+            nullable=nullable, unique=name == "id", other=list(other)))
+
+    rule = {True: "ON DELETE SET NULL", False: "ON DELETE CASCADE"}
+    columns = [column("id", entities.BIGINT, False, ("primary key, identity",))]
+    columns += [column(p.column, entities.BIGINT, p.optional, (f"foreign key → {p.entity}.id {rule[p.optional]}",))
+                for p in spec.parents]
+    columns += [column(c.name, c.type, not (c.required and c.name in spec.natural_key)) for c in spec.columns]
+    columns.append(column("origin_source", entities.TEXT, True))
+    if has_redis_id(spec):
+        columns.append(column("origin_redis_id", entities.BIGINT, True))
+    identity = ", ".join(spec.natural_key) + (f" WHERE {spec.key_where}" if spec.key_where else "")
+    return dg.TableSchema(columns=columns, constraints=dg.TableConstraints(other=[
+        f"unique ({identity}) — index {identity_index_name(spec)}",
+        *(f"foreign key ({p.column}) → {p.entity}.id {rule[p.optional]}" for p in spec.parents)]))
+
+
+def _line_of(path: Path, text: str) -> int | None:
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if text in line:
+            return number
+    return None
+
+
+def code_references(spec: EntitySpec) -> dg.CodeReferencesMetadataValue:
+    """Where the table is declared (its spec) and the engine that syncs every table."""
+    specs_file = Path(entities.__file__)
+    with warnings.catch_warnings():  # code references are "beta": said once here, not at every import
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _code_references(spec, specs_file)
+
+
+def _code_references(spec: EntitySpec, specs_file: Path) -> dg.CodeReferencesMetadataValue:
+    return dg.CodeReferencesMetadataValue(code_references=[
+        dg.LocalFileCodeReference(file_path=str(specs_file), line_number=_line_of(specs_file, f'name="{spec.name}"'),
+                                  label=f"{spec.name} spec"),
+        dg.LocalFileCodeReference(file_path=inspect.getsourcefile(engine),
+                                  line_number=inspect.getsourcelines(sync_entity)[1], label="sync engine"),
+    ])
+
+
+def describe(spec: EntitySpec) -> str:
+    how = HOW_READ[spec.strategy].format(counter=spec.counter)
+    parents = f" Parents: {', '.join(p.entity for p in spec.parents)}." if spec.parents else ""
+    mode = ("read incrementally above a watermark, appended" if spec.incremental
+            else "re-read each cycle, appended" if not spec.mutable else "re-read each cycle and upserted")
+    return (f"Redis `{{prefix}}{spec.key}` records ({how}) synced into the Postgres table `{spec.name}`, {mode}; "
+            f"a row is identified by ({', '.join(spec.natural_key)}).{parents}")
+
+
+def table_spec(spec: EntitySpec, seconds: int) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        spec.name, deps=sorted({parent.entity for parent in spec.parents}), group_name=GROUP,
+        description=describe(spec), kinds={"redis", "postgres", "pandas"}, owners=OWNERS, tags={"entity": spec.name},
+        freshness_policy=freshness_policy(seconds),
+        metadata={"dagster/column_schema": column_schema(spec), "dagster/code_references": code_references(spec)})
+
+
+def materialization_metadata(result: EntityResult, config: SyncConfig, database: str) -> dict:
     metadata = {
+        "dagster/row_count": dg.MetadataValue.int(result.row_count or 0),
+        "dagster/table_name": f"{database}.{config.schema}.{result.entity}",
+        "dagster/column_schema": column_schema(ENTITIES_BY_NAME[result.entity]),
         "rows_read": result.read,
         "rows_inserted": result.inserted,
         "rows_updated": result.updated,
@@ -40,55 +145,136 @@ def materialization_metadata(result: EntityResult) -> dict:
     return metadata
 
 
-def build_sync_asset(spec: EntitySpec) -> dg.AssetsDefinition:
-    """The asset that syncs one entity's Redis records into its Postgres table."""
-
-    @dg.asset(
-        name=spec.name,
-        group_name=GROUP,
-        deps=sorted({parent.entity for parent in spec.parents}),
-        kinds={"redis", "postgres", "pandas"},
-        description=f"Redis `{spec.key}` records synced into the Postgres table `{spec.name}`.",
-        tags={"entity": spec.name},
-    )
-    def sync_asset(context: dg.AssetExecutionContext, redis: RedisResource, postgres: PostgresResource,
-                   sync_settings: SyncSettingsResource) -> dg.MaterializeResult:
-        config = sync_config(redis, postgres, sync_settings)
-        ensure_schema(config)
-        client, conn = open_connections(config)
-        try:
-            context.log.info(f"Syncing {spec.name}...")
-            result = sync_entity(spec, client, conn, config, run_id=context.run.run_id, logger=context.log)
-        finally:
-            client.close()
-            conn.close()
-        context.log.info(
-            f"{spec.name}: {result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
-            f"{result.skipped} skipped, {result.rejected} rejected, {result.pending} pending "
-            f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)")
-        return dg.MaterializeResult(metadata=materialization_metadata(result))
-
-    return sync_asset
+ENTITIES_BY_NAME = {spec.name: spec for spec in ENTITIES}
 
 
-sync_assets = [build_sync_asset(spec) for spec in ENTITIES]
-
-
-@dg.asset(group_name=GROUP, deps=[spec.name for spec in ENTITIES], kinds={"postgres"},
-          description="The run's statistics in the guide's counters; also set as run tags.")
-def sync_report(context: dg.AssetExecutionContext, redis: RedisResource, postgres: PostgresResource,
-                sync_settings: SyncSettingsResource) -> dg.MaterializeResult:
+@dg.multi_asset(
+    name=GROUP,
+    specs=[table_spec(spec, interval_seconds()) for spec in ENTITIES],
+    check_specs=[s for spec in ENTITIES for s in check_specs(spec)],
+    can_subset=True,
+    description="One Redis → Postgres sync: the nine tables in dependency order, each followed by its checks.",
+)
+def redis_to_postgres(context: dg.AssetExecutionContext, redis: RedisResource, postgres: PostgresResource,
+                      sync_settings: SyncSettingsResource) -> Iterator:
     config = sync_config(redis, postgres, sync_settings)
+    ensure_schema(config)
+    client, conn = open_connections(config)
+    try:
+        yield from sync_tables(context, client, conn, config)
+    finally:
+        client.close()
+        conn.close()
+
+
+class TableLog:
+    """The sync's log lines for one table, handed to Dagster as one message per run of same-level lines:
+    a table whose sync names every record it wrote ("Run synced: ...") costs one event, not one per record."""
+
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level: int, msg: str, *args, **_kwargs) -> None:
+        self.lines.append((level, msg % args if args else msg))
+
+    def debug(self, msg, *args, **kwargs):
+        self.log(logging.DEBUG, msg, *args)
+
+    def info(self, msg, *args, **kwargs):
+        self.log(logging.INFO, msg, *args)
+
+    def warning(self, msg, *args, **kwargs):
+        self.log(logging.WARNING, msg, *args)
+
+    def error(self, msg, *args, **kwargs):
+        self.log(logging.ERROR, msg, *args)
+
+    def emit(self, logger) -> None:
+        for level, group in itertools.groupby(self.lines, key=lambda line: line[0]):
+            logger.log(level, "\n".join(text for _, text in group))
+        self.lines = []
+
+
+def sync_tables(context: dg.AssetExecutionContext, client, conn: psycopg.Connection, config: SyncConfig) -> Iterator:
+    """Sync the selected tables in dependency order, each followed by its selected checks.
+
+    A table whose sync fails is reported at the end (the step fails); the tables below it wait for
+    the next cycle, while the others still sync.
+    """
+    tables = {key.to_user_string() for key in context.selected_asset_keys}
+    checks: dict[str, set[str]] = {}
+    for key in context.selected_asset_check_keys:
+        checks.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    failed: dict[str, Exception] = {}
+    waiting: list[str] = []
+    source: str | None = None  # the origin of the rows this cycle wrote, for the checks
+    for spec in ENTITIES:
+        written, changed = None, True
+        if spec.name in tables:
+            if any(p.entity in failed or p.entity in waiting for p in spec.parents):
+                waiting.append(spec.name)
+                continue
+            context.log.info(f"Syncing {spec.name}...")
+            lines = TableLog()
+            try:
+                result = sync_entity(spec, client, conn, config, run_id=context.run.run_id, logger=lines)
+            except Exception as exc:  # noqa: BLE001 - the other tables still sync; the step fails at the end
+                lines.emit(context.log)
+                failed[spec.name] = exc
+                if not isinstance(exc, (SyncFailed, ConnectionProblem)):  # a bug: keep its traceback in the logs
+                    context.log.exception(f"{spec.name}: {_failure_text(spec.name, exc)}")
+                continue
+            source = result.origin
+            if result.read or result.rejected or result.pending or result.deleted:
+                lines.info(
+                    f"{spec.name}: {result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
+                    f"{result.skipped} skipped, {result.rejected} rejected, {result.pending} pending "
+                    f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)")
+            lines.emit(context.log)
+            yield dg.MaterializeResult(asset_key=spec.name,
+                                       metadata=materialization_metadata(result, config, conn.info.dbname))
+            written, changed = WrittenRows.of(result), bool(result.inserted or result.updated or result.rejected)
+        if changed and checks.get(spec.name):  # a table the cycle left as it was keeps its last results
+            if source is None:  # checks run on their own: the origin of the data set Redis holds now
+                source = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
+            yield from table_checks(spec, checks[spec.name], written, conn, client, config, source)
+    if tables:
+        record_statistics(context, config)
+    if failed:
+        raise step_failure(failed, waiting)
+
+
+def step_failure(failed: dict[str, Exception], waiting: list[str]) -> Exception:
+    """The step's one exception: a line per distinct failure naming the tables that failed alike, then
+    those left waiting. A missing right wins the class (PermissionProblem): it is configuration, and
+    the CLI exits 2 on it; otherwise SyncFailed (the next cycle retries)."""
+    tables_by_text: dict[str, list[str]] = {}
+    for entity, exc in failed.items():
+        tables_by_text.setdefault(_failure_text(entity, exc), []).append(entity)
+    lines = [f"{', '.join(tables)}: {text}" for text, tables in tables_by_text.items()]
+    if waiting:
+        lines.append(f"not synced this cycle, waiting on a failed parent: {', '.join(waiting)}")
+    kind = PermissionProblem if any(isinstance(exc, PermissionProblem) for exc in failed.values()) else SyncFailed
+    return kind("\n".join(lines))
+
+
+def _failure_text(entity: str, exc: Exception) -> str:
+    """The failure's first line without the table's name; the class name unless written for the user."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if not isinstance(exc, (SyncFailed, ConnectionProblem, ConfigError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text.removeprefix(f"{entity}: ")
+
+
+def record_statistics(context: dg.AssetExecutionContext, config: SyncConfig) -> None:
+    """The run's statistics in the guide's counters, as run tags (`rp_pipeline/predictions=50`, ...)."""
     stats, seconds = run_statistics(config, context.run.run_id)
-    context.log.info(f"=== Sync Complete in {seconds:.2f}s ===")
-    for key in STAT_KEYS:
-        context.log.info(f"  {key.capitalize()}: {stats[key]}")
     context.instance.add_run_tags(context.run.run_id, {f"rp_pipeline/{k}": str(v) for k, v in stats.items()})
-    return dg.MaterializeResult(metadata={**stats, "duration_seconds": round(seconds, 3)})
+    context.log.info(f"Sync complete in {seconds:.2f}s: " + ", ".join(f"{key} {stats[key]}" for key in STAT_KEYS))
 
 
 def run_statistics(config, run_id: str) -> tuple[dict[str, int], float]:
-    """The guide's counters for one run, from the history the assets committed."""
+    """The guide's counters for one run, from the history the sync committed."""
     from .connections import connect_postgres
 
     with connect_postgres(config) as conn:

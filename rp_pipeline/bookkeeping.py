@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 import pandas as pd
 import psycopg
+import psycopg.rows
 
 from .entities import sql_name as q
 
@@ -179,17 +180,58 @@ class Bookkeeping:
                 "ON CONFLICT (source, md5(redis_key)) DO UPDATE SET generation = EXCLUDED.generation, card = EXCLUDED.card",
                 self._params(keys=list(cards), cards=list(cards.values())))
 
+    # -- what a run wrote: row counts and the rows checks look at ------------------------------------
+    def largest_id(self, table: str) -> int:
+        """The table's largest id (a backwards step on the primary key): rows inserted later lie above it."""
+        return self.conn.execute(f"SELECT COALESCE(max(id), 0) FROM {table}").fetchone()[0]
+
+    def add_rows(self, schema: str, table: str, inserted: int) -> int:
+        """The table's exact row count after this transaction's `inserted` rows, kept in `table_rows`.
+
+        Counted once with count(*) when the table has no entry yet (that count already includes this
+        transaction's rows); added to ever after, in the transaction that inserts the rows.
+        """
+        row = self.conn.execute(
+            f"UPDATE {self.s}.table_rows SET row_count = row_count + %(n)s, updated_at = now() "
+            "WHERE schema_name = %(schema)s AND table_name = %(table)s RETURNING row_count",
+            {"n": inserted, "schema": schema, "table": table}).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                f"INSERT INTO {self.s}.table_rows AS r (schema_name, table_name, row_count) "
+                f"SELECT %(schema)s, %(table)s, count(*) FROM {q(schema)}.{q(table)} "
+                "ON CONFLICT (schema_name, table_name) DO UPDATE SET row_count = r.row_count + %(n)s, "
+                "updated_at = now() RETURNING row_count", {"n": inserted, "schema": schema, "table": table}).fetchone()
+        return int(row[0])
+
+    def row_count(self, schema: str, table: str) -> int | None:
+        row = self.conn.execute(
+            f"SELECT row_count FROM {self.s}.table_rows WHERE schema_name = %s AND table_name = %s",
+            (schema, table)).fetchone()
+        return int(row[0]) if row else None
+
+    def last_run(self) -> dict | None:
+        """This entity's latest history row (what its last sync wrote), or None before the first."""
+        with self.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            return cur.execute(
+                f"SELECT run_id, inserted, updated, rejected, inserted_after_id, inserted_up_to_id, updated_ids "
+                f"FROM {self.s}.entity_runs WHERE source = %(source)s AND entity = %(entity)s ORDER BY id DESC LIMIT 1",
+                self._params()).fetchone()
+
     # -- history -------------------------------------------------------------------------------------
     def record_run(self, run_id: str, result) -> None:
         self.conn.execute(
             f"INSERT INTO {self.s}.entity_runs (run_id, source, entity, started_at, finished_at, read, inserted, "
-            "updated, unchanged, skipped, rejected, pending, deleted, watermark, duration_seconds) VALUES "
+            "updated, unchanged, skipped, rejected, pending, deleted, watermark, duration_seconds, "
+            "inserted_after_id, inserted_up_to_id, updated_ids) VALUES "
             "(%(run_id)s, %(source)s, %(entity)s, %(started_at)s, now(), %(read)s, %(inserted)s, %(updated)s, "
-            "%(unchanged)s, %(skipped)s, %(rejected)s, %(pending)s, %(deleted)s, %(watermark)s, %(duration)s)",
+            "%(unchanged)s, %(skipped)s, %(rejected)s, %(pending)s, %(deleted)s, %(watermark)s, %(duration)s, "
+            "%(after_id)s, %(up_to_id)s, %(updated_ids)s)",
             self._params(run_id=run_id, started_at=result.started_at, read=result.read, inserted=result.inserted,
                          updated=result.updated, unchanged=result.unchanged, skipped=result.skipped,
                          rejected=result.rejected, pending=result.pending, deleted=result.deleted,
-                         watermark=result.watermark, duration=result.duration_seconds))
+                         watermark=result.watermark, duration=result.duration_seconds,
+                         after_id=result.inserted_after_id, up_to_id=result.inserted_up_to_id,
+                         updated_ids=result.updated_ids))
 
     def record_success(self, run_id: str, result) -> None:
         """Fold this sync into sync_status (the exporter's one table): last success, running totals,

@@ -1,110 +1,232 @@
 """Asset checks on every synced table, made from the entity specs by one factory.
 
-- `identity_is_unique`: no two rows share a natural key (or origin, for runs, metrics, predictions);
-- `foreign_keys_resolve`: every parent id points at an existing row;
+Each check costs what the cycle changed, never what the table holds:
+
+- `identity_is_unique`: the unique index on the identity exists and is valid (so Postgres itself
+  refuses a duplicate identity), and no row this sync inserted repeats another row's content
+  under a different origin or identity (the same data synced twice from two sources);
+- `foreign_keys_resolve` (tables with parents): the foreign-key constraints exist and are
+  validated, and every parent id of the rows this sync inserted or updated points at a row;
 - `reconciles_with_redis`: a sample of the records the last sync covered is in Postgres
   (or was kept as rejected or pending): nothing lost;
 - `no_rejected_records` (WARN): the last sync met no record it could not load (new, or still bad since
   an earlier sync); when it did, examples and reasons.
+
+They run in the sync's own step, right after each table's sync, on the rows it wrote; run alone
+(only checks selected) they look at the rows the table's last sync wrote (`rp_sync.entity_runs`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
+import psycopg
+import redis
 
-from .connections import connect_postgres
+from .bookkeeping import Bookkeeping
+from .engine import EntityResult
 from .entities import ENTITIES, EntitySpec, sql_name as q
 from .reconcile import reconcile, reconciliation_table
-from .resources import PostgresResource, RedisResource, SyncSettingsResource, open_connections, sync_config
-from .sources import current_origin
+from .schema import identity_index_name
+from .settings import SyncConfig
+
+IDENTITY_IS_UNIQUE, FOREIGN_KEYS_RESOLVE = "identity_is_unique", "foreign_keys_resolve"
+RECONCILES_WITH_REDIS, NO_REJECTED_RECORDS = "reconciles_with_redis", "no_rejected_records"
 
 
-def duplicate_identities(conn, config, spec: EntitySpec) -> list[tuple]:
-    """Natural keys held by more than one row (first 10)."""
-    where = f"WHERE {spec.key_where}" if spec.key_where else ""
-    keys = ", ".join(spec.identity_sql)
-    return conn.execute(
-        f"SELECT {keys}, count(*) FROM {q(config.schema)}.{q(spec.name)} {where} "
-        f"GROUP BY {keys} HAVING count(*) > 1 LIMIT 10").fetchall()
+def check_specs(spec: EntitySpec) -> list[dg.AssetCheckSpec]:
+    """The checks of one table (no foreign-key check for a table without parents)."""
+    specs = [
+        dg.AssetCheckSpec(IDENTITY_IS_UNIQUE, asset=spec.name, description=(
+            f"The unique index on ({', '.join(spec.natural_key)}) is valid, and no row the sync inserted repeats "
+            "another row's content under a different origin or identity.")),
+        dg.AssetCheckSpec(FOREIGN_KEYS_RESOLVE, asset=spec.name, description=(
+            f"The foreign keys of `{spec.name}` are enforced, and every parent id of the rows the sync inserted "
+            "or updated points at an existing row.")),
+        dg.AssetCheckSpec(RECONCILES_WITH_REDIS, asset=spec.name, description=(
+            "A sample of the Redis records the last sync covered is in Postgres (or kept as rejected or pending).")),
+        dg.AssetCheckSpec(NO_REJECTED_RECORDS, asset=spec.name, description=(
+            "The last sync of this table rejected no record (WARN: the sync still succeeds).")),
+    ]
+    return [s for s in specs if s.name != FOREIGN_KEYS_RESOLVE or spec.parents]
 
 
-def dangling_foreign_keys(conn, config, spec: EntitySpec) -> dict[str, int]:
-    """Per foreign-key column, rows whose parent id points at no row."""
-    counts = {}
-    for parent in spec.parents:
-        counts[parent.column] = conn.execute(
-            f"SELECT count(*) FROM {q(config.schema)}.{q(spec.name)} c LEFT JOIN {q(config.schema)}."
-            f"{q(parent.entity)} p ON p.id = c.{q(parent.column)} "
-            f"WHERE c.{q(parent.column)} IS NOT NULL AND p.id IS NULL").fetchone()[0]
-    return counts
+ALL_CHECK_SPECS = [s for spec in ENTITIES for s in check_specs(spec)]
 
 
-def build_checks(spec: EntitySpec) -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset=spec.name, name="identity_is_unique",
-                    description=f"No two `{spec.name}` rows share ({', '.join(spec.natural_key)}).")
-    def identity_is_unique(redis: RedisResource, postgres: PostgresResource,
-                           sync_settings: SyncSettingsResource) -> dg.AssetCheckResult:
-        config = sync_config(redis, postgres, sync_settings)
-        with connect_postgres(config) as conn:
-            duplicates = duplicate_identities(conn, config, spec)
-        metadata = {"duplicate_keys": len(duplicates)}
-        if duplicates:
-            metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
-                duplicates, columns=[*spec.natural_key, "rows"]).astype(str).to_markdown(index=False))
-        return dg.AssetCheckResult(passed=not duplicates, metadata=metadata)
+@dataclass(frozen=True)
+class WrittenRows:
+    """The rows one sync of a table wrote: inserted ids in (after_id, up_to_id], and the ids it updated."""
 
-    @dg.asset_check(asset=spec.name, name="foreign_keys_resolve",
-                    description=f"Every parent id of `{spec.name}` points at an existing row.")
-    def foreign_keys_resolve(redis: RedisResource, postgres: PostgresResource,
-                             sync_settings: SyncSettingsResource) -> dg.AssetCheckResult:
-        config = sync_config(redis, postgres, sync_settings)
-        with connect_postgres(config) as conn:
-            dangling = dangling_foreign_keys(conn, config, spec)
-        return dg.AssetCheckResult(passed=not any(dangling.values()),
-                                   metadata={f"dangling_{column}": n for column, n in dangling.items()})
+    after_id: int = 0
+    up_to_id: int = 0
+    updated_ids: list[int] = field(default_factory=list)
+    rejected: int = 0
+    source: str = ""  # the origin of the rows: what `origin_source` and the bookkeeping's `source` hold
 
-    @dg.asset_check(asset=spec.name, name="reconciles_with_redis",
-                    description="A sample of the Redis records the last sync covered is in Postgres "
-                                "(or kept as rejected or pending).")
-    def reconciles_with_redis(redis: RedisResource, postgres: PostgresResource,
-                              sync_settings: SyncSettingsResource) -> dg.AssetCheckResult:
-        config = sync_config(redis, postgres, sync_settings)
-        client, conn = open_connections(config)
-        try:
-            result = reconcile(spec, client, conn, config)
-        finally:
-            client.close()
-            conn.close()
-        metadata = {"counts": dg.MetadataValue.md(reconciliation_table(result).to_markdown(index=False)),
-                    "checked": result.checked, "missing": len(result.missing_keys)}
-        if result.missing_keys:
-            metadata["missing_examples"] = dg.MetadataValue.json(result.missing_keys[:20])
-        return dg.AssetCheckResult(passed=result.passed, metadata=metadata)
+    @classmethod
+    def of(cls, result: EntityResult) -> WrittenRows:
+        return cls(result.inserted_after_id or 0, result.inserted_up_to_id or 0, result.updated_ids, result.rejected,
+                   result.origin)
 
-    @dg.asset_check(asset=spec.name, name="no_rejected_records",
-                    description="The last sync of this table met no record it could not load, new or still bad "
-                                "(WARN: the sync still succeeds).")
-    def no_rejected_records(redis: RedisResource, postgres: PostgresResource,
-                            sync_settings: SyncSettingsResource) -> dg.AssetCheckResult:
-        config = sync_config(redis, postgres, sync_settings)
-        s = q(config.sync_schema)
-        origin = current_origin(config).name
-        with connect_postgres(config) as conn:
-            row = conn.execute(
-                f"SELECT rejected, finished_at FROM {s}.entity_runs WHERE source = %s AND entity = %s "
-                "ORDER BY id DESC LIMIT 1", (origin, spec.name)).fetchone()
-            # A rejection that sync met has last_seen = its finished_at: both are now() of its transaction.
-            met = conn.execute(
-                f"SELECT redis_key, reason, times_seen, count(*) OVER () FROM {s}.rejected_records "
-                "WHERE source = %s AND entity = %s AND last_seen = %s ORDER BY redis_key LIMIT 10",
-                (origin, spec.name, row[1] if row else None)).fetchall()
-        metadata = {"rejected_last_sync": row[0] if row else 0, "rejected_seen_last_sync": met[0][3] if met else 0}
-        if met:
-            metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
-                [r[:3] for r in met], columns=["redis_key", "reason", "times_seen"]).to_markdown(index=False))
-        return dg.AssetCheckResult(passed=not met, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+    @classmethod
+    def last_sync(cls, book: Bookkeeping) -> WrittenRows:
+        """What the table's last sync from this origin wrote (nothing before the first)."""
+        row = book.last_run()
+        if not row:
+            return cls(source=book.source)
+        return cls(row["inserted_after_id"] or 0, row["inserted_up_to_id"] or 0, row["updated_ids"] or [],
+                   row["rejected"], book.source)
 
-    return [identity_is_unique, foreign_keys_resolve, reconciles_with_redis, no_rejected_records]
+    def where(self, alias: str) -> str:
+        """SQL selecting these rows by primary key (parameters: after, up_to, updated, source)."""
+        return (f"(({alias}.id > %(after)s AND {alias}.id <= %(up_to)s AND {alias}.origin_source = %(source)s) "
+                f"OR {alias}.id = ANY(%(updated)s))")
+
+    def params(self) -> dict:
+        return {"after": self.after_id, "up_to": self.up_to_id, "updated": self.updated_ids, "source": self.source}
 
 
-sync_checks = [check for spec in ENTITIES for check in build_checks(spec)]
+def identity_index_is_valid(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec) -> bool:
+    """The identity's unique index exists, is unique and valid (a failed CREATE INDEX CONCURRENTLY is not)."""
+    row = conn.execute(
+        "SELECT i.indisunique AND i.indisvalid AND i.indisready FROM pg_index i "
+        "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_namespace n ON n.oid = x.relnamespace "
+        "WHERE n.nspname = %s AND x.relname = %s", (config.schema, identity_index_name(spec))).fetchone()
+    return bool(row and row[0])
+
+
+def content_columns(spec: EntitySpec) -> list[str]:
+    """Every column but the row id and the origin: what makes two rows the same data."""
+    return [p.column for p in spec.parents] + spec.column_names
+
+
+def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec,
+                       written: WrittenRows) -> list[tuple]:
+    """Groups of rows holding the same content, one of them inserted by this sync (first 10):
+    (their ids, their origins).
+
+    Only origin-identified tables can have them: elsewhere the identity is part of the content and
+    the unique index already rules them out. Candidates are the rows sharing the new rows' NOT NULL
+    columns (found through the table's indexes, e.g. predictions by model version and timestamp),
+    grouped by a hash of their whole content: a batch logged at one time costs a grouping of the
+    batch, never a comparison of every pair.
+    """
+    if not spec.by_origin or written.up_to_id <= written.after_id:
+        return []
+    content = content_columns(spec)
+    not_null = [c for c in content if c in {p.column for p in spec.parents if not p.optional}
+                | {c.name for c in spec.columns if c.required}]
+    table = f"{q(config.schema)}.{q(spec.name)}"
+    keys = ", ".join(q(c) for c in not_null)
+    new = "c.id > %(after)s AND c.id <= %(up_to)s AND c.origin_source = %(source)s"
+    with conn.transaction():
+        # Right after a bulk load the table has no statistics yet, and the planner may scan it once
+        # per new row; the lookups must go through the indexes whatever the statistics say.
+        conn.execute("SET LOCAL enable_seqscan = off")
+        return conn.execute(
+            f"WITH k AS MATERIALIZED (SELECT DISTINCT {keys} FROM {table} c WHERE {new}), "
+            f"c AS MATERIALIZED (SELECT t.id, t.origin_source, md5(ROW({', '.join(f't.{q(c)}' for c in content)})::text) "
+            f"AS h FROM k JOIN {table} t ON " + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null) + ") "
+            "SELECT array_agg(c.id ORDER BY c.id), array_agg(DISTINCT c.origin_source) FROM c GROUP BY c.h "
+            f"HAVING count(*) > 1 AND bool_or({new}) ORDER BY min(c.id) LIMIT 10",
+            written.params()).fetchall()
+
+
+def unenforced_foreign_keys(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec) -> list[str]:
+    """Parent columns without a validated foreign-key constraint."""
+    enforced = {row[0] for row in conn.execute(
+        "SELECT a.attname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum] "
+        "WHERE c.contype = 'f' AND c.convalidated AND n.nspname = %s AND t.relname = %s",
+        (config.schema, spec.name)).fetchall()}
+    return [p.column for p in spec.parents if p.column not in enforced]
+
+
+def dangling_foreign_keys(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec,
+                          written: WrittenRows) -> dict[str, int]:
+    """Per foreign-key column, rows this sync wrote whose parent id points at no row."""
+    if not spec.parents:
+        return {}
+    if written.up_to_id <= written.after_id and not written.updated_ids:
+        return {p.column: 0 for p in spec.parents}
+    s = q(config.schema)
+    joins = " ".join(f"LEFT JOIN {s}.{q(p.entity)} p{i} ON p{i}.id = c.{q(p.column)}"
+                     for i, p in enumerate(spec.parents))
+    counts = ", ".join(f"count(*) FILTER (WHERE c.{q(p.column)} IS NOT NULL AND p{i}.id IS NULL)"
+                       for i, p in enumerate(spec.parents))
+    row = conn.execute(f"SELECT {counts} FROM {s}.{q(spec.name)} c {joins} WHERE {written.where('c')}",
+                       written.params()).fetchone()
+    return {p.column: int(n) for p, n in zip(spec.parents, row)}
+
+
+def check_identity(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
+    index_ok = identity_index_is_valid(conn, config, spec)
+    duplicates = content_duplicates(conn, config, spec, written)
+    metadata = {"unique_index": identity_index_name(spec) if index_ok else f"{identity_index_name(spec)} "
+                "missing or invalid: Postgres no longer refuses duplicate identities",
+                "content_duplicates": len(duplicates)}
+    if duplicates:
+        metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
+            duplicates, columns=["ids with the same content", "their origins"]).astype(str).to_markdown(index=False))
+    return dg.AssetCheckResult(asset_key=spec.name, check_name=IDENTITY_IS_UNIQUE, passed=index_ok and not duplicates,
+                               metadata=metadata)
+
+
+def check_foreign_keys(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
+    unenforced = unenforced_foreign_keys(conn, config, spec)
+    dangling = dangling_foreign_keys(conn, config, spec, written)
+    metadata = {f"dangling_{column}": n for column, n in dangling.items()}
+    metadata["rows_checked"] = max(written.up_to_id - written.after_id, 0) + len(written.updated_ids)
+    if unenforced:
+        metadata["not_enforced"] = ", ".join(unenforced)
+    return dg.AssetCheckResult(asset_key=spec.name, check_name=FOREIGN_KEYS_RESOLVE,
+                               passed=not unenforced and not any(dangling.values()), metadata=metadata)
+
+
+def check_reconciliation(conn, client: redis.Redis, config, spec: EntitySpec) -> dg.AssetCheckResult:
+    result = reconcile(spec, client, conn, config)
+    metadata = {"counts": dg.MetadataValue.md(reconciliation_table(result).to_markdown(index=False)),
+                "checked": result.checked, "missing": len(result.missing_keys)}
+    if result.missing_keys:
+        metadata["missing_examples"] = dg.MetadataValue.json(result.missing_keys[:20])
+    return dg.AssetCheckResult(asset_key=spec.name, check_name=RECONCILES_WITH_REDIS, passed=result.passed,
+                               metadata=metadata)
+
+
+def check_rejections(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
+    """WARN while the table's last sync met records it could not load, new ones or ones still bad."""
+    s = q(config.sync_schema)
+    # A rejection that sync met has last_seen = its finished_at: both are now() of its transaction.
+    met = conn.execute(
+        f"SELECT r.redis_key, r.reason, r.times_seen, count(*) OVER () FROM {s}.rejected_records r "
+        "WHERE r.source = %(source)s AND r.entity = %(entity)s AND r.last_seen = (SELECT finished_at FROM "
+        f"{s}.entity_runs WHERE source = %(source)s AND entity = %(entity)s ORDER BY id DESC LIMIT 1) "
+        "ORDER BY r.redis_key LIMIT 10", {"source": written.source, "entity": spec.name}).fetchall()
+    metadata = {"rejected_last_sync": written.rejected, "rejected_seen_last_sync": met[0][3] if met else 0}
+    if met:
+        metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
+            [r[:3] for r in met], columns=["redis_key", "reason", "times_seen"]).to_markdown(index=False))
+    return dg.AssetCheckResult(asset_key=spec.name, check_name=NO_REJECTED_RECORDS, passed=not met,
+                               severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+
+
+def table_checks(spec: EntitySpec, names: set[str], written: WrittenRows | None, conn: psycopg.Connection,
+                 client: redis.Redis, config: SyncConfig, source: str) -> Iterator[dg.AssetCheckResult]:
+    """The results of the checks `names` of one table, on the rows `written` (None: its last sync's)."""
+    if not names:
+        return
+    if written is None:
+        written = WrittenRows.last_sync(Bookkeeping(conn, config.sync_schema, source, spec.name, ""))
+    if IDENTITY_IS_UNIQUE in names:
+        yield check_identity(conn, config, spec, written)
+    if FOREIGN_KEYS_RESOLVE in names:
+        yield check_foreign_keys(conn, config, spec, written)
+    if RECONCILES_WITH_REDIS in names:
+        yield check_reconciliation(conn, client, config, spec)
+    if NO_REJECTED_RECORDS in names:
+        yield check_rejections(conn, config, spec, written)

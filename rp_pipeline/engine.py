@@ -26,6 +26,7 @@ from .bookkeeping import Bookkeeping, record_attempt
 from .connections import (MARKER_ACCESS, READ_ACCESS, RETENTION_ACCESS, RedisAccess, explain_postgres_refusal,
                           explain_redis_refusal, refused_by_acl)
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
+from .entities import sql_name as q
 from .errors import PermissionProblem, SyncFailed, first_line
 from .extract import GENERATION_KEY, Read, RedisSource, extract_all, pipelined, read_hash_chunks
 from .load import Loader, LoadResult
@@ -69,6 +70,11 @@ class EntityResult:
     bytes_read: int = 0  # record bytes as received from Redis
     largest_record_bytes: int = 0
     rejection_samples: list[dict] = field(default_factory=list)
+    origin: str = ""  # the data set's origin: what the rows' origin_source holds (see sources.py)
+    row_count: int | None = None  # the table's rows after this sync (kept by the sync, never counted)
+    inserted_after_id: int | None = None  # this sync's new rows have ids in (after, up_to]
+    inserted_up_to_id: int | None = None
+    updated_ids: list[int] = field(default_factory=list, repr=False)  # rows its upserts changed
 
     @property
     def synced(self) -> int:
@@ -80,6 +86,7 @@ class EntityResult:
 
     def as_dict(self) -> dict:
         data = asdict(self)
+        del data["updated_ids"]  # possibly long; the history row keeps them
         data.update(started_at=self.started_at.isoformat(), synced=self.synced,
                     rows_per_second=round(self.rows_per_second, 1))
         return data
@@ -153,12 +160,15 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                      (lock_key(config, origin, spec.name),))
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
+        result.origin = origin.name
         loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema,
                         source=origin.name, generation=origin.generation, policy=config.policy(spec.name),
                         logger=logger)
         book.drop_other_generations()
         pending = set(book.pending_keys())
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
+        table = f"{q(config.schema)}.{q(spec.name)}"
+        result.inserted_after_id = book.largest_id(table)
         series_cards: dict[str, int] = {}
         in_flight = InFlight(config.memory_budget_bytes // MEMORY_PER_BYTE_READ)
         reads = _plan_reads(spec, src, book, config, pending, result, series_cards, in_flight.chunk_bytes)
@@ -170,6 +180,7 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
             result.unchanged += loaded.unchanged
             result.skipped += loaded.skipped
             result.json_non_finite_nulled += loaded.non_finite
+            result.updated_ids.extend(loaded.updated_ids)
             rejected = [r for r in [*rejected, *loaded.rejected, book.wait(waiting, config.pending_max_age_seconds)]
                         if not r.empty]
             rejected = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
@@ -225,6 +236,8 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         if result.watermark is not None:
             book.set_watermark(result.watermark)
         result.pending = book.pending_count()
+        result.inserted_up_to_id = book.largest_id(table) if result.inserted else result.inserted_after_id
+        result.row_count = book.add_rows(config.schema, spec.name, result.inserted)
         result.duration_seconds = time.perf_counter() - clock
         book.record_run(run_id, result)
         if src.marker() != origin.generation:

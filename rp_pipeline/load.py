@@ -71,6 +71,7 @@ class LoadResult:
     rejected: list[pd.DataFrame] = field(default_factory=list)
     loaded_keys: list[str] = field(default_factory=list)
     non_finite: int = 0  # NaN/Infinity in JSON stored as null, in the records written
+    updated_ids: list[int] = field(default_factory=list)  # rows an upsert changed (checks look at them)
 
 
 @dataclass
@@ -272,6 +273,7 @@ class Loader:
             if self.returns_rows:
                 result.inserted = sum(1 for _, ins in returned if ins)
                 result.updated = len(returned) - result.inserted
+                result.updated_ids = [pg_id for pg_id, ins in returned if not ins]
             else:
                 result.inserted = inserted_count
             result.unchanged = max(0, hi - lo + 1 - len(bad) - result.inserted - result.updated - result.skipped)

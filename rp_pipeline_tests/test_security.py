@@ -75,9 +75,9 @@ def test_passwords_never_reach_logs_results_metadata_or_bookkeeping(writer, redi
     assert results["models"].rejected == 1 and results["predictions"].inserted == 1
     shown = [caplog.text, config.describe(), config.redis_address, repr(results),
              json.dumps([r.as_dict() for r in results.values()], default=str),
-             repr([materialization_metadata(r) for r in results.values()])]
+             repr([materialization_metadata(r, config, "ai_models") for r in results.values()])]
     for table in ("watermarks", "id_map", "pending", "rejected_records", "entity_runs", "metric_series", "state",
-                  "sources"):
+                  "sources", "sync_status", "table_rows"):
         shown += [row[0] for row in pg_conn.execute(f'SELECT t::text FROM "{config.sync_schema}".{table} t')]
     shown += [row[0] for row in pg_conn.execute("SELECT DISTINCT origin_source FROM predictions")]
     for text in shown:

@@ -9,7 +9,7 @@
 #      POSTGRES_URL used and DAGSTER_HOME=./.dagster_home, so the README's next commands work in a
 #      new shell and keep their run history there (values already in .env are kept, never replaced);
 #   4. the demo: sample data into Redis, one sync through the Dagster job, verification, statistics;
-#   5. `dagster dev` on http://127.0.0.1:${DAGSTER_PORT:-3000} with the sync schedule running.
+#   5. `dg dev` on http://127.0.0.1:${DAGSTER_PORT:-3000} with the sync schedule running.
 # Environment: REDIS_URL, POSTGRES_URL (or in ./.env), DAGSTER_PORT, QUICKSTART_NO_DEV=1 (stop before 5).
 # Running it again reuses what is in place and duplicates nothing.
 set -euo pipefail
@@ -136,8 +136,8 @@ EOF
 for hint in "${STOP_HINTS[@]}"; do echo "   Stop $hint"; done
 
 if [ "${QUICKSTART_NO_DEV:-}" = 1 ]; then
-  echo "   QUICKSTART_NO_DEV=1: not starting dagster dev. Start it with:"
-  echo "     .venv/bin/dagster dev -h 127.0.0.1 -p $dagster_port -w workspace.yaml"
+  echo "   QUICKSTART_NO_DEV=1: not starting dg dev. Start it with:"
+  echo "     .venv/bin/dg dev -h 127.0.0.1 -p $dagster_port"
   exit 0
 fi
 
@@ -149,5 +149,5 @@ if [ "$(_answers 127.0.0.1 "$dagster_port")" = yes ]; then
   echo "Port $dagster_port is taken by another program; choose another with DAGSTER_PORT=3001." >&2
   exit 1
 fi
-echo "== 5/5 dagster dev on http://127.0.0.1:$dagster_port (schedule redis_to_postgres_sync_schedule running; Ctrl+C stops it)"
-exec .venv/bin/dagster dev -h 127.0.0.1 -p "$dagster_port" -w workspace.yaml
+echo "== 5/5 dg dev on http://127.0.0.1:$dagster_port (schedule redis_to_postgres_sync_schedule running; Ctrl+C stops it)"
+exec .venv/bin/dg dev -h 127.0.0.1 -p "$dagster_port"

@@ -6,14 +6,14 @@ Existing history is folded in once, here. The index on pending makes "the oldest
 waiting record" one index probe per entity.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 
 OUTCOMES = ("inserted", "updated", "unchanged", "skipped", "rejected")
 

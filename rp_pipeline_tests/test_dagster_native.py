@@ -1,0 +1,223 @@
+"""The project as a Dagster user expects it: one step per cycle, standard table metadata, cheap checks, `dg`.
+
+Covers: a sync cycle is one step, with a materialization per table; each materialization carries
+`dagster/row_count` (exact, kept by the sync), `dagster/table_name` (database.schema.table) and
+`dagster/column_schema` (types, nullability, identity, foreign keys); the same data synced again
+under a second origin fails `identity_is_unique` (content duplicates), as does a missing unique
+index; a cycle with nothing new emits no check results; a table left unsynced goes WARN then FAIL
+under its freshness policy (derived from SYNC_INTERVAL); the backlog sensor requests a run only
+above its threshold and never while a run is in flight; `dg check defs` and `dg list defs` pass
+from the repository root.
+"""
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from rp_pipeline import defs
+from rp_pipeline.assets import redis_to_postgres
+from rp_pipeline.entities import ENTITIES
+from rp_pipeline.resources import RedisResource, resources_for
+from rp_pipeline.schedules import JOB_NAME, build_backlog_sensor
+from rp_pipeline.settings import interval_seconds
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def fill(writer, runs: int = 2, predictions: int = 30) -> None:
+    model = writer.create_model("ResNet50-Redis")
+    version = writer.create_model_version(model, "v1")
+    dataset = writer.create_dataset("ImageNet-Redis")
+    for r in range(runs):
+        run = writer.create_training_run(version, dataset_id=dataset, run_name=f"r{r}")
+        writer.log_hyperparameters(run, {"lr": 0.01})
+        writer.log_metric(run, "loss", 0.5, epoch=1, split="val")
+    experiment = writer.create_experiment("exp")
+    writer.add_experiment_run(experiment, run, variant_name="A")
+    writer.log_predictions([{"model_version_id": version, "input_data": {"x": i}, "output_data": [i]}
+                            for i in range(predictions)])
+
+
+def run_job(config, instance=None):
+    instance = instance or dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(JOB_NAME).execute_in_process(
+        resources=resources_for(config), instance=instance, raise_on_error=False, run_config=QUIET)
+    return result, instance
+
+
+def test_a_sync_cycle_is_one_step_with_a_materialization_per_table(writer, sync_config):
+    fill(writer)
+    result, instance = run_job(sync_config)
+    assert result.success
+    steps = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START]
+    assert steps == ["redis_to_postgres"]
+    materialized = [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("redis_to_postgres")]
+    assert sorted(materialized) == sorted(spec.name for spec in ENTITIES)
+    assert instance.get_run_by_id(result.run_id).tags["rp_pipeline/predictions"] == "30"
+
+
+def test_every_materialization_carries_the_standard_table_metadata(writer, sync_config, pg_conn, postgres_url):
+    fill(writer)
+    run_job(sync_config)
+    writer.log_predictions([{"model_version_id": 1, "input_data": {"x": -i}, "output_data": [i]} for i in range(5)])
+    result, _ = run_job(sync_config)  # the counts are kept across cycles, not recounted
+    database = postgres_url.rsplit("/", 1)[1]
+    for materialization in result.asset_materializations_for_node("redis_to_postgres"):
+        table = materialization.asset_key.to_user_string()
+        metadata = materialization.metadata
+        count = pg_conn.execute(f'SELECT count(*) FROM "{sync_config.schema}"."{table}"').fetchone()[0]
+        assert metadata["dagster/row_count"].value == count, table
+        assert metadata["dagster/table_name"].value == f"{database}.{sync_config.schema}.{table}"
+        schema = metadata["dagster/column_schema"].value
+        actual = {name: (kind, nullable == "YES") for name, kind, nullable in pg_conn.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s", (sync_config.schema, table)).fetchall()}
+        declared = {c.name: (c.type, c.constraints.nullable) for c in schema.columns}
+        assert declared == actual, table
+        spec = next(s for s in ENTITIES if s.name == table)
+        assert any(f"unique ({', '.join(spec.natural_key)}" in c for c in schema.constraints.other)
+        for parent in spec.parents:
+            assert f"foreign key ({parent.column}) → {parent.entity}.id" in schema.constraints.other
+    predictions = next(m for m in result.asset_materializations_for_node("redis_to_postgres")
+                       if m.asset_key.to_user_string() == "predictions").metadata
+    assert predictions["dagster/row_count"].value == 35 and predictions["rows_inserted"].value == 5
+
+
+def test_the_same_data_under_a_second_origin_fails_the_identity_check(writer, sync_config):
+    fill(writer)
+    first, _ = run_job(sync_config)
+    assert first.success and all(e.passed for e in first.get_asset_check_evaluations())
+    second, _ = run_job(dataclasses.replace(sync_config, source="a-second-origin"))
+    evaluations = {(e.asset_key.to_user_string(), e.check_name): e for e in second.get_asset_check_evaluations()}
+    # Rows identified by origin are copied, not merged. (The metric points point at the copied runs, so
+    # their content differs; the runs themselves are the duplicates.)
+    for table in ("training_runs", "predictions"):
+        failed = evaluations[(table, "identity_is_unique")]
+        assert failed.passed is False, table
+        assert failed.metadata["content_duplicates"].value > 0
+    assert evaluations[("predictions", "foreign_keys_resolve")].passed
+
+
+def test_a_missing_unique_index_fails_the_identity_check(writer, sync_config, pg_conn):
+    writer.create_model("ResNet50-Redis")
+    run_job(sync_config)
+    pg_conn.execute(f'DROP INDEX "{sync_config.schema}".uq_models_identity')
+    only_checks = dg.define_asset_job("only_model_checks", selection=dg.AssetSelection.checks_for_assets("models"))
+    project = dg.Definitions(assets=[redis_to_postgres], jobs=[only_checks],
+                             resources=resources_for(sync_config))
+    result = project.resolve_job_def("only_model_checks").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, run_config=QUIET)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not result.get_asset_materialization_events()  # checks run alone: nothing synced
+    assert evaluations["identity_is_unique"].passed is False
+    assert "missing or invalid" in evaluations["identity_is_unique"].metadata["unique_index"].value
+    assert evaluations["reconciles_with_redis"].passed is True
+
+
+def test_a_cycle_with_nothing_new_emits_no_check_results(writer, sync_config):
+    fill(writer)
+    run_job(sync_config)
+    quiet, _ = run_job(sync_config)
+    assert quiet.success
+    assert len(quiet.get_asset_materialization_events()) == len(ENTITIES)
+    assert quiet.get_asset_check_evaluations() == []
+
+
+def _freshness(instance, key: str, seconds_from_now: float):
+    from dagster._core.definitions import freshness_evaluator
+    from dagster._core.loader import LoadingContextForTest
+
+    node = defs.resolve_asset_graph().get(dg.AssetKey(key))
+    evaluator = freshness_evaluator.TimeWindowFreshnessPolicyEvaluator()
+    original = freshness_evaluator.get_current_timestamp
+    freshness_evaluator.get_current_timestamp = lambda: time.time() + seconds_from_now
+    try:
+        return asyncio.run(evaluator.evaluate_freshness(LoadingContextForTest(instance), node)).value
+    finally:
+        freshness_evaluator.get_current_timestamp = original
+
+
+def test_a_table_not_synced_for_two_intervals_warns_and_after_three_fails(writer, sync_config):
+    writer.create_model("ResNet50-Redis")
+    _, instance = run_job(sync_config)
+    interval = interval_seconds()
+    policy = defs.resolve_asset_graph().get(dg.AssetKey("models")).freshness_policy
+    assert policy.warn_window.to_timedelta().total_seconds() == 2 * interval
+    assert policy.fail_window.to_timedelta().total_seconds() == 3 * interval
+    assert _freshness(instance, "models", 0) == "PASS"
+    assert _freshness(instance, "models", 2.5 * interval) == "WARN"
+    assert _freshness(instance, "models", 3.5 * interval) == "FAIL"
+
+
+def test_freshness_is_enabled_on_the_instance():
+    import yaml
+
+    assert yaml.safe_load((REPO / "dagster.yaml").read_text())["freshness"] == {"enabled": True}
+
+
+def _evaluate(sensor, instance, redis_url, key_prefix):
+    context = dg.build_sensor_context(instance=instance, resources={
+        "redis": RedisResource(url=redis_url, key_prefix=key_prefix)})
+    return sensor(context)
+
+
+def test_backlog_sensor_requests_a_run_only_above_its_threshold(writer, sync_config, redis_url, key_prefix):
+    sensor = build_backlog_sensor(trigger=20)
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    model = writer.create_model("m")
+    version = writer.create_model_version(model, "v1")
+    writer.log_predictions([{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)])
+    instance = dg.DagsterInstance.ephemeral()
+    below = _evaluate(sensor, instance, redis_url, key_prefix)
+    assert isinstance(below, dg.SkipReason) and "12 records wait" in below.skip_message
+    writer.log_predictions([{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)])
+    above = _evaluate(sensor, instance, redis_url, key_prefix)
+    assert isinstance(above, dg.RunRequest) and above.tags["rp_pipeline/backlog"] == "22"
+    run_job(sync_config, instance)  # synced: nothing waits any more
+    after = _evaluate(sensor, instance, redis_url, key_prefix)
+    assert isinstance(after, dg.SkipReason) and "0 records wait" in after.skip_message
+
+
+def test_backlog_sensor_never_requests_while_a_run_is_in_flight(writer, redis_url, key_prefix):
+    sensor = build_backlog_sensor(trigger=0)
+    writer.create_model("m")
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def(JOB_NAME)
+    run = instance.create_run_for_job(job, run_config={}, status=dg.DagsterRunStatus.STARTED)
+    waiting = _evaluate(sensor, instance, redis_url, key_prefix)
+    assert isinstance(waiting, dg.SkipReason) and run.run_id in waiting.skip_message
+    instance.report_run_canceled(run)
+    assert isinstance(_evaluate(sensor, instance, redis_url, key_prefix), dg.RunRequest)
+
+
+def _dg(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "DAGSTER_POSTGRES_URL")}
+    return subprocess.run([str(Path(sys.executable).with_name("dg")), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_dg_check_defs_passes_from_the_repository_root():
+    done = _dg("check", "defs")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_dg_list_defs_shows_the_tables_job_schedule_and_sensor():
+    done = _dg("list", "defs", "--json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    listed = json.loads(done.stdout[done.stdout.index("{"):])
+    assets = {a["asset_key"] for a in listed["assets"]}
+    assert assets == {spec.name for spec in ENTITIES}
+    assert {j["name"] for j in listed["jobs"]} >= {JOB_NAME}
+    assert {s["name"] for s in listed["schedules"]} == {"redis_to_postgres_sync_schedule"}
+    assert {s["name"] for s in listed["sensors"]} == {"redis_backlog_sensor"}
+    assert {c["name"] for c in listed["asset_checks"]} == {
+        "identity_is_unique", "foreign_keys_resolve", "reconciles_with_redis", "no_rejected_records"}
