@@ -233,7 +233,8 @@ def sync_tables(context: dg.AssetExecutionContext, client, conn: psycopg.Connect
             lines.emit(context.log)
             yield dg.MaterializeResult(asset_key=spec.name,
                                        metadata=materialization_metadata(result, config, conn.info.dbname))
-            written, changed = WrittenRows.of(result), bool(result.inserted or result.updated or result.rejected)
+            # rejection_samples: records it met and could not load, new or still bad (the WARN check follows them)
+            written, changed = WrittenRows.of(result), bool(result.inserted or result.updated or result.rejection_samples)
         if changed and checks.get(spec.name):  # a table the cycle left as it was keeps its last results
             if source is None:  # checks run on their own: the origin of the data set Redis holds now
                 source = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name

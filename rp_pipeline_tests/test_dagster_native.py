@@ -86,17 +86,21 @@ def test_every_materialization_carries_the_standard_table_metadata(writer, sync_
         spec = next(s for s in ENTITIES if s.name == table)
         assert any(f"unique ({', '.join(spec.natural_key)}" in c for c in schema.constraints.other)
         for parent in spec.parents:
-            assert f"foreign key ({parent.column}) → {parent.entity}.id" in schema.constraints.other
+            assert any(c.startswith(f"foreign key ({parent.column}) → {parent.entity}.id ON DELETE")
+                       for c in schema.constraints.other)
     predictions = next(m for m in result.asset_materializations_for_node("redis_to_postgres")
                        if m.asset_key.to_user_string() == "predictions").metadata
     assert predictions["dagster/row_count"].value == 35 and predictions["rows_inserted"].value == 5
 
 
-def test_the_same_data_under_a_second_origin_fails_the_identity_check(writer, sync_config):
+def test_the_same_data_under_a_second_origin_fails_the_identity_check(writer, sync_config, redis_client, key_prefix):
     fill(writer)
     first, _ = run_job(sync_config)
     assert first.success and all(e.passed for e in first.get_asset_check_evaluations())
-    second, _ = run_job(dataclasses.replace(sync_config, source="a-second-origin"))
+    # A copy of the data set under a marker of its own (a restored backup whose marker was deleted, as
+    # the README advises) is another origin: its runs and predictions load again, as copies.
+    redis_client.delete(f"{key_prefix}rp_pipeline:generation")
+    second, _ = run_job(sync_config)
     evaluations = {(e.asset_key.to_user_string(), e.check_name): e for e in second.get_asset_check_evaluations()}
     # Rows identified by origin are copied, not merged. (The metric points point at the copied runs, so
     # their content differs; the runs themselves are the duplicates.)

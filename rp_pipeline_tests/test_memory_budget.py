@@ -67,11 +67,11 @@ def test_backlog_many_times_the_budget_syncs_completely(run_sync, redis_client, 
 
 
 def test_the_materialization_reports_bytes_read_and_the_largest_record(run_sync, redis_client, key_prefix,
-                                                                      version_id):
+                                                                      version_id, sync_config):
     from rp_pipeline.assets import materialization_metadata
 
     written = write_wide_predictions(redis_client, key_prefix, version_id, 20)
-    metadata = materialization_metadata(run_sync()["predictions"])
+    metadata = materialization_metadata(run_sync()["predictions"], sync_config, "db")
     assert written <= metadata["bytes_read"] < written + 20 * 1_000  # the values, plus each reply's framing
     assert 30_000 < metadata["largest_record_bytes"] < 40_000
 

@@ -238,14 +238,14 @@ def test_nan_in_the_json_of_mutable_entities_is_null_and_counted_only_when_writt
         "experiments": NON_FINITE_COUNT}
 
 
-def test_non_finite_count_is_in_the_materialization_metadata(writer, version, run_sync):
+def test_non_finite_count_is_in_the_materialization_metadata(writer, version, run_sync, sync_config):
     from rp_pipeline.assets import materialization_metadata
 
     writer.log_prediction(version, {"x": float("nan")}, {})
     results = run_sync()
 
-    assert materialization_metadata(results["predictions"])["json_non_finite_nulled"] == 1
-    assert materialization_metadata(results["models"])["json_non_finite_nulled"] == 0
+    assert materialization_metadata(results["predictions"], sync_config, "db")["json_non_finite_nulled"] == 1
+    assert materialization_metadata(results["models"], sync_config, "db")["json_non_finite_nulled"] == 0
 
 
 # -- "not set" zeros ---------------------------------------------------------------------------------------------
