@@ -156,6 +156,11 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m rp_pipeline` and the `rp-pipeline` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["warm"]:
+        from .warm_cli import main as warm_main
+
+        return warm_main(argv[1:])
     args = parse_args(argv)
     logger = configure_logging()
     return run_guarded(lambda: run(args, logger))

@@ -30,7 +30,7 @@ import psycopg
 import redis
 
 from .bookkeeping import Bookkeeping
-from .connections import connect_postgres
+from .connections import connect_postgres, connect_redis
 from .engine import lock_key, prefetched
 from .entities import (
     BIGINT, BY_NAME, ENTITIES, FLOAT, JSONB, PARENT_ENTITIES, PREDICTIONS, TIMESTAMPTZ, TRAINING_RUNS, Column,
@@ -40,7 +40,7 @@ from .errors import SyncFailed, first_line
 from .extract import GENERATION_KEY, RedisSource, read_hashes
 from .schema import has_redis_id
 from .settings import ConfigError, SyncConfig
-from .sources import Origin, resolve_origin
+from .sources import resolve_origin
 from .writer import LAYOUT
 
 log = logging.getLogger("rp_pipeline")
@@ -181,6 +181,25 @@ def warm(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, opti
     except redis.RedisError as exc:
         raise SyncFailed(f"warm: Redis failed ({first_line(exc)}); run the warm again, "
                          "it completes what was started") from None
+
+
+def run_warm(config: SyncConfig, options: WarmOptions = WarmOptions(),
+             logger: logging.Logger | None = None) -> WarmResult:
+    """Migrate if needed, open connections, warm, close: what the API, the CLI and the asset run."""
+    from .schema import ensure_schema
+
+    logger = logger or log
+    ensure_schema(config)
+    client, conn = connect_redis(config), connect_postgres(config)
+    try:
+        result = warm(client, conn, config, options, logger)
+    finally:
+        client.close()
+        conn.close()
+    written = ", ".join(f"{k} {v}" for k, v in result.counts().items() if v) or "nothing"
+    logger.info("=== Warm %s in %.2fs: %s%s ===", "planned" if options.dry_run else "complete", result.seconds,
+                written, f"; reused {result.reused}" if result.reused else "")
+    return result
 
 
 @dataclass
@@ -535,4 +554,3 @@ def text_sql(column: Column, ref: str) -> str:
     return f"COALESCE({value}, '{column.unset or ''}')"
 
 
-__all__ = ["WarmOptions", "WarmResult", "parse_entities", "warm", "warm_windows", "Origin"]

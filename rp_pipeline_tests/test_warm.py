@@ -304,7 +304,7 @@ warm(connect_redis(config), connect_postgres(config), config, WarmOptions(predic
 
 def test_sigkill_during_the_warm_then_a_rerun_gives_exact_results(writer, redis_client, key_prefix, run_sync,
                                                                   warm_now, pg_conn, sync_config):
-    fill(writer, predictions=60_000)
+    fill(writer, predictions=25_000)
     run_sync()
     original = LayoutReader(redis_client, key_prefix).graph()
     delete_prefix(redis_client, key_prefix)
@@ -312,11 +312,11 @@ def test_sigkill_during_the_warm_then_a_rerun_gives_exact_results(writer, redis_
     process = subprocess.Popen([sys.executable, "-c", WARM_IN_A_PROCESS, c.postgres_url, c.redis_url, c.key_prefix,
                                 c.schema, c.sync_schema])
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and int(redis_client.get(key_prefix + "counter:prediction") or 0) < 10_000:
+    while time.monotonic() < deadline and int(redis_client.get(key_prefix + "counter:prediction") or 0) < 5_000:
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert int(redis_client.get(key_prefix + "counter:prediction") or 0) < 60_001, "killed before it finished"
+    assert int(redis_client.get(key_prefix + "counter:prediction") or 0) < 25_001, "killed before it finished"
     warm_now(predictions_hours=1)
     assert LayoutReader(redis_client, key_prefix).graph() == original
     before = row_counts(pg_conn)
