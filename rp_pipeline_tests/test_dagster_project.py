@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK_NAMES = {"identity_is_unique", "foreign_keys_resolve", "reconciles_with_redis", "no_rejected_records"}
 
 
-def test_one_asset_per_table_plus_the_report():
+def test_one_asset_per_table_plus_the_report_and_the_warm():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {spec.name for spec in ENTITIES} | {"sync_report"}
+    assert keys == {spec.name for spec in ENTITIES} | {"sync_report", "redis_cache_warm"}
 
 
 def test_asset_dependencies_follow_the_foreign_keys():

@@ -351,3 +351,61 @@ def test_only_the_selected_entities_and_windows_are_warmed(synced_then_flushed, 
     result = warm_now(entities=("models", "model_versions"))
     assert {k: v for k, v in result.counts().items() if v} == {"models": 2, "model_versions": 2}
     assert not redis_client.exists(key_prefix + "idx:runs")
+
+
+def test_the_sensor_requests_the_warm_after_a_flush_and_the_asset_runs_it(synced_then_flushed, sync_config,
+                                                                          redis_client, key_prefix):
+    import dagster as dg
+
+    from rp_pipeline.resources import resources_for
+    from rp_pipeline.warm_assets import redis_cache_warm, warm_on_flush
+
+    original, _ = synced_then_flushed
+    resources = resources_for(sync_config)
+    assert warm_on_flush.default_status == dg.DefaultSensorStatus.STOPPED  # WARM_ON_FLUSH=1 turns it on
+    with dg.build_sensor_context(resources=resources) as context:
+        requests = list(warm_on_flush.evaluate_tick(context).run_requests)
+        assert len(requests) == 1  # the marker had vanished: a flushed Redis
+        cursor = context.cursor
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+        assert not warm_on_flush.evaluate_tick(context).run_requests  # the same data set: nothing to do
+    result = dg.materialize([redis_cache_warm], resources=resources,
+                            run_config={"ops": {"redis_cache_warm": {"config": {"predictions_hours": 1.0}}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("redis_cache_warm")[0].metadata
+    assert metadata["written_models"].value == 2 and metadata["written_predictions"].value == 6
+    assert LayoutReader(redis_client, key_prefix).graph() == original
+    delete_prefix(redis_client, key_prefix)
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+        assert len(warm_on_flush.evaluate_tick(context).run_requests) == 1  # flushed again: a new data set
+
+
+def test_the_command_line_warms(synced_then_flushed, sync_config, redis_client, key_prefix, work_dir):
+    original, _ = synced_then_flushed
+    c = sync_config
+    env = {**os.environ, "POSTGRES_URL": c.postgres_url, "REDIS_URL": c.redis_url, "REDIS_KEY_PREFIX": c.key_prefix,
+           "POSTGRES_SCHEMA": c.schema, "SYNC_SCHEMA": c.sync_schema}
+    dry = subprocess.run([sys.executable, "-m", "rp_pipeline", "warm", "--dry-run"], env=env, cwd=work_dir,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "Models: 2" in dry.stdout and not redis_client.exists(key_prefix + "idx:models")
+    done = subprocess.run([sys.executable, "-m", "rp_pipeline", "warm", "--predictions-hours", "1"], env=env,
+                          cwd=work_dir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Predictions: 6" in done.stdout
+    assert LayoutReader(redis_client, key_prefix).graph() == original
+    bad = subprocess.run([sys.executable, "-m", "rp_pipeline", "warm", "--entities", "metrics"], env=env,
+                         cwd=work_dir, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "add training_runs" in bad.stderr
+
+
+def test_the_python_api_returns_counts_per_entity(synced_then_flushed, sync_config, redis_client, key_prefix):
+    from rp_pipeline import RedisPgSync
+
+    original, _ = synced_then_flushed
+    c = sync_config
+    sync = RedisPgSync(c.redis_url, c.postgres_url, c.key_prefix, schema=c.schema, sync_schema=c.sync_schema)
+    assert sync.warm(entities=["models"], dry_run=True) == {**dict.fromkeys(TABLES, 0), "models": 2}
+    counts = sync.warm(predictions_hours=1)
+    assert counts["predictions"] == 6 and counts["training_runs"] == 2
+    assert LayoutReader(redis_client, key_prefix).graph() == original
