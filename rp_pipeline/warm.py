@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -220,6 +222,7 @@ class _Warm:
         self.result.notes += notes
         self.s, self.schema = q(config.sync_schema), q(config.schema)
         self.batch_bytes = batch_bytes()
+        self._templates: dict[str, tuple[bytes, int]] = {}
 
     # -- the plan ----------------------------------------------------------------------------------
     def run(self) -> WarmResult:
@@ -228,7 +231,7 @@ class _Warm:
             self.log.warning("  warm: %s", note)
         self.origin = resolve_origin(self.src, self.conn, self.config, self.log)
         self.params = {"source": self.origin.name, "generation": self.origin.generation}
-        self.script = self.client.register_script(_WRITE_IF_ABSENT)
+        self.sender = _ScriptCalls(self.client, self.src.prefix + GENERATION_KEY, self.origin.generation)
         self.reader = connect_postgres(self.config, autocommit=False)
         try:
             self.reader.execute("SET TimeZone = 'UTC'")
@@ -275,17 +278,21 @@ class _Warm:
             return
         self.log.info("  warm %s: %d row(s) to write", name, total)
         clock, shown, done = time.monotonic(), time.monotonic(), 0
-        for batch in prefetched(self._read(spec, where, params)):
-            self.result.skipped[name] = self.result.skipped.get(name, 0) + batch.skipped
-            if not batch.rows:
-                continue
-            ids = self._allocate(spec, len(batch.rows))
-            self._commit(batch, ids)
-            self._write(batch, ids)
-            done += len(batch.rows) + batch.skipped
-            if time.monotonic() - shown > PROGRESS_SECONDS:
-                shown = time.monotonic()
-                self.log.info("  warm %s: %d/%d (%.0f rows/s)", name, done, total, done / (shown - clock))
+        writes = _InOrder()
+        try:
+            for batch in prefetched(self._read(spec, where, params)):
+                self.result.skipped[name] = self.result.skipped.get(name, 0) + batch.skipped
+                if not batch.rows:
+                    continue
+                ids = self._allocate(spec, len(batch.rows))
+                self._commit(batch, ids)
+                writes.submit(lambda batch=batch, ids=ids: self._write(batch, ids))
+                done += len(batch.rows) + batch.skipped
+                if time.monotonic() - shown > PROGRESS_SECONDS:
+                    shown = time.monotonic()
+                    self.log.info("  warm %s: %d/%d (%.0f rows/s)", name, done, total, done / (shown - clock))
+        finally:
+            writes.close()  # every committed batch is written (or the first failure raised) before going on
         self.reader.commit()
         if self.result.skipped.get(name):
             self.log.warning("  warm %s: %d row(s) left out, their parent is not in Redis (warm it too)",
@@ -468,9 +475,11 @@ class _Warm:
         """The rows now belong to the data set they are written into, so its changes update them."""
         table = f"{self.schema}.{q(spec.name)}"
         if redis_ids is not None:
+            # The id range keeps the planner on the primary key: without it, it hashes the whole table per batch.
             self.conn.execute(f"UPDATE {table} t SET origin_source = %(source)s, origin_redis_id = u.r FROM "
-                              "unnest(%(pg)s::bigint[], %(redis)s::bigint[]) AS u(p, r) WHERE t.id = u.p",
-                              {**self.params, "pg": pg_ids, "redis": redis_ids})
+                              "unnest(%(pg)s::bigint[], %(redis)s::bigint[]) AS u(p, r) WHERE t.id = u.p "
+                              "AND t.id BETWEEN %(lo)s AND %(hi)s",
+                              {**self.params, "pg": pg_ids, "redis": redis_ids, "lo": min(pg_ids), "hi": max(pg_ids)})
         else:
             self.conn.execute(f"UPDATE {table} SET origin_source = %(source)s WHERE {q(by)} = ANY(%(pg)s) "
                               "AND origin_source IS DISTINCT FROM %(source)s", {**self.params, "pg": pg_ids})
@@ -514,17 +523,52 @@ class _Warm:
             args += command
         return args
 
+    def _packed(self, spec: EntitySpec, row: tuple, redis_id: int) -> bytes:
+        """A record without parts as the script's arguments, packed through a per-entity template:
+        a prediction has some 30 arguments, of which only 12 vary."""
+        layout, (template, _) = LAYOUT[spec.name], self._template(spec)
+        rid, values = str(redis_id), row[2:-1]
+        key = self.config.key_prefix + layout.record + rid
+        index = self._key(layout.index.format(parent=values[0] if "{parent}" in layout.index else ""))
+        variables = [key, key, rid, *values, index, row[-1] or rid, rid]
+        if layout.name_map:
+            variables += (values[0], rid)
+        return template % tuple(map(_one, variables))
+
+    def _template(self, spec: EntitySpec) -> tuple[bytes, int]:
+        """The shape `_record` gives a record without parts, as packed bytes with a slot per varying
+        argument, and its argument count."""
+        if spec.name in self._templates:
+            return self._templates[spec.name]
+        layout, slot = LAYOUT[spec.name], None
+        commands = [["HSET", slot, "id", slot, *[a for name in layout.fields for a in (name, slot)]],
+                    ["ZADD", slot, slot, slot]]
+        if layout.name_map:
+            commands.append(["HSETNX", self._key(layout.name_map), slot, slot])
+        args = ["1", slot, str(len(commands))]
+        for command in commands:
+            args += [str(len(command)), *command]
+        packed = b"".join(b"%s" if a is slot else _one(a).replace(b"%", b"%%") for a in args)
+        self._templates[spec.name] = (packed, len(args))
+        return self._templates[spec.name]
+
     def _write(self, batch: _Batch, ids: list[int]) -> None:
         """The records, one script call per SCRIPT_RECORDS, pipelined; counts what was written."""
         spec = batch.spec
-        head = [self.src.prefix + GENERATION_KEY, self.origin.generation]
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for start in range(0, len(batch.rows), SCRIPT_RECORDS):
-            args = list(head)
+            count, packed = 0, []
             for row, rid in zip(batch.rows[start:start + SCRIPT_RECORDS], ids[start:start + SCRIPT_RECORDS]):
-                args += self._record(spec, row, rid, batch.parts.get(row[0]))
-            self.script(keys=[], args=args, client=pipe)
-        replies = pipe.execute()
+                parts = batch.parts.get(row[0])
+                if parts is None:
+                    packed.append(self._packed(spec, row, rid))
+                    count += self._template(spec)[1]
+                else:
+                    args = self._record(spec, row, rid, parts)
+                    packed.append(_bulk(args))
+                    count += len(args)
+            calls.append((count, b"".join(packed)))
+        replies = self.sender.call(calls)
         if any(not isinstance(r, list) for r in replies):
             raise SyncFailed("warm: Redis was flushed or restarted during the warm (its marker "
                              f"{self.src.prefix}{GENERATION_KEY} changed); run the warm again")
@@ -539,6 +583,86 @@ class _Warm:
                     self.result.written["hyperparameters"] += len(p["params"]) // 2
                     self.result.written["metrics"] += sum(map(len, p["series"].values()))
                     self.result.written["experiment_runs"] += len(p["members"])
+
+
+class _ScriptCalls:
+    """Calls the write-if-absent script with arguments packed in bulk and sent in one write.
+
+    redis-py packs each argument in Python; a record has some 30, so packing them here (as
+    `extract.hmget_many` reads) keeps the client from costing more than Redis does.
+    """
+
+    def __init__(self, client: redis.Redis, marker_key: str, generation: str):
+        self.client = client
+        self.sha = client.script_load(_WRITE_IF_ABSENT)
+        self.head = _bulk([marker_key, generation])
+
+    def call(self, calls: list[tuple[int, bytes]]) -> list:
+        """One script call per (argument count, packed arguments); the replies in order."""
+        packed = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n" % (5 + count, self.sha.encode())
+                  + self.head + args for count, args in calls]
+        try:
+            return self._send(packed)
+        except redis.exceptions.NoScriptError:  # Redis restarted meanwhile: the marker check then refuses
+            self.sha = self.client.script_load(_WRITE_IF_ABSENT)
+            return self.call(calls)
+
+    def _send(self, packed: list[bytes]) -> list:
+        conn = self.client.connection_pool.get_connection()
+        try:
+            conn.send_packed_command(packed)
+            return [conn.read_response() for _ in packed]
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse this connection
+            raise
+        finally:
+            self.client.connection_pool.release(conn)
+
+
+def _bulk(args: list[str]) -> bytes:
+    """Arguments as RESP bulk strings."""
+    return b"".join(map(_one, args))
+
+
+def _one(arg: str) -> bytes:
+    data = arg.encode("utf-8", "surrogateescape")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class _InOrder:
+    """Runs jobs one after another on a thread, at most `depth` waiting, so the next batch's
+    bookkeeping commits while this one's records are written; a failure is raised in the caller."""
+
+    def __init__(self, depth: int = 2):
+        self.jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="rp_pipeline-warm-write", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.failure is None:
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                    self.failure = exc
+
+    def submit(self, job) -> None:
+        self._raise()
+        self.jobs.put(job)
+
+    def close(self) -> None:
+        """Wait for every job; raise the first failure."""
+        self.jobs.put(None)
+        self.thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
 
 def text_sql(column: Column, ref: str) -> str:
