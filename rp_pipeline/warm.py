@@ -358,7 +358,7 @@ class _Warm:
                     batch.skipped += 1
                     continue
                 batch.rows.append(row)
-                size += sum(len(v) for v in row[2:] if v is not None)
+                size += sum(map(len, row[2:-1]))
                 if len(batch.rows) >= limit or size >= self.batch_bytes:
                     yield self._with_parts(batch)
                     batch, size = _Batch(spec, []), 0
