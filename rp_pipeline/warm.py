@@ -178,7 +178,7 @@ def warm(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, opti
     try:
         return _Warm(client, conn, config, options, logger or log).run()
     except psycopg.OperationalError as exc:
-        raise SyncFailed(f"warm: lost the Postgres connection ({first_line(exc)}); run the warm again, "
+        raise SyncFailed(f"warm: Postgres failed ({first_line(exc)}); run the warm again, "
                          "it completes what was started") from None
     except redis.RedisError as exc:
         raise SyncFailed(f"warm: Redis failed ({first_line(exc)}); run the warm again, "
@@ -457,7 +457,7 @@ class _Warm:
                 for part in ("hyperparameters", "experiment_runs"):
                     if part in self.options.entities:
                         self._rehome(BY_NAME[part], pg_ids, by="training_run_id")
-                cards = {self._key("metric:{id}:" + name, id=i): len(points)
+                cards = {self._key("metric:{id}:", id=i) + name: len(points)
                          for i, pg in zip(ids, pg_ids) for name, points in batch.parts[pg]["series"].items()}
                 Bookkeeping(self.conn, self.config.sync_schema, self.origin.name, "metrics",
                             self.origin.generation).set_series_cards(cards)
@@ -507,7 +507,7 @@ class _Warm:
                 for start in range(0, len(parts["params"]), SCRIPT_ARGS):
                     commands.append(["HSET", guards[-1], *parts["params"][start:start + SCRIPT_ARGS]])
             for name, points in parts["series"].items():
-                series = self._key("metric:{id}:" + name, id=rid)
+                series = self._key("metric:{id}:", id=rid) + name  # a name may hold braces: not a pattern
                 flat = [v for point in points for v in point]
                 for start in range(0, len(flat), SCRIPT_ARGS):
                     commands.append(["ZADD", series, *flat[start:start + SCRIPT_ARGS]])

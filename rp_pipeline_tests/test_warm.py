@@ -136,7 +136,7 @@ def fill(writer, predictions: int = 5) -> dict:
     writer.log_hyperparameters(training, {"opt": "adam"})
     for epoch in range(3):
         writer.log_metric(done, "val:loss", 1.0 / (epoch + 1), epoch=epoch, split="val:a")
-    writer.log_metric(training, "acc", 0.5, step=7)
+    writer.log_metric(training, "acc{top5}", 0.5, step=7)
     writer.log_metric(training, "acc", 0.6)
     experiment = writer.create_experiment("exp", hypothesis="bigger is better")
     writer.add_experiment_run(experiment, done, variant_name="A", notes="n")
@@ -180,7 +180,13 @@ def synced_then_flushed(writer, redis_client, key_prefix, run_sync, pg_conn):
 def test_warm_restores_every_object_as_the_layout_reads_it(synced_then_flushed, warm_now, redis_client, key_prefix,
                                                            pg_conn):
     original, _ = synced_then_flushed
-    result = warm_now(predictions_hours=1)
+    neighbour = f"x{key_prefix}model:1"  # another tenant's key, under another prefix
+    redis_client.hset(neighbour, mapping={"name": "theirs"})
+    try:
+        result = warm_now(predictions_hours=1)
+        assert redis_client.hgetall(neighbour) == {"name": "theirs"}
+    finally:
+        redis_client.delete(neighbour)
     assert LayoutReader(redis_client, key_prefix).graph() == original
     assert result.counts() == {"models": 2, "model_versions": 2, "datasets": 1, "training_runs": 2,
                                "hyperparameters": 3, "metrics": 5, "experiments": 1, "experiment_runs": 2,
