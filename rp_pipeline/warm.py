@@ -230,7 +230,7 @@ class _Warm:
         for note in self.result.notes:
             self.log.warning("  warm: %s", note)
         self.origin = resolve_origin(self.src, self.conn, self.config, self.log)
-        self.params = {"source": self.origin.name, "generation": self.origin.generation}
+        self.params = {"source": self.origin.name, "generation": self.origin.generation, "lo": None, "hi": None}
         self.sender = _ScriptCalls(self.client, self.src.prefix + GENERATION_KEY, self.origin.generation)
         self.reader = connect_postgres(self.config, autocommit=False)
         try:
@@ -317,8 +317,10 @@ class _Warm:
     def _redis_id_sql(self, spec: EntitySpec) -> str:
         if has_redis_id(spec):
             return "CASE WHEN t.origin_source = %(source)s THEN t.origin_redis_id END"
+        # When completing a block, its own id: the row may also map from a record the application made.
         return (f"(SELECT max(m.redis_id) FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-                f"'{spec.name}' AND m.generation = %(generation)s AND m.pg_id = t.id)")
+                f"'{spec.name}' AND m.generation = %(generation)s AND m.pg_id = t.id "
+                "AND (%(lo)s::bigint IS NULL OR m.redis_id BETWEEN %(lo)s AND %(hi)s))")
 
     def _parent_join(self, column: str, entity: str) -> str:
         """The Redis id of each parent row in this data set (the latest, when two carry one name)."""
