@@ -206,6 +206,7 @@ def test_next_sync_adds_no_row_and_changes_update_the_warmed_rows(synced_then_fl
     results = run_sync()
     assert row_counts(pg_conn) == before
     assert {name: r.inserted for name, r in results.items() if r.inserted} == {}
+    assert results["predictions"].read == 0  # the watermark moved past the warmed block: nothing read back
     reader = LayoutReader(redis_client, key_prefix)
     run_id = next(i for i in reader.ids("idx:runs") if reader.hash(f"run:{i}")["run_name"] == "training")
     pg_id = pg_conn.execute("SELECT id FROM training_runs WHERE run_name = 'training'").fetchone()[0]
