@@ -21,7 +21,6 @@ import threading
 import time
 from datetime import datetime, timezone
 
-import psycopg
 import pytest
 
 from rp_pipeline.connections import connect_postgres, connect_redis
