@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rp-pipeline" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline",
         description="Sync Redis (aidb layout) into PostgreSQL by running the Dagster job redis_to_postgres_sync "
-                    "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first).",
+                    "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first). "
+                    "`warm --help`: write Postgres rows back into Redis after a flush or a restart.",
         epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one sync and exit")
