@@ -56,7 +56,7 @@ WINDOW_COLUMN = {"training_runs": "started_at", "predictions": "timestamp", "met
 DEFAULT_RUNS_DAYS = 7.0
 DEFAULT_PREDICTIONS_HOURS = 0.0
 BATCH_ROWS = {"training_runs": 200}  # runs carry their parameters and metric series along
-DEFAULT_BATCH_ROWS = 5_000
+DEFAULT_BATCH_ROWS = 10_000
 DEFAULT_BATCH_BYTES = 32 << 20
 SCRIPT_RECORDS = 1_000  # records per script call: Redis is never blocked by one huge script
 SCRIPT_ARGS = 2_000  # arguments per command inside the script (Lua's unpack has a limit)
@@ -352,7 +352,7 @@ class _Warm:
         """The rows in batches bounded by rows and bytes, through a server-side cursor (flat memory)."""
         limit = BATCH_ROWS.get(spec.name, DEFAULT_BATCH_ROWS)
         with self.reader.cursor(name=f"rp_warm_{spec.name}") as cur:
-            cur.itersize = min(limit, 2_000)
+            cur.itersize = min(limit, 5_000)
             cur.execute(self._select_sql(spec, where), {**self.params, **params})
             batch, size = _Batch(spec, []), 0
             for row in cur:
