@@ -304,6 +304,23 @@ class RedisPgSync:
         for key in COUNTERS:
             self.log.info("  %s: %s", _counter_label(key), outcome.stats.get(key, 0))
 
+    # -- cache warm ----------------------------------------------------------
+
+    def warm(self, entities: tuple[str, ...] | list[str] | None = None, runs_days: float | None = None,
+             predictions_hours: float | None = None, dry_run: bool = False) -> dict[str, int]:
+        """Write Postgres rows back into Redis after a flush or restart (warm.py); records written per entity.
+
+        Defaults: every entity, runs of the last WARM_RUNS_DAYS (7), predictions of the last
+        WARM_PREDICTIONS_HOURS (0: none). Raises SyncFailed if a server fails; running it again completes it.
+        """
+        from .warm import WarmOptions, parse_entities, run_warm
+
+        options = WarmOptions.from_env(
+            entities=parse_entities(",".join(entities)) if entities else None, runs_days=runs_days,
+            predictions_hours=predictions_hours, dry_run=dry_run)
+        self._check_servers()
+        return run_warm(self.config, options, self.log).counts()
+
     # -- continuous mode -----------------------------------------------------
 
     def run_continuous(self, interval_seconds: float = 300) -> int:

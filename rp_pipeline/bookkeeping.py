@@ -260,6 +260,33 @@ class Bookkeeping:
             f"UPDATE {self.s}.entity_runs SET deleted = %(deleted)s WHERE run_id = %(run_id)s "
             "AND source = %(source)s AND entity = %(entity)s", self._params(run_id=run_id, deleted=deleted))
 
+    # -- cache warm (warm.py) ----------------------------------------------------------------------
+    def map_ids(self, entity: str, redis_ids: list[int], pg_ids: list[int]) -> None:
+        """Record Redis id → Postgres id, as a load does, for records the warm writes or finds."""
+        self.conn.execute(
+            f"INSERT INTO {self.s}.id_map (source, entity, redis_id, generation, pg_id) "
+            "SELECT %(source)s, %(parent)s, r, %(generation)s, p FROM unnest(%(redis)s::bigint[], %(pg)s::bigint[]) "
+            "AS u(r, p) ON CONFLICT (source, entity, redis_id) DO UPDATE SET pg_id = EXCLUDED.pg_id, "
+            "generation = EXCLUDED.generation",
+            self._params(parent=entity, redis=redis_ids, pg=pg_ids))
+
+    def note_warm_range(self, entity: str, first: int, last: int) -> None:
+        """A block of ids whose bookkeeping is committed but whose records may not be written yet."""
+        self.conn.execute(
+            f"INSERT INTO {self.s}.state AS s (source, name, value) VALUES (%(source)s, %(name)s, %(value)s) "
+            "ON CONFLICT (source, name) DO UPDATE SET value = s.value || EXCLUDED.value",
+            self._params(name=f"warm:{self.generation}", value=f"{entity} {first} {last}\n"))
+
+    def warm_ranges(self) -> list[tuple[str, int, int]]:
+        """Blocks an unfinished warm of this data set noted, in the order it wrote them."""
+        text = self.state(f"warm:{self.generation}") or ""
+        return [(entity, int(first), int(last)) for entity, first, last in
+                (line.split(" ") for line in text.splitlines() if line)]
+
+    def clear_warm_ranges(self) -> None:
+        self.conn.execute(f"DELETE FROM {self.s}.state WHERE source = %(source)s AND name LIKE 'warm:%%'",
+                          self._params())
+
 
 def record_attempt(conn: psycopg.Connection, sync_schema: str, source: str, entity: str) -> None:
     """Note that a sync of this entity starts, committed at once: a failed sync rolls back its

@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="rp-pipeline" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline",
         description="Sync Redis (aidb layout) into PostgreSQL by running the Dagster job redis_to_postgres_sync "
                     "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first). "
-                    "`%(prog)s metrics --help`: the Prometheus exporter.",
+                    "`%(prog)s metrics --help`: the Prometheus exporter; `%(prog)s warm --help`: write Postgres rows "
+                    "back into Redis after a flush or a restart.",
         epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one sync and exit")
@@ -225,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics_args = parse_metrics_args(argv[1:])
         logger = configure_logging()
         return run_guarded(lambda: run_metrics(metrics_args, logger))
+    if argv[:1] == ["warm"]:
+        from .warm_cli import main as warm_main
+
+        return warm_main(argv[1:])
     args = parse_args(argv)
     logger = configure_logging()
     return run_guarded(lambda: run(args, logger))

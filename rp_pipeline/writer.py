@@ -154,6 +154,10 @@ _PREDICTION = _Entity(
     ("model_version_id", "input", "output", "confidence", "inference_time_ms", "timestamp", "metadata"),
 )
 
+# Each table's layout, for code that writes existing rows back (the cache warm, warm.py).
+LAYOUT: dict[str, _Entity] = {"models": _MODEL, "model_versions": _VERSION, "datasets": _DATASET,
+                              "training_runs": _RUN, "experiments": _EXPERIMENT, "predictions": _PREDICTION}
+
 _RUN_UPDATABLE = ("status", "completed_at", "duration_seconds", "final_loss", "best_metric_value", "artifacts")
 
 
