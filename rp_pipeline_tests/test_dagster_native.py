@@ -11,7 +11,6 @@ from the repository root.
 """
 
 import asyncio
-import dataclasses
 import json
 import os
 import subprocess
@@ -214,14 +213,14 @@ def test_dg_check_defs_passes_from_the_repository_root():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def test_dg_list_defs_shows_the_tables_job_schedule_and_sensor():
+def test_dg_list_defs_shows_the_tables_jobs_schedule_and_sensors():
     done = _dg("list", "defs", "--json")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     listed = json.loads(done.stdout[done.stdout.index("{"):])
     assets = {a["asset_key"] for a in listed["assets"]}
-    assert assets == {spec.name for spec in ENTITIES}
-    assert {j["name"] for j in listed["jobs"]} >= {JOB_NAME}
+    assert assets == {spec.name for spec in ENTITIES} | {"redis_cache_warm"}
+    assert {j["name"] for j in listed["jobs"]} >= {JOB_NAME, "redis_cache_warm_job"}
     assert {s["name"] for s in listed["schedules"]} == {"redis_to_postgres_sync_schedule"}
-    assert {s["name"] for s in listed["sensors"]} == {"redis_backlog_sensor"}
+    assert {s["name"] for s in listed["sensors"]} == {"redis_backlog_sensor", "warm_on_flush"}
     assert {c["name"] for c in listed["asset_checks"]} == {
         "identity_is_unique", "foreign_keys_resolve", "reconciles_with_redis", "no_rejected_records"}
