@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import redis
+from redis.cluster import RedisCluster
 
 from .connections import refused_by_acl
 from .entities import (
@@ -59,6 +60,13 @@ class RedisSource:
     def marker(self) -> str | None:
         """The data set's marker as it is now (None after a flush), without creating it."""
         return self.client.get(self.prefix + GENERATION_KEY)
+
+    def scan_keys(self, pattern: str) -> set[str]:
+        """Every key of the prefix matching `pattern`, by SCAN on every primary of a cluster."""
+        match = self.prefix.replace("[", "\\[") + pattern
+        if isinstance(self.client, RedisCluster):
+            return set(self.client.scan_iter(match=match, count=10_000, target_nodes=RedisCluster.PRIMARIES))
+        return set(self.client.scan_iter(match=match, count=10_000))
 
     def counter(self, spec: EntitySpec) -> int:
         """The entity's id counter; 0 when absent. A counter that is not a number is reported, not fatal."""
@@ -157,6 +165,38 @@ def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) 
     return replies
 
 
+# Replies that mean "ask another node": the slot moved (resharding) or is moving, or the cluster is failing over.
+_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def hmget_many_on_cluster(client: RedisCluster, keys: Sequence[str], fields: Sequence[str]) -> list:
+    """HMGET each key of a Redis Cluster: keys grouped by the primary that serves their slot, each group
+    pipelined on that node like a single server. A reply that redirects (a slot moved since the client
+    read the slot map) is read again through the cluster client, which follows MOVED/ASK itself."""
+    groups: dict[str, list[int]] = {}
+    nodes = {}
+    for position, key in enumerate(keys):
+        node = client.nodes_manager.get_node_from_slot(client.keyslot(key))
+        groups.setdefault(node.name, []).append(position)
+        nodes[node.name] = node
+    replies: list = [None] * len(keys)
+    for name, positions in groups.items():
+        try:
+            answers = hmget_many(client.get_redis_connection(nodes[name]), [keys[i] for i in positions], fields)
+        except redis.ConnectionError as exc:
+            client.nodes_manager.initialize()  # a failover or a removed node: the next cycle reads the new map
+            raise redis.ConnectionError(f"Redis Cluster node {name} failed while answering HMGET ({exc}): "
+                                        "nothing of this entity was committed; the next cycle reads it again") from exc
+        for position, reply in zip(positions, answers):
+            replies[position] = reply
+    redirected = [i for i, reply in enumerate(replies)
+                  if isinstance(reply, Exception) and str(reply).split(" ", 1)[0] in _REDIRECTS]
+    if redirected:
+        for position, reply in zip(redirected, pipelined(client, (("HMGET", keys[i], *fields) for i in redirected))):
+            replies[position] = reply
+    return replies
+
+
 def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
     """Records as a frame of strings and None (absent fields are None, never NaN)."""
     columns = META_COLUMNS + [p.column for p in spec.parents] + spec.column_names + (
@@ -171,7 +211,8 @@ def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple
     names = [p.column for p in spec.parents] + spec.column_names
     head, _, tail = (src.prefix + spec.key).partition("{id}")
     keys = [f"{head}{i}{tail}" for i in ids]
-    replies = hmget_many(src.client, keys, fields)
+    read = hmget_many_on_cluster if isinstance(src.client, RedisCluster) else hmget_many
+    replies = read(src.client, keys, fields)
     width = len(fields)
     errors: list = [None] * len(replies)
     if set(map(type, replies)) <= {list}:  # the usual case, checked in C: a record with no field is rare

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import psycopg
 import redis
+from redis.cluster import RedisCluster
 
 from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
@@ -36,6 +37,12 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
+
+# On a Redis Cluster the hash and its index are in different slots, which one script cannot touch: the hash is
+# deleted (if unchanged) by a one-key script first, then its index entry. Hash first, so a concurrent write is
+# never lost; a failure in between leaves an index member without its hash, which readers already meet (an id
+# allocated whose record is not written yet) and which the next retention pass removes (old, synced, no hash).
+_DELETE_HASH_IF_UNCHANGED = _DELETE_IF_UNCHANGED.replace("redis.call('ZREM', KEYS[2], ARGV[1])\n", "")
 
 BATCH = 5_000
 
@@ -79,11 +86,18 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             continue
         candidates += [(int(m), index_key) for m in members if m.isdigit() and int(m) <= synced_up_to]
     deleted = 0
-    script = src.client.register_script(_DELETE_IF_UNCHANGED)
+    on_cluster = isinstance(src.client, RedisCluster)
+    # SCRIPT LOAD on a cluster goes to every primary, so EVALSHA works in a pipeline on any of them.
+    sha = src.client.script_load(_DELETE_HASH_IF_UNCHANGED if on_cluster else _DELETE_IF_UNCHANGED)
     fields = [p.field for p in PREDICTIONS.parents] + [c.redis_field for c in PREDICTIONS.columns]
     for batch in chunks(candidates, BATCH):
         index_of = dict(batch)
-        frame, _ = read_hashes(src, PREDICTIONS, [i for i, _ in batch])
+        frame, gone = read_hashes(src, PREDICTIONS, [i for i, _ in batch])
+        if on_cluster and gone:  # old, synced, hash already deleted: a pass interrupted between its two steps
+            pipe = src.client.pipeline(transaction=False)
+            for record_id in gone:
+                pipe.zrem(index_of[record_id], record_id)
+            raise_refusal(pipe.execute(raise_on_error=False))
         frame = frame[~frame["_key"].isin(waiting) & frame["_error"].isna()]
         if frame.empty:
             continue
@@ -94,8 +108,16 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             args = [record_id]
             for name, value in zip(fields, raw[record_id]):
                 args += [name, "" if value is None else value]
-            script(keys=[key, index_of[record_id]], args=args, client=pipe)
-        deleted += sum(1 for r in raise_refusal(pipe.execute(raise_on_error=False)) if r == 1)
+            keys = [key] if on_cluster else [key, index_of[record_id]]
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # a cluster pipeline blocks .evalsha()
+        done = [i for i, r in zip(confirmed["_id"].tolist(), raise_refusal(pipe.execute(raise_on_error=False)))
+                if r == 1]
+        if on_cluster and done:
+            pipe = src.client.pipeline(transaction=False)
+            for record_id in done:
+                pipe.zrem(index_of[record_id], record_id)
+            raise_refusal(pipe.execute(raise_on_error=False))
+        deleted += len(done)
     return deleted
 
 
