@@ -98,6 +98,8 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
         with redis.Redis.from_url(url, socket_timeout=REDIS_PING_TIMEOUT, **options) as probe:
             probe.ping()
             cluster = is_cluster_node(probe)
+            if cluster:
+                _check_cluster_access(probe, config)
         if cluster:
             client = connect_cluster(config, options)
         else:
@@ -146,6 +148,17 @@ def is_cluster_node(probe: redis.Redis) -> bool:
     if isinstance(hello, list):  # RESP2 without redis-py's callback: flat name/value pairs
         hello = dict(zip(hello[::2], hello[1::2]))
     return hello.get("mode") == "cluster"
+
+
+def _check_cluster_access(probe: redis.Redis, config: SyncConfig) -> None:
+    """CLUSTER SLOTS, as RedisCluster will send it, so a refusal by the ACL is named (redis-py reports it as
+    "cluster mode is not enabled")."""
+    try:
+        probe.execute_command("CLUSTER SLOTS")
+    except redis.ResponseError as exc:
+        if refused_by_acl(exc):
+            raise PermissionProblem(explain_redis_refusal(exc, config, CLUSTER_ACCESS)) from None
+        raise
 
 
 def connect_cluster(config: SyncConfig, options: dict) -> RedisCluster:
