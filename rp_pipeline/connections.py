@@ -19,6 +19,7 @@ from redis.exceptions import RedisClusterException
 from .entities import BY_NAME
 from .errors import ConnectionProblem, PermissionProblem, first_line
 from .settings import ConfigError, SyncConfig, psycopg_url, redact_url, split_url
+from .writer import is_cluster_node
 
 
 def _where(url: str, default_port: int) -> str:
@@ -134,20 +135,6 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
             "redis://[user:password@]host:port/db, with special characters in the password percent-encoded "
             "(e.g. # as %23).") from None
     return client
-
-
-def is_cluster_node(probe: redis.Redis) -> bool:
-    """Whether the server is a Redis Cluster node, from HELLO's `mode` (in @connection: no extra ACL rule).
-
-    A cluster node answers a plain client for the keys of its own slots only: read as a single
-    server, a cluster yields a fraction of the data set and no error."""
-    try:
-        hello = probe.execute_command("HELLO")
-    except redis.ResponseError:  # a server older than 6.2 (HELLO needs a protocol version there): no cluster mode
-        return False
-    if isinstance(hello, list):  # RESP2 without redis-py's callback: flat name/value pairs
-        hello = dict(zip(hello[::2], hello[1::2]))
-    return hello.get("mode") == "cluster"
 
 
 def _check_cluster_access(probe: redis.Redis, config: SyncConfig) -> None:

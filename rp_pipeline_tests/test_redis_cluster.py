@@ -8,15 +8,21 @@ way of writing (spec_writer.py), go into the cluster and into a single Redis, bo
 into their own schemas and all nine tables compare equal except ids and origins; predictions
 written over all three primaries; a slot moved between cycles while the sync keeps its slot map
 (MOVED) and a slot half-migrated during a cycle (ASK), every prediction in Postgres exactly
-once; retention on a cluster (hash and index in different slots); a database other than 0 on
-a cluster node, a comma-separated REDIS_URL and a db path that is not a number, each refused
-by the CLI with exit 2 and one line.
+once; retention on a cluster (hash and index in different slots); the README's sync ACL user,
+refused with one line naming `+cluster|slots` until the README's cluster line is applied;
+`RedisWriter` against the cluster (ordered single-key writes) with writer processes logging
+while sync cycles run back to back — every record in Postgres exactly once, nothing left
+pending; a database other than 0 on a cluster node, a comma-separated REDIS_URL and a db path
+that is not a number, each refused by the CLI with exit 2 and one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
+import re
+import shlex
 import subprocess
 import tempfile
 import time
@@ -32,7 +38,12 @@ from rp_pipeline.engine import sync_all
 from rp_pipeline.schema import migrate
 from rp_pipeline.settings import ConfigError, SyncConfig
 
+from rp_pipeline.errors import PermissionProblem
+from rp_pipeline.writer import RedisWriter
+
+from .acl_support import README, SYNC_ACL
 from .cli_support import REPO, clean_env, run_cli
+from .faults import atomic_writer_process, fill
 from .spec_writer import SpecWriter
 
 TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics", "experiments",
@@ -239,10 +250,12 @@ def test_slots_moved_between_and_during_cycles_lose_and_duplicate_nothing(
         # During the next cycle: another slot is half-way (keys moved, slot still MIGRATING: ASK).
         half = start_migration(cluster, f"{key_prefix}prediction:170", cluster_ports)
         assert half[0] != moved
-        assert sync_once(cluster_config, client)["predictions"].inserted == 100
-        with connect_postgres(cluster_config) as conn:
-            assert prediction_origins(conn, cluster_config.schema) == list(range(1, 201))
-        finish_migration(half[0], half[3], cluster_ports)
+        try:
+            assert sync_once(cluster_config, client)["predictions"].inserted == 100
+            with connect_postgres(cluster_config) as conn:
+                assert prediction_origins(conn, cluster_config.schema) == list(range(1, 201))
+        finally:
+            finish_migration(half[0], half[3], cluster_ports)
         for n in range(200, 250):
             w.log_prediction(version, {"n": n}, n)
         sync_once(cluster_config, client)
@@ -268,6 +281,86 @@ def test_retention_on_a_cluster_deletes_each_synced_hash_and_its_index_entry(clu
     assert cluster.zrange(index, 0, -1) == [str(kept)]
     with connect_postgres(cluster_config) as conn:
         assert prediction_origins(conn, cluster_config.schema) == [*old, kept]
+
+
+def cluster_acl_lines() -> list[str]:
+    """The README's sync ACL line and its cluster line (`ACL SETUSER rp_sync +cluster|slots`)."""
+    lines = re.findall(r"^ACL SETUSER rp_sync \+cluster\|slots$", README, re.M)
+    assert len(lines) == 1, "README should have one 'ACL SETUSER rp_sync +cluster|slots' line"
+    return [SYNC_ACL, lines[0]]
+
+
+def test_the_readme_sync_user_needs_its_cluster_line_and_then_reads_the_cluster(
+        cluster, cluster_config, cluster_ports, key_prefix):
+    user, password = f"rp_acl_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    nodes = [redis.Redis(port=p) for p in cluster_ports]
+
+    def apply(line: str) -> None:  # ACL users are per node: every node gets every line
+        words = shlex.split(line.replace("CHANGE-ME", password).replace("aidb:", key_prefix))
+        for node in nodes:
+            node.execute_command("ACL", "SETUSER", user, *words[3:])
+
+    w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
+    version = w.create_model_version(w.create_model("m"), "1")
+    for n in range(50):
+        w.log_prediction(version, {"n": n}, n)
+    config = dataclasses.replace(cluster_config, redis_url=f"redis://{user}:{password}@127.0.0.1:{cluster_ports[1]}")
+    base, cluster_line = cluster_acl_lines()
+    try:
+        apply(base)
+        with pytest.raises(PermissionProblem) as refused:
+            connect_redis(config)
+        assert f"ACL SETUSER {user} +cluster|slots" in str(refused.value) and password not in str(refused.value)
+        apply(cluster_line)
+        results = sync_once(config)
+        assert results["predictions"].inserted == 50 and results["models"].inserted == 1
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", user)
+
+
+def test_writer_processes_on_a_cluster_lose_and_duplicate_nothing_across_cycles(
+        cluster, cluster_url, cluster_config, key_prefix):
+    with RedisWriter.from_url(cluster_url, key_prefix=key_prefix) as writer:
+        assert writer.on_cluster
+        setup = fill(writer, models=3, runs_per_version=1, points=3, predictions=100)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=atomic_writer_process, args=(cluster_url, key_prefix, seed, 5.0, 400,
+                                                              setup["versions"], setup["runs"], out))
+             for seed in (1, 2)]
+    migrate(cluster_config)
+    client = connect_redis(cluster_config)
+    reports, cycles = [], 0
+    try:
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + 90
+        while len(reports) < len(procs):  # cycles back to back until every writer has reported
+            sync_once(cluster_config, client)
+            cycles += 1
+            while not out.empty():
+                reports.append(out.get())
+            assert time.monotonic() < deadline, "writers did not finish"
+        for proc in procs:
+            proc.join(timeout=30)
+            assert proc.exitcode == 0
+        sync_once(cluster_config, client)
+    finally:
+        client.close()
+    assert cycles >= 2
+    written = sorted(i for r in reports for i in r["predictions"])
+    points = sorted((run, name, split, step) for r in reports for run, name, split, step in r["points"])
+    with connect_postgres(cluster_config) as conn:
+        s = cluster_config.schema
+        assert prediction_origins(conn, s) == list(range(1, 101)) + written
+        assert sorted(conn.execute(
+            f'SELECT r.origin_redis_id, m.metric_name, m.split, m.step FROM "{s}".metrics m '
+            f'JOIN "{s}".training_runs r ON r.id = m.training_run_id WHERE m.metric_name = %s',
+            ("acc:top1",)).fetchall()) == points
+        assert conn.execute(f'SELECT count(*) FROM "{cluster_config.sync_schema}".pending').fetchone()[0] == 0
+        assert conn.execute(f'SELECT count(*) FROM "{cluster_config.sync_schema}".rejected_records'
+                            ).fetchone()[0] == 0
 
 
 def test_a_database_other_than_0_on_a_cluster_node_is_refused(cluster_url, cluster_config):
