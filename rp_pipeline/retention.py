@@ -5,7 +5,8 @@ Runs after the entity's sync transaction has committed. A record is deleted only
 *and every one of its values* (so a record changed since its sync is kept for the next
 cycle), and (3) at the moment of deletion it is still exactly what was checked: a Lua
 script compares every field before it deletes the hash and its index entry together, so
-no index member is left without its hash and no concurrent write is ever lost.
+no index member is left without its hash and no concurrent write is ever lost (on a Redis
+Cluster, where the two are in different slots, in two steps: `_DELETE_HASH_IF_UNCHANGED`).
 """
 
 from __future__ import annotations
@@ -87,8 +88,7 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
         candidates += [(int(m), index_key) for m in members if m.isdigit() and int(m) <= synced_up_to]
     deleted = 0
     on_cluster = isinstance(src.client, RedisCluster)
-    # SCRIPT LOAD on a cluster goes to every primary, so EVALSHA works in a pipeline on any of them.
-    sha = src.client.script_load(_DELETE_HASH_IF_UNCHANGED if on_cluster else _DELETE_IF_UNCHANGED)
+    delete = _delete_hash_if_unchanged(src.client) if on_cluster else _delete_if_unchanged(src.client)
     fields = [p.field for p in PREDICTIONS.parents] + [c.redis_field for c in PREDICTIONS.columns]
     for batch in chunks(candidates, BATCH):
         index_of = dict(batch)
@@ -108,8 +108,7 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             args = [record_id]
             for name, value in zip(fields, raw[record_id]):
                 args += [name, "" if value is None else value]
-            keys = [key] if on_cluster else [key, index_of[record_id]]
-            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # a cluster pipeline blocks .evalsha()
+            delete(pipe, key, index_of[record_id], args)
         done = [i for i, r in zip(confirmed["_id"].tolist(), raise_refusal(pipe.execute(raise_on_error=False)))
                 if r == 1]
         if on_cluster and done:
@@ -119,6 +118,19 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             raise_refusal(pipe.execute(raise_on_error=False))
         deleted += len(done)
     return deleted
+
+
+def _delete_if_unchanged(client: redis.Redis):
+    """Queue the one-step script (hash and index entry together) on a pipeline."""
+    script = client.register_script(_DELETE_IF_UNCHANGED)
+    return lambda pipe, key, index, args: script(keys=[key, index], args=args, client=pipe)
+
+
+def _delete_hash_if_unchanged(client: RedisCluster):
+    """Queue the cluster's first step (the hash only) on a cluster pipeline. SCRIPT LOAD on a cluster goes to
+    every primary, so EVALSHA runs on whichever serves the key (a cluster pipeline refuses `.evalsha()`)."""
+    sha = client.script_load(_DELETE_HASH_IF_UNCHANGED)
+    return lambda pipe, key, index, args: pipe.execute_command("EVALSHA", sha, 1, key, *args)
 
 
 def _raw_columns(spec: EntitySpec) -> list[str]:
