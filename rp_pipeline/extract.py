@@ -186,7 +186,7 @@ def hmget_many_on_cluster(client: RedisCluster, keys: Sequence[str], fields: Seq
         except redis.ConnectionError as exc:
             client.nodes_manager.initialize()  # a failover or a removed node: the next cycle reads the new map
             raise redis.ConnectionError(f"Redis Cluster node {name} failed while answering HMGET ({exc}): "
-                                        "nothing of this entity was committed; the next cycle reads it again") from exc
+                                        "a failover or a node down") from exc
         for position, reply in zip(positions, answers):
             replies[position] = reply
     redirected = [i for i, reply in enumerate(replies)

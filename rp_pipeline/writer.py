@@ -20,7 +20,7 @@ uses ordered single-key writes instead: INCRBY the counter (ids allocated), then
 then ZADD the index entries (and the name map). A reader may see a counter ahead of its records,
 as with the old adapter, and the sync waits for such an id ("allocated, not written yet"); an
 index entry never names a hash not written yet. Membership is HSET, then SADD (no MULTI across
-slots). The cluster ACL adds +incrby only through the rules above, and +cluster|slots.
+slots). On a cluster its ACL user needs +cluster|slots as well (the rules below cover the rest).
 
     ACL SETUSER rp_writer reset on >CHANGE-ME %RW~aidb:* +@connection +evalsha +script|load +incrby +hset +zadd +exists +sadd +multi +exec +get +zcard +zrange +hget
 """

@@ -8,7 +8,8 @@ way of writing (spec_writer.py), go into the cluster and into a single Redis, bo
 into their own schemas and all nine tables compare equal except ids and origins; predictions
 written over all three primaries; a slot moved between cycles while the sync keeps its slot map
 (MOVED) and a slot half-migrated during a cycle (ASK), every prediction in Postgres exactly
-once; retention on a cluster (hash and index in different slots); the README's sync ACL user,
+once; a primary that dies before a cycle reads it (the sync's slot map still names it): the
+predictions entity fails with a message naming the node, nothing of it committed; retention on a cluster (hash and index in different slots); the README's sync ACL user,
 refused with one line naming `+cluster|slots` until the README's cluster line is applied;
 `RedisWriter` against the cluster (ordered single-key writes) with writer processes logging
 while sync cycles run back to back — every record in Postgres exactly once, nothing left
@@ -38,7 +39,8 @@ from rp_pipeline.engine import sync_all
 from rp_pipeline.schema import migrate
 from rp_pipeline.settings import ConfigError, SyncConfig
 
-from rp_pipeline.errors import PermissionProblem
+from rp_pipeline.entities import PREDICTIONS
+from rp_pipeline.errors import PermissionProblem, SyncFailed
 from rp_pipeline.writer import RedisWriter
 
 from .acl_support import README, SYNC_ACL
@@ -101,13 +103,13 @@ def cluster_config(sync_config, cluster_url, postgres_url):
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def sync_once(config: SyncConfig, client=None) -> dict:
+def sync_once(config: SyncConfig, client=None, **options) -> dict:
     migrate(config)
     own = client is None
     client = connect_redis(config) if own else client
     try:
         with connect_postgres(config) as conn:
-            return sync_all(client, conn, config, run_id=uuid.uuid4().hex)
+            return sync_all(client, conn, config, run_id=uuid.uuid4().hex, **options)
     finally:
         if own:
             client.close()
@@ -263,6 +265,44 @@ def test_slots_moved_between_and_during_cycles_lose_and_duplicate_nothing(
             assert prediction_origins(conn, cluster_config.schema) == list(range(1, 251))
     finally:
         client.close()
+
+
+@pytest.fixture
+def own_cluster_ports():
+    """A cluster of this test's own, for a test that stops one of its nodes."""
+    directory = Path(tempfile.mkdtemp(prefix="rp_pipeline_cluster_"))
+    started = _services("start_redis_cluster", directory)
+    if started.returncode != 0:
+        _services("stop_redis_cluster", directory)
+        pytest.fail(f"could not start the Redis Cluster: {started.stderr.strip()}")
+    yield [int(p) for p in (directory / "ports").read_text().split()]
+    _services("stop_redis_cluster", directory)
+
+
+def test_a_node_lost_during_a_cycle_fails_the_entity_with_nothing_committed(own_cluster_ports, cluster_config):
+    config = dataclasses.replace(cluster_config, redis_url=f"redis://127.0.0.1:{own_cluster_ports[0]}")
+    client = connect_redis(config)
+    w = SpecWriter(client, config.key_prefix, clock=lambda: CLOCK)
+    version = w.create_model_version(w.create_model("m"), "1")
+    for n in range(60):
+        w.log_prediction(version, {"n": n}, n)
+    sync_once(config, client)
+    for n in range(60, 200):
+        w.log_prediction(version, {"n": n}, n)
+    # A primary that holds new predictions but neither the marker nor the counter, so the failure meets the reads.
+    needed = {client.get_node_from_key(config.key_prefix + k).port
+              for k in ("rp_pipeline:generation", "counter:prediction")}
+    lost = next(p for p in own_cluster_ports if p not in needed)
+    redis.Redis(port=lost).shutdown(nosave=True)
+
+    with pytest.raises(SyncFailed) as failed:
+        sync_once(config, client, entities=(PREDICTIONS,))
+
+    assert f"Redis Cluster node 127.0.0.1:{lost} failed while answering HMGET" in str(failed.value)
+    assert "nothing committed" in str(failed.value)
+    with connect_postgres(config) as conn:
+        assert prediction_origins(conn, config.schema) == list(range(1, 61))
+    client.close()
 
 
 def test_retention_on_a_cluster_deletes_each_synced_hash_and_its_index_entry(cluster, cluster_config, key_prefix):

@@ -120,12 +120,28 @@ stop_tls_redis() {
 # start_redis_cluster DIR starts three `redis-server --cluster-enabled yes` on free ports, joins them
 # with `redis-cli --cluster create` (no replicas) and writes DIR/ports (one port per line, the first
 # is the node the tests name in REDIS_URL). stop_redis_cluster DIR stops them (by their pid files).
+_free_cluster_port() {  # a free port whose cluster bus port (port + 10000) is free and valid too
+  python3 - <<'PY'
+import random, socket
+while True:
+    port = random.randint(20000, 55000)
+    try:
+        for p in (port, port + 10000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    print(port)
+    break
+PY
+}
+
 start_redis_cluster() {
   local dir=$1 port ports=() i
   mkdir -p "$dir"
   command -v redis-server >/dev/null || _apt_install redis-server
   for i in 1 2 3; do
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(_free_cluster_port)
     mkdir -p "$dir/$port"
     redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" \
       --cluster-node-timeout 5000 --save "" --appendonly no --dir "$dir/$port" --daemonize yes \
