@@ -13,10 +13,13 @@ from urllib.parse import parse_qs, unquote
 
 import psycopg
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from .entities import BY_NAME
 from .errors import ConnectionProblem, PermissionProblem, first_line
-from .settings import SyncConfig, psycopg_url, redact_url, split_url
+from .settings import ConfigError, SyncConfig, psycopg_url, redact_url, split_url
+from .writer import is_cluster_node
 
 
 def _where(url: str, default_port: int) -> str:
@@ -95,7 +98,13 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
                        socket_keepalive=True)
         with redis.Redis.from_url(url, socket_timeout=REDIS_PING_TIMEOUT, **options) as probe:
             probe.ping()
-        client = redis.Redis.from_url(url, socket_timeout=REDIS_REPLY_TIMEOUT, **options)
+            cluster = is_cluster_node(probe)
+            if cluster:
+                _check_cluster_access(probe, config)
+        if cluster:
+            client = connect_cluster(config, options)
+        else:
+            client = redis.Redis.from_url(url, socket_timeout=REDIS_REPLY_TIMEOUT, **options)
     except redis.AuthenticationError:
         raise ConnectionProblem(f"Redis at {_where(url, 6379)} rejected the password in REDIS_URL.") from None
     except redis.TimeoutError:
@@ -114,7 +123,11 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
     except redis.ResponseError as exc:
         if refused_by_acl(exc):
             raise PermissionProblem(explain_redis_refusal(exc, config, CONNECTION_ACCESS)) from None
+        if "SELECT is not allowed in cluster mode" in str(exc):
+            raise ConfigError(_cluster_has_one_db(url)) from None
         raise ConnectionProblem(f"Redis at {_where(url, 6379)} refused us: {first_line(exc)}") from None
+    except ConfigError:
+        raise
     except ValueError:
         # The parser's own message may quote part of the password: it is not repeated.
         raise ConnectionProblem(
@@ -122,6 +135,37 @@ def connect_redis(config: SyncConfig) -> redis.Redis:
             "redis://[user:password@]host:port/db, with special characters in the password percent-encoded "
             "(e.g. # as %23).") from None
     return client
+
+
+def _check_cluster_access(probe: redis.Redis, config: SyncConfig) -> None:
+    """CLUSTER SLOTS, as RedisCluster will send it, so a refusal by the ACL is named (redis-py reports it as
+    "cluster mode is not enabled")."""
+    try:
+        probe.execute_command("CLUSTER SLOTS")
+    except redis.ResponseError as exc:
+        if refused_by_acl(exc):
+            raise PermissionProblem(explain_redis_refusal(exc, config, CLUSTER_ACCESS)) from None
+        raise
+
+
+def connect_cluster(config: SyncConfig, options: dict) -> RedisCluster:
+    """A RedisCluster client from the same URL: it discovers every node (CLUSTER SLOTS) and follows
+    MOVED/ASK redirects itself; TLS and the ACL user in the URL apply to every node."""
+    url = config.redis_url
+    if split_url(url).path not in ("", "0"):
+        raise ConfigError(_cluster_has_one_db(url))
+    try:
+        return RedisCluster.from_url(url, socket_timeout=REDIS_REPLY_TIMEOUT, **options)
+    except RedisClusterException as exc:
+        if "NOPERM" in str(exc) or "no permissions" in str(exc):
+            raise PermissionProblem(explain_redis_refusal(exc, config, CLUSTER_ACCESS)) from None
+        raise ConnectionProblem(f"cannot read the node map of the Redis Cluster at {_where(url, 6379)} "
+                                f"({first_line(exc)}): check that every node is reachable from here.") from None
+
+
+def _cluster_has_one_db(url: str) -> str:
+    return (f"REDIS_URL names a database other than 0 on a Redis Cluster node ({redact_url(url)}): a cluster has "
+            "only database 0; remove the /db from the URL.")
 
 
 TLS_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
@@ -167,6 +211,8 @@ class RedisAccess:
 CONNECTION_ACCESS = RedisAccess("PING", "(no key)", "+@connection", "connection check")
 MARKER_ACCESS = RedisAccess("SET", "{prefix}rp_pipeline:*", "+set %RW~{prefix}rp_pipeline:*",
                             "the sync's generation marker {prefix}rp_pipeline:generation")
+CLUSTER_ACCESS = RedisAccess("CLUSTER SLOTS", "(no key)", "+cluster|slots",
+                             "finding the nodes of a Redis Cluster")
 READ_ACCESS = RedisAccess("GET/ZRANGE/HMGET/HGETALL/SMEMBERS/ZCARD/SCAN", "{prefix}*", "+@read %R~{prefix}*",
                           "reading the layout")
 RETENTION_ACCESS = RedisAccess(

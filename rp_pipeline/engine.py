@@ -469,7 +469,7 @@ def changed_metric_series(src: RedisSource, book: Bookkeeping, config: SyncConfi
     stale = time.time() - float(last[0]) > config.metric_rescan_seconds
     keys = set(known)
     if active or stale or last[1] != signature:
-        keys.update(src.client.scan_iter(match=src.prefix.replace("[", "\\[") + "metric:*", count=10_000))
+        keys.update(src.scan_keys("metric:*"))
         book.set_state("metric_scan", f"{time.time()}|{signature}")
     keys = sorted(keys)
     cards = [c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))]

@@ -20,6 +20,7 @@ from itertools import accumulate
 
 import pandas as pd
 import redis
+from redis.cluster import RedisCluster
 
 from .connections import refused_by_acl
 from .entities import (
@@ -61,6 +62,13 @@ class RedisSource:
     def marker(self) -> str | None:
         """The data set's marker as it is now (None after a flush), without creating it."""
         return self.client.get(self.prefix + GENERATION_KEY)
+
+    def scan_keys(self, pattern: str) -> set[str]:
+        """Every key of the prefix matching `pattern`, by SCAN on every primary of a cluster."""
+        match = self.prefix.replace("[", "\\[") + pattern
+        if isinstance(self.client, RedisCluster):
+            return set(self.client.scan_iter(match=match, count=10_000, target_nodes=RedisCluster.PRIMARIES))
+        return set(self.client.scan_iter(match=match, count=10_000))
 
     def counter(self, spec: EntitySpec) -> int:
         """The entity's id counter; 0 when absent. A counter that is not a number is reported, not fatal."""
@@ -183,6 +191,56 @@ def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]
         client.connection_pool.release(conn)
 
 
+# Replies that mean "ask another node": the slot moved (resharding) or is moving, or the cluster is failing over.
+_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def hmget_many_on_cluster(client: RedisCluster, keys: Sequence[str], fields: Sequence[str]) -> list:
+    """HMGET each key of a Redis Cluster: keys grouped by the primary that serves their slot, each group
+    pipelined on that node like a single server. A reply that redirects (a slot moved since the client
+    read the slot map) is read again through the cluster client, which follows MOVED/ASK itself."""
+    groups: dict[str, list[int]] = {}
+    nodes = {}
+    for position, key in enumerate(keys):
+        node = client.nodes_manager.get_node_from_slot(client.keyslot(key))
+        groups.setdefault(node.name, []).append(position)
+        nodes[node.name] = node
+    replies: list = [None] * len(keys)
+    for name, positions in groups.items():
+        try:
+            answers = hmget_many(client.get_redis_connection(nodes[name]), [keys[i] for i in positions], fields)
+        except redis.ConnectionError as exc:
+            client.nodes_manager.initialize()  # a failover or a removed node: the next cycle reads the new map
+            raise redis.ConnectionError(f"Redis Cluster node {name} failed while answering HMGET ({exc}): "
+                                        "a failover or a node down") from exc
+        for position, reply in zip(positions, answers):
+            replies[position] = reply
+    redirected = [i for i, reply in enumerate(replies)
+                  if isinstance(reply, Exception) and str(reply).split(" ", 1)[0] in _REDIRECTS]
+    if redirected:
+        for position, reply in zip(redirected, pipelined(client, (("HMGET", keys[i], *fields) for i in redirected))):
+            replies[position] = reply
+    return replies
+
+
+def hmget_sized(client, keys: Sequence[str], fields: Sequence[str],
+                window_bytes: int) -> Iterator[tuple[list, list[int]]]:
+    """`hmget_stream` on a single server; on a Redis Cluster, windows of keys read node by node
+    (`hmget_many_on_cluster`), each window sized from the largest reply so far, replies measured
+    by their values' bytes."""
+    if not isinstance(client, RedisCluster):
+        yield from hmget_stream(client, keys, fields, window_bytes=window_bytes)
+        return
+    start, largest = 0, 1
+    while start < len(keys):
+        window = keys[start:start + max(1, min(PIPELINE_BATCH, window_bytes // largest))]
+        replies = hmget_many_on_cluster(client, window, fields)
+        sizes = [sum(len(v) for v in r if isinstance(v, str)) if isinstance(r, list) else 0 for r in replies]
+        largest = max(largest, *sizes)
+        start += len(window)
+        yield replies, sizes
+
+
 def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
     """Records as a frame of strings and None (absent fields are None, never NaN)."""
     columns = META_COLUMNS + [p.column for p in spec.parents] + spec.column_names + (
@@ -215,7 +273,8 @@ def _hash_keys(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> list[s
 def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple[pd.DataFrame, list[int]]:
     """HMGET the entity's fields for these ids: (rows that exist, ids with no record)."""
     keys = _hash_keys(src, spec, ids)
-    return _hash_frame(src, spec, ids, keys, hmget_many(src.client, keys, _fields(spec)[0]))
+    read = hmget_many_on_cluster if isinstance(src.client, RedisCluster) else hmget_many
+    return _hash_frame(src, spec, ids, keys, read(src.client, keys, _fields(spec)[0]))
 
 
 class _KeysOf(Sequence):
@@ -250,7 +309,7 @@ def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max
         done += count
         return Read(frame, size, largest, _hash_keys(src, spec, missing))
 
-    for more, more_sizes in hmget_stream(src.client, keys, _fields(spec)[0], window_bytes=max_bytes):
+    for more, more_sizes in hmget_sized(src.client, keys, _fields(spec)[0], window_bytes=max_bytes):
         replies += more
         sizes += more_sizes
         while len(replies) >= max_records or sum(sizes) >= max_bytes:

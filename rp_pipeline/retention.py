@@ -5,7 +5,8 @@ Runs after the entity's sync transaction has committed. A record is deleted only
 *and every one of its values* (so a record changed since its sync is kept for the next
 cycle), and (3) at the moment of deletion it is still exactly what was checked: a Lua
 script compares every field before it deletes the hash and its index entry together, so
-no index member is left without its hash and no concurrent write is ever lost.
+no index member is left without its hash and no concurrent write is ever lost (on a Redis
+Cluster, where the two are in different slots, in two steps: `_DELETE_HASH_IF_UNCHANGED`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import psycopg
 import redis
+from redis.cluster import RedisCluster
 
 from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
@@ -36,6 +38,12 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
+
+# On a Redis Cluster the hash and its index are in different slots, which one script cannot touch: the hash is
+# deleted (if unchanged) by a one-key script first, then its index entry. Hash first, so a concurrent write is
+# never lost; a failure in between leaves an index member without its hash, which readers already meet (an id
+# allocated whose record is not written yet) and which the next retention pass removes (old, synced, no hash).
+_DELETE_HASH_IF_UNCHANGED = _DELETE_IF_UNCHANGED.replace("redis.call('ZREM', KEYS[2], ARGV[1])\n", "")
 
 BATCH = 5_000
 
@@ -79,13 +87,20 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             continue
         candidates += [(int(m), index_key) for m in members if m.isdigit() and int(m) <= synced_up_to]
     deleted = 0
-    script = src.client.register_script(_DELETE_IF_UNCHANGED)
+    on_cluster = isinstance(src.client, RedisCluster)
+    delete = _delete_hash_if_unchanged(src.client) if on_cluster else _delete_if_unchanged(src.client)
     fields = [p.field for p in PREDICTIONS.parents] + [c.redis_field for c in PREDICTIONS.columns]
     index_of = dict(candidates)
     # One chunk at a time, closing on records or bytes: the records, their values again as the
     # script's arguments and the confirmed frame are alive together, so about a quarter of the budget.
     for read in read_hash_chunks(src, PREDICTIONS, [i for i, _ in candidates], BATCH,
                                  max(1, config.memory_budget_bytes // 8)):
+        if on_cluster and read.missing:  # old, synced, hash already deleted: a pass interrupted between its steps
+            pipe = src.client.pipeline(transaction=False)
+            for key in read.missing:
+                record_id = int(key.rsplit(":", 1)[1])
+                pipe.zrem(index_of[record_id], record_id)
+            raise_refusal(pipe.execute(raise_on_error=False))
         frame = read.frame[~read.frame["_key"].isin(waiting) & read.frame["_error"].isna()]
         if frame.empty:
             continue
@@ -96,9 +111,29 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             args = [record_id]
             for name, value in zip(fields, raw[record_id]):
                 args += [name, "" if value is None else value]
-            script(keys=[key, index_of[record_id]], args=args, client=pipe)
-        deleted += sum(1 for r in raise_refusal(pipe.execute(raise_on_error=False)) if r == 1)
+            delete(pipe, key, index_of[record_id], args)
+        done = [i for i, r in zip(confirmed["_id"].tolist(), raise_refusal(pipe.execute(raise_on_error=False)))
+                if r == 1]
+        if on_cluster and done:
+            pipe = src.client.pipeline(transaction=False)
+            for record_id in done:
+                pipe.zrem(index_of[record_id], record_id)
+            raise_refusal(pipe.execute(raise_on_error=False))
+        deleted += len(done)
     return deleted
+
+
+def _delete_if_unchanged(client: redis.Redis):
+    """Queue the one-step script (hash and index entry together) on a pipeline."""
+    script = client.register_script(_DELETE_IF_UNCHANGED)
+    return lambda pipe, key, index, args: script(keys=[key, index], args=args, client=pipe)
+
+
+def _delete_hash_if_unchanged(client: RedisCluster):
+    """Queue the cluster's first step (the hash only) on a cluster pipeline. SCRIPT LOAD on a cluster goes to
+    every primary, so EVALSHA runs on whichever serves the key (a cluster pipeline refuses `.evalsha()`)."""
+    sha = client.script_load(_DELETE_HASH_IF_UNCHANGED)
+    return lambda pipe, key, index, args: pipe.execute_command("EVALSHA", sha, 1, key, *args)
 
 
 def _raw_columns(spec: EntitySpec) -> list[str]:

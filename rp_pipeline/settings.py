@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
 
 from .entities import BY_NAME
@@ -70,6 +71,7 @@ class SyncConfig:
                 raise ConfigError(f"retention is supported for predictions and metrics, not {entity!r}")
         if self.chunk_size < 1:
             raise ConfigError("chunk size must be at least 1")
+        check_redis_url(self.redis_url)
         if not self.memory_budget_mb > 0:
             raise ConfigError(f"the memory budget must be a positive number of MB, not {self.memory_budget_mb!r}")
 
@@ -171,6 +173,33 @@ def split_url(url: str) -> UrlParts:
     host, port, path = (match.group(1), match.group(2), match.group(3)) if match else ("", None, None)
     return UrlParts(user or None, password if colon else None, host.strip("[]") or "localhost",
                     int(port) if port else None, path or "")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a REDIS_URL the sync would read wrongly, before anything connects.
+
+    redis-py is lenient: it reads `redis://a:6379/14,redis://b/3` as db 0 on host a, and a path
+    that is not a number as db 0, so the sync would load another database and exit 0.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in REDIS_SCHEMES:
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// ({redact_url(url)}): "
+                          "write it as redis://[user:password@]host:port/db")
+    hostpart = rest[rest.rfind("@") + 1:]
+    if "://" in rest or "," in hostpart:
+        raise ConfigError(f"REDIS_URL holds more than one address ({redact_url(url)}): syncing several Redis "
+                          "sources at once is not supported yet; run one sync per source, each with one URL "
+                          "(a Redis Cluster needs only one of its nodes: the sync finds the others)")
+    location, _, query = hostpart.partition("?")
+    dbs = [location.partition("/")[2]] if scheme.lower() != "unix" else []
+    dbs += [value for name, value in parse_qsl(query) if name == "db"]
+    db = next((d for d in dbs if d and not (d.isascii() and d.isdigit())), None)
+    if db is not None:
+        raise ConfigError(f"REDIS_URL's database {db!r} is not a number ({redact_url(url)}): write the db "
+                          "number after the port, e.g. redis://host:6379/0")
 
 
 def redact_url(url: str) -> str:

@@ -14,6 +14,14 @@ fields) and, for get_statistics only, ZCARD, GET, ZRANGE, HGET. It writes under 
 only: counter:*, model:*, model:name_to_id, version:*, dataset:*, run:*, experiment:*,
 prediction:*, idx:*, hyperparam:*, metric:*, exprun:*; never the sync's rp_pipeline:* keys.
 
+On a Redis Cluster (`from_url` asks the server; or pass a `RedisCluster`) a record's counter,
+hash and index live in different slots, which no script can write together. There the writer
+uses ordered single-key writes instead: INCRBY the counter (ids allocated), then HSET every hash,
+then ZADD the index entries (and the name map). A reader may see a counter ahead of its records,
+as with the old adapter, and the sync waits for such an id ("allocated, not written yet"); an
+index entry never names a hash not written yet. Membership is HSET, then SADD (no MULTI across
+slots). On a cluster its ACL user needs +cluster|slots as well (the rules below cover the rest).
+
     ACL SETUSER rp_writer reset on >CHANGE-ME %RW~aidb:* +@connection +evalsha +script|load +incrby +hset +zadd +exists +sadd +multi +exec +get +zcard +zrange +hget
 """
 
@@ -28,6 +36,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 # One script serves every entity and both single and batch writes. Per call:
 #   KEYS[1]         the id counter
@@ -167,6 +176,7 @@ class RedisWriter:
     def __init__(self, client: redis.Redis, key_prefix: str = "aidb:"):
         self.client = client
         self.key_prefix = key_prefix
+        self.on_cluster = isinstance(client, RedisCluster)  # ordered single-key writes, see the module docstring
         self._insert = client.register_script(_INSERT_RECORDS)
         self._update = client.register_script(_UPDATE_EXISTING)
         # The constant head of the script's ARGV, per entity.
@@ -183,8 +193,13 @@ class RedisWriter:
 
     @classmethod
     def from_url(cls, url: str, key_prefix: str = "aidb:") -> RedisWriter:
-        """A writer with its own connection pool to `url` (e.g. redis://host:6379/0)."""
-        return cls(redis.Redis.from_url(url, decode_responses=True), key_prefix)
+        """A writer with its own connection pool to `url` (e.g. redis://host:6379/0); a Redis Cluster
+        node's URL gives a cluster client (every node found from it)."""
+        client = redis.Redis.from_url(url, decode_responses=True)
+        if is_cluster_node(client):
+            client.close()
+            client = RedisCluster.from_url(url, decode_responses=True)
+        return cls(client, key_prefix)
 
     def close(self) -> None:
         self.client.close()
@@ -379,6 +394,10 @@ class RedisWriter:
             "variant_name": _scalar(variant_name),
             "notes": _scalar(notes),
         }
+        if self.on_cluster:  # two slots: the hash first, so the run set never names a membership not written
+            self.client.hset(self._key(f"exprun:{experiment_id}:{training_run_id}"), mapping=fields)
+            self.client.sadd(self._key(f"exprun:{experiment_id}:runs"), training_run_id)
+            return
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self._key(f"exprun:{experiment_id}:{training_run_id}"), mapping=fields)
             pipe.sadd(self._key(f"exprun:{experiment_id}:runs"), training_run_id)
@@ -424,6 +443,8 @@ class RedisWriter:
 
     def _insert_many(self, entity: _Entity, rows: list[tuple[Any, str, tuple]]) -> list[int]:
         """Allocate ids for rows of (parent id, index score or '' for the id, field values) and write them."""
+        if self.on_cluster:
+            return self._insert_many_in_order(entity, rows)
         args = list(self._heads[entity])
         args[1] = len(rows)
         keys = [self._key(entity.counter)]
@@ -435,6 +456,38 @@ class RedisWriter:
             keys.append(self._key(entity.name_map))
         first = int(self._insert(keys=keys, args=args))
         return list(range(first, first + len(rows)))
+
+
+    def _insert_many_in_order(self, entity: _Entity, rows: list[tuple[Any, str, tuple]]) -> list[int]:
+        """The cluster's way (module docstring): counter, then every hash, then the index entries."""
+        first = int(self.client.incrby(self._key(entity.counter), len(rows))) - len(rows) + 1
+        ids = list(range(first, first + len(rows)))
+        pipe = self.client.pipeline(transaction=False)  # grouped by node, one round trip per node
+        for record_id, (_, _, values) in zip(ids, rows):
+            pipe.hset(self._key(f"{entity.record}{record_id}"),
+                      mapping={"id": record_id, **dict(zip(entity.fields, map(_scalar, values)))})
+        pipe.execute()
+        for record_id, (parent, score, values) in zip(ids, rows):
+            pipe.zadd(self._key(entity.index.format(parent=parent)), {str(record_id): score or record_id})
+            if entity.name_map:
+                pipe.hset(self._key(entity.name_map), _scalar(values[0]), record_id)
+        pipe.execute()
+        return ids
+
+
+def is_cluster_node(client: redis.Redis) -> bool:
+    """Whether the server is a Redis Cluster node, from HELLO's `mode` (in @connection: no extra ACL rule).
+    Here, in the light module, for the writer and the sync alike.
+
+    A cluster node answers a plain client for the keys of its own slots only: read as a single
+    server, a cluster yields a fraction of the data set and no error."""
+    try:
+        hello = client.execute_command("HELLO")
+    except redis.ResponseError:  # a server older than 6.2 (HELLO needs a protocol version there): no cluster mode
+        return False
+    if isinstance(hello, list):
+        hello = dict(zip(hello[::2], hello[1::2]))
+    return hello.get("mode") == "cluster"
 
 
 def _prediction_values(

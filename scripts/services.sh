@@ -115,3 +115,56 @@ stop_tls_redis() {
   for _ in $(seq 50); do [ -e "$dir/tls.pid" ] || [ -e "$dir/mtls.pid" ] || break; sleep 0.1; done
   rm -rf "$dir"
 }
+
+# A 3-primary Redis Cluster on loopback for the cluster tests, without persistence.
+# start_redis_cluster DIR starts three `redis-server --cluster-enabled yes` on free ports, joins them
+# with `redis-cli --cluster create` (no replicas) and writes DIR/ports (one port per line, the first
+# is the node the tests name in REDIS_URL). stop_redis_cluster DIR stops them (by their pid files).
+_free_cluster_port() {  # a free port whose cluster bus port (port + 10000) is free and valid too
+  python3 - <<'PY'
+import random, socket
+while True:
+    port = random.randint(20000, 55000)
+    try:
+        for p in (port, port + 10000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    print(port)
+    break
+PY
+}
+
+start_redis_cluster() {
+  local dir=$1 port ports=() i
+  mkdir -p "$dir"
+  command -v redis-server >/dev/null || _apt_install redis-server
+  for i in 1 2 3; do
+    port=$(_free_cluster_port)
+    mkdir -p "$dir/$port"
+    redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" \
+      --cluster-node-timeout 5000 --save "" --appendonly no --dir "$dir/$port" --daemonize yes \
+      --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" \
+      || { echo "redis-server could not start in cluster mode: see $dir/$port/redis.log" >&2; return 1; }
+    ports+=("$port")
+  done
+  for port in "${ports[@]}"; do
+    for _ in $(seq 50); do [ "$(_answers 127.0.0.1 "$port")" = yes ] && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+    || { cat "$dir/create.log" >&2; return 1; }
+  for _ in $(seq 100); do
+    redis-cli -p "${ports[0]}" cluster info | grep -q "cluster_state:ok" && break; sleep 0.1
+  done
+  printf '%s\n' "${ports[@]}" > "$dir/ports"
+}
+
+stop_redis_cluster() {
+  local dir=$1 pidfile
+  for pidfile in "$dir"/*/redis.pid; do
+    if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
+  for _ in $(seq 50); do compgen -G "$dir/*/redis.pid" >/dev/null || break; sleep 0.1; done
+  rm -rf "$dir"
+}

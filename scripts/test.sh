@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the project with its test extras into .venv, makes sure Redis and
 # Postgres answer (starting local ones if needed), starts throwaway TLS-only Redis servers (a CA made
-# with openssl; stopped at the end), then runs pytest on both cores.
+# with openssl) and a 3-primary Redis Cluster (both stopped at the end), then runs pytest on both cores.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k flush, or -m soak for the long fault tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,10 @@ export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
 # TLS-only Redis servers on loopback with a throwaway CA (rp_pipeline_tests/test_tls.py), stopped at the end.
 TEST_REDIS_TLS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/rp_pipeline_tls.XXXXXX")
 export TEST_REDIS_TLS_DIR
-trap 'stop_tls_redis "$TEST_REDIS_TLS_DIR"' EXIT
+# A 3-primary Redis Cluster on loopback (rp_pipeline_tests/test_redis_cluster.py), stopped at the end.
+TEST_REDIS_CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/rp_pipeline_cluster.XXXXXX")
+export TEST_REDIS_CLUSTER_DIR
+trap 'stop_tls_redis "$TEST_REDIS_TLS_DIR"; stop_redis_cluster "$TEST_REDIS_CLUSTER_DIR"' EXIT
 start_tls_redis "$TEST_REDIS_TLS_DIR"
+start_redis_cluster "$TEST_REDIS_CLUSTER_DIR"
 .venv/bin/python -m pytest -n 2 -p no:cacheprovider "$@"
