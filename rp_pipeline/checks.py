@@ -112,8 +112,8 @@ def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: Entit
     Only origin-identified tables can have them: elsewhere the identity is part of the content and
     the unique index already rules them out. Candidates are the rows sharing the new rows' NOT NULL
     columns (found through the table's indexes, e.g. predictions by model version and timestamp),
-    grouped by a hash of their whole content: a batch logged at one time costs a grouping of the
-    batch, never a comparison of every pair.
+    grouped by a hash of their whole content: a batch logged at one time costs one index probe per
+    new row, and hashing only where another row shares those columns.
     """
     if not spec.by_origin or written.up_to_id <= written.after_id:
         return []
@@ -121,14 +121,18 @@ def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: Entit
     not_null = [c for c in content if c in {p.column for p in spec.parents if not p.optional}
                 | {c.name for c in spec.columns if c.required}]
     table = f"{q(config.schema)}.{q(spec.name)}"
-    keys = ", ".join(q(c) for c in not_null)
     new = "c.id > %(after)s AND c.id <= %(up_to)s AND c.origin_source = %(source)s"
+    match = " AND ".join(f"o.{q(c)} = n.{q(c)}" for c in not_null)
     with conn.transaction():
         # Right after a bulk load the table has no statistics yet, and the planner may scan it once
         # per new row; the lookups must go through the indexes whatever the statistics say.
         conn.execute("SET LOCAL enable_seqscan = off")
+        # First the new rows that share their NOT NULL columns with any other row (one index probe
+        # each, nothing hashed: almost always none), then only those are compared by whole content.
         return conn.execute(
-            f"WITH k AS MATERIALIZED (SELECT DISTINCT {keys} FROM {table} c WHERE {new}), "
+            f"WITH n AS MATERIALIZED (SELECT n.* FROM {table} n WHERE {new.replace('c.', 'n.')} AND EXISTS "
+            f"(SELECT 1 FROM {table} o WHERE {match} AND o.id <> n.id)), "
+            f"k AS (SELECT DISTINCT {', '.join(f'n.{q(c)}' for c in not_null)} FROM n), "
             f"c AS MATERIALIZED (SELECT t.id, t.origin_source, md5(ROW({', '.join(f't.{q(c)}' for c in content)})::text) "
             f"AS h FROM k JOIN {table} t ON " + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null) + ") "
             "SELECT array_agg(c.id ORDER BY c.id), array_agg(DISTINCT c.origin_source) FROM c GROUP BY c.h "
