@@ -57,7 +57,6 @@ DEFAULT_RUNS_DAYS = 7.0
 DEFAULT_PREDICTIONS_HOURS = 0.0
 BATCH_ROWS = {"training_runs": 200}  # runs carry their parameters and metric series along
 DEFAULT_BATCH_ROWS = 10_000
-DEFAULT_BATCH_BYTES = 32 << 20
 SCRIPT_RECORDS = 1_000  # records per script call: Redis is never blocked by one huge script
 SCRIPT_ARGS = 2_000  # arguments per command inside the script (Lua's unpack has a limit)
 PROGRESS_SECONDS = 10.0
@@ -157,16 +156,6 @@ def warm_windows(config: SyncConfig, options: WarmOptions) -> tuple[dict[str, fl
     return windows, notes
 
 
-def batch_bytes() -> int:
-    """Bytes of row text per batch: an eighth of SYNC_MEMORY_BUDGET_MB when set (the batch, the
-    records built from it and the next batch read ahead are all in memory at once)."""
-    budget = os.environ.get("SYNC_MEMORY_BUDGET_MB")
-    try:
-        return max(1 << 20, int(float(budget) * (1 << 20) / 8)) if budget else DEFAULT_BATCH_BYTES
-    except ValueError:
-        return DEFAULT_BATCH_BYTES
-
-
 def warm(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, options: WarmOptions = WarmOptions(),
          logger: logging.Logger | None = None) -> WarmResult:
     """Write the selected Postgres rows into Redis; returns what was written per entity.
@@ -221,7 +210,9 @@ class _Warm:
         self.windows, notes = warm_windows(config, options)
         self.result.notes += notes
         self.s, self.schema = q(config.sync_schema), q(config.schema)
-        self.batch_bytes = batch_bytes()
+        # An eighth of the sync's memory budget: the batch, the records built from it and the next
+        # batch read ahead are all in memory at once.
+        self.batch_bytes = max(1 << 20, config.memory_budget_bytes // 8)
         self._templates: dict[str, tuple[bytes, int]] = {}
 
     # -- the plan ----------------------------------------------------------------------------------
