@@ -27,6 +27,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from .bookkeeping import source_labels, sync_status
@@ -35,6 +36,7 @@ from .entities import BY_NAME, ENTITIES, HASH_BY_ID, EntitySpec
 from .errors import first_line
 from .extract import GENERATION_KEY
 from .settings import ConfigError, SyncConfig, psycopg_url, redact_url, split_url
+from .writer import is_cluster_node
 
 log = logging.getLogger("rp_pipeline")
 
@@ -107,13 +109,14 @@ class SyncCollector:
         self.sync_interval = sync_interval_seconds
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._options = dict(decode_responses=True, encoding_errors="surrogateescape",
+                             socket_timeout=deadline_seconds, socket_connect_timeout=deadline_seconds)
         try:
             self._redis = redis.Redis.from_url(
-                config.redis_url, decode_responses=True, encoding_errors="surrogateescape",
-                socket_timeout=deadline_seconds, socket_connect_timeout=deadline_seconds,
-                retry=Retry(NoBackoff(), 0))  # one try: a retry would double the deadline
+                config.redis_url, retry=Retry(NoBackoff(), 0), **self._options)  # one try: no doubled deadline
         except ValueError:
             raise ConfigError(f"REDIS_URL is not a valid Redis URL ({redact_url(config.redis_url)})") from None
+        self._is_cluster: bool | None = None  # known at the first scrape that reaches Redis
         self._last = {"postgres": Reading(), "backlog": Reading()}
         self._current: str | None = None  # origin of the data set the marker names, once known
         self._up = {"redis": None, "postgres": None}
@@ -131,10 +134,21 @@ class SyncCollector:
             self._conn = conn
         return self._conn
 
+    def _client(self) -> redis.Redis | RedisCluster:
+        """The Redis to read; a Redis Cluster node is swapped for a cluster client once detected, since a
+        plain client would read the counters of the node's own slots only (the others as no sample)."""
+        if self._is_cluster is None:
+            self._is_cluster = is_cluster_node(self._redis)
+            if self._is_cluster:
+                self._redis.close()
+                self._redis = RedisCluster.from_url(self.config.redis_url, **self._options)
+        return self._redis
+
     def _read_redis_counters(self) -> tuple[str | None, dict[str, int | None]]:
-        """The generation marker (GET only: the exporter never writes) and every id counter, in one round trip."""
+        """The generation marker (GET only: the exporter never writes) and every id counter, in one round trip
+        (one per node on a cluster)."""
         prefix = self.config.key_prefix
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)
         pipe.get(prefix + GENERATION_KEY)
         for spec in COUNTED:
             pipe.get(prefix + spec.counter)
@@ -150,7 +164,7 @@ class SyncCollector:
         asked = [(BY_NAME[name], first_id) for name, first_id in first_ids.items() if created_field(BY_NAME[name])]
         if not asked:
             return {}
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._client().pipeline(transaction=False)
         for spec, first_id in asked:
             pipe.hmget(self.config.key_prefix + spec.key.format(id=first_id), [created_field(spec)])
         replies = pipe.execute(raise_on_error=False)

@@ -84,18 +84,29 @@ _clients: dict[str, "redis_py.Redis"] = {}
 
 
 def _counter_client(url: str) -> "redis_py.Redis":
-    """A client kept between evaluations, without the connect-time CLIENT SETINFO: an evaluation is one MGET."""
+    """A client kept between evaluations, without the connect-time CLIENT SETINFO: an evaluation is one MGET.
+    On a Redis Cluster node, a cluster client: the counters live in different slots."""
     if url not in _clients:
         import redis as redis_py
+        from redis.cluster import RedisCluster
 
-        _clients[url] = redis_py.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, lib_name=None,
-                                                lib_version=None)
+        from .writer import is_cluster_node
+
+        client = redis_py.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, lib_name=None,
+                                         lib_version=None)
+        if is_cluster_node(client):
+            client.close()
+            client = RedisCluster.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        _clients[url] = client
     return _clients[url]
 
 
 def records_waiting(redis: RedisResource, synced_up_to: dict[str, int]) -> int:
-    """Ids allocated in Redis beyond what the last sync of each table reached: one MGET, one round trip."""
-    counters = _counter_client(redis.url).mget([f"{redis.key_prefix}{spec.counter}" for spec in COUNTED])
+    """Ids allocated in Redis beyond what the last sync of each table reached: one MGET (one per node on a
+    cluster)."""
+    client = _counter_client(redis.url)
+    keys = [f"{redis.key_prefix}{spec.counter}" for spec in COUNTED]
+    counters = client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
     return sum(max(0, int(value or 0) - synced_up_to.get(spec.name, 0)) for spec, value in zip(COUNTED, counters))
 
 

@@ -487,7 +487,8 @@ def is_cluster_node(client: redis.Redis) -> bool:
         return False
     if isinstance(hello, list):
         hello = dict(zip(hello[::2], hello[1::2]))
-    return hello.get("mode") == "cluster"
+    mode = hello.get("mode", hello.get(b"mode"))  # bytes from a client that does not decode replies
+    return mode in ("cluster", b"cluster")
 
 
 def _prediction_values(

@@ -323,6 +323,49 @@ def test_retention_on_a_cluster_deletes_each_synced_hash_and_its_index_entry(clu
         assert prediction_origins(conn, cluster_config.schema) == [*old, kept]
 
 
+def test_the_metrics_exporter_reads_every_node_of_a_cluster(cluster, cluster_config, key_prefix):
+    """The counters live in different slots: the exporter must read them all, not the first node's only."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from rp_pipeline.exporter import SyncCollector
+
+    w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
+    model = w.create_model("m")
+    version = w.create_model_version(model, "1")
+    for n in range(5):
+        w.log_prediction(version, {"n": n}, n)
+    sync_once(cluster_config)
+    for n in range(3):
+        w.log_prediction(version, {"n": n}, n)
+    counters = [f"{key_prefix}counter:{name}" for name in ("model", "version", "prediction")]
+    assert len({cluster.keyslot(k) for k in counters}) > 1
+    collector = SyncCollector(cluster_config)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.close()
+    backlog = {line.split("{")[1].split(",")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("rp_pipeline_backlog_records{")}
+    assert backlog['entity="predictions"'] == 3
+    assert backlog['entity="models"'] == 0 and backlog['entity="model_versions"'] == 0
+    assert 'rp_pipeline_up{target="redis"} 1.0' in text
+
+
+def test_the_backlog_sensor_counts_every_node_of_a_cluster(cluster, cluster_url, key_prefix):
+    from rp_pipeline.resources import RedisResource
+    from rp_pipeline.schedules import records_waiting
+
+    w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
+    version = w.create_model_version(w.create_model("m"), "1")
+    for n in range(4):
+        w.log_prediction(version, {"n": n}, n)
+    resource = RedisResource(url=cluster_url, key_prefix=key_prefix)
+    assert records_waiting(resource, {}) == 1 + 1 + 4  # model, version, predictions
+    assert records_waiting(resource, {"models": 1, "model_versions": 1, "predictions": 3}) == 1
+
+
 def cluster_acl_lines() -> list[str]:
     """The README's sync ACL line and its cluster line (`ACL SETUSER rp_sync +cluster|slots`)."""
     lines = re.findall(r"^ACL SETUSER rp_sync \+cluster\|slots$", README, re.M)
