@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import redis
+from redis.cluster import RedisCluster
 
 from .bookkeeping import Bookkeeping
 from .connections import connect_postgres, connect_redis
@@ -164,6 +165,11 @@ def warm(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, opti
     (`schema.ensure_schema`). Raises SyncFailed when a server fails or Redis is flushed meanwhile:
     what was committed is completed by the next warm.
     """
+    if isinstance(client, RedisCluster):
+        # Checked before anything is allocated or committed: each record is written by one script over
+        # its hash, indexes and name map, keys a cluster keeps in different slots.
+        raise ConfigError("the cache warm writes each record (hash, index entries, name map) with one script, "
+                          "which a Redis Cluster cannot run across slots; it is not supported on a cluster yet")
     try:
         return _Warm(client, conn, config, options, logger or log).run()
     except psycopg.OperationalError as exc:

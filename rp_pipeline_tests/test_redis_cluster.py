@@ -353,6 +353,23 @@ def test_the_metrics_exporter_reads_every_node_of_a_cluster(cluster, cluster_con
     assert 'rp_pipeline_up{target="redis"} 1.0' in text
 
 
+def test_the_cache_warm_refuses_a_cluster_before_writing_anything(cluster, cluster_config, key_prefix):
+    from rp_pipeline.settings import ConfigError
+    from rp_pipeline.warm import warm
+
+    w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
+    w.create_model_version(w.create_model("m"), "1")
+    sync_once(cluster_config)
+    counters = {k: cluster.get(k) for k in (f"{key_prefix}counter:model", f"{key_prefix}counter:version")}
+    client = connect_redis(cluster_config)
+    try:
+        with connect_postgres(cluster_config) as conn, pytest.raises(ConfigError, match="Redis Cluster"):
+            warm(client, conn, cluster_config)
+    finally:
+        client.close()
+    assert {k: cluster.get(k) for k in counters} == counters  # no id allocated
+
+
 def test_the_backlog_sensor_counts_every_node_of_a_cluster(cluster, cluster_url, key_prefix):
     from rp_pipeline.resources import RedisResource
     from rp_pipeline.schedules import records_waiting
