@@ -10,8 +10,11 @@ import sys
 try:
     from rp_pipeline.demo import main
 except ImportError as exc:  # the project or one of its dependencies is not installed
-    print(f"Error: {exc}: install the project first with `pip install -e .` (in a virtualenv) "
-          "in the repository.", file=sys.stderr)
+    print(
+        f"Error: {exc}: install the project first with `pip install -e .` (in a virtualenv) "
+        "in the repository.",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 if __name__ == "__main__":

@@ -40,26 +40,42 @@ BATCH = 1000
 
 
 def services(function: str, directory: Path) -> None:
-    subprocess.run(["bash", "-c", f'source scripts/services.sh && {function} "$1"', "_", str(directory)],
-                   cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        ["bash", "-c", f'source scripts/services.sh && {function} "$1"', "_", str(directory)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def write_predictions(url: str, prefix: str, n: int) -> None:
     with RedisWriter.from_url(url, key_prefix=prefix) as writer:
         version = writer.create_model_version(writer.create_model("bench"), "1.0")
         for start in range(0, n, BATCH):
-            writer.log_predictions([
-                {"model_version_id": version, "input_data": {"i": i, "features": [i * 0.5, -i, 3.25] * 8},
-                 "output_data": {"label": i % 7, "p": 0.125 * (i % 8)}, "confidence": 0.9,
-                 "inference_time_ms": 3.5, "metadata": {"client": "bench", "batch": start}}
-                for i in range(start, min(n, start + BATCH))])
+            writer.log_predictions(
+                [
+                    {
+                        "model_version_id": version,
+                        "input_data": {"i": i, "features": [i * 0.5, -i, 3.25] * 8},
+                        "output_data": {"label": i % 7, "p": 0.125 * (i % 8)},
+                        "confidence": 0.9,
+                        "inference_time_ms": 3.5,
+                        "metadata": {"client": "bench", "batch": start},
+                    }
+                    for i in range(start, min(n, start + BATCH))
+                ]
+            )
 
 
 def delete_prefix(url: str, prefix: str) -> None:
     client = connect_redis(SyncConfig(redis_url=url))
     try:
         if isinstance(client, RedisCluster):
-            keys = client.scan_iter(match=f"{prefix}*", count=10_000, target_nodes=RedisCluster.PRIMARIES)
+            keys = client.scan_iter(
+                match=f"{prefix}*", count=10_000, target_nodes=RedisCluster.PRIMARIES
+            )
         else:
             keys = client.scan_iter(match=f"{prefix}*", count=10_000)
         pipe = client.pipeline(transaction=False)
@@ -73,12 +89,19 @@ def delete_prefix(url: str, prefix: str) -> None:
 def sync_predictions(url: str, prefix: str, postgres_url: str) -> float:
     """rows/s of the predictions entity, synced into fresh schemas (dropped after)."""
     tag = uuid.uuid4().hex[:8]
-    config = SyncConfig(postgres_url=postgres_url, redis_url=url, key_prefix=prefix, schema=f"b_{tag}",
-                        sync_schema=f"bs_{tag}")
+    config = SyncConfig(
+        postgres_url=postgres_url,
+        redis_url=url,
+        key_prefix=prefix,
+        schema=f"b_{tag}",
+        sync_schema=f"bs_{tag}",
+    )
     migrate(config)
     client, conn = connect_redis(config), connect_postgres(config)
     try:
-        results = sync_all(client, conn, config, run_id=tag, entities=(MODELS, MODEL_VERSIONS, PREDICTIONS))
+        results = sync_all(
+            client, conn, config, run_id=tag, entities=(MODELS, MODEL_VERSIONS, PREDICTIONS)
+        )
         return results["predictions"].rows_per_second
     finally:
         for schema in (config.schema, config.sync_schema):
@@ -124,8 +147,12 @@ def main() -> None:
             services("stop_redis_cluster", started)
     single, cluster = (statistics.median(rates[name]) for name in ("single", "cluster"))
     print(f"predictions synced, N = {args.n:,}, median of {args.repeat}:")
-    print(f"  single Redis        {single:>10,.0f} rows/s   {', '.join(f'{r:,.0f}' for r in rates['single'])}")
-    print(f"  Redis Cluster (3)   {cluster:>10,.0f} rows/s   {', '.join(f'{r:,.0f}' for r in rates['cluster'])}")
+    print(
+        f"  single Redis        {single:>10,.0f} rows/s   {', '.join(f'{r:,.0f}' for r in rates['single'])}"
+    )
+    print(
+        f"  Redis Cluster (3)   {cluster:>10,.0f} rows/s   {', '.join(f'{r:,.0f}' for r in rates['cluster'])}"
+    )
     print(f"  cluster / single    {cluster / single:>10.2f}")
 
 

@@ -55,14 +55,18 @@ def fill_postgres(url: str, n: int) -> None:
 
     migrate(SyncConfig(postgres_url=url))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO models (name, framework, created_at, updated_at, origin_source) "
-                     "VALUES ('bench-model', 'pytorch', now(), now(), 'old')")
-        conn.execute("INSERT INTO model_versions (model_id, version, config, status, created_at, origin_source) "
-                     "SELECT (SELECT id FROM models), 'v' || g, '{}', 'active', now(), 'old' FROM generate_series(1, %s) g",
-                     (VERSIONS,))
+        conn.execute(
+            "INSERT INTO models (name, framework, created_at, updated_at, origin_source) "
+            "VALUES ('bench-model', 'pytorch', now(), now(), 'old')"
+        )
+        conn.execute(
+            "INSERT INTO model_versions (model_id, version, config, status, created_at, origin_source) "
+            "SELECT (SELECT id FROM models), 'v' || g, '{}', 'active', now(), 'old' FROM generate_series(1, %s) g",
+            (VERSIONS,),
+        )
         conn.execute(
             "INSERT INTO predictions (model_version_id, input_data, output_data, confidence, inference_time_ms, "
-            "\"timestamp\", metadata, origin_source, origin_redis_id) "
+            '"timestamp", metadata, origin_source, origin_redis_id) '
             "SELECT v.id, jsonb_build_object('features', f.features), jsonb_build_object('label', "
             "(ARRAY['cat','dog','bird'])[1 + g %% 3], 'scores', jsonb_build_array(round(random()::numeric, 6), "
             "round(random()::numeric, 6), round(random()::numeric, 6))), round(random()::numeric, 4), "
@@ -71,7 +75,9 @@ def fill_postgres(url: str, n: int) -> None:
             "FROM generate_series(1, %s) g "
             "JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS k FROM model_versions) v ON v.k = g %% %s "
             "CROSS JOIN LATERAL (SELECT jsonb_agg(round(random()::numeric, 5)) AS features "
-            "FROM generate_series(1, 32 + g * 0)) f", (n, VERSIONS))
+            "FROM generate_series(1, 32 + g * 0)) f",
+            (n, VERSIONS),
+        )
         conn.execute("ANALYZE")
 
 
@@ -88,10 +94,14 @@ def run_floor(pg_url: str, redis_url: str, prefix: str) -> dict:
     from rp_pipeline.warm import text_sql
 
     fields = [c.redis_field for c in PREDICTIONS.columns]
-    texts = [text_sql(c, f"t.{c.name if c.name != 'timestamp' else chr(34) + 'timestamp' + chr(34)}")
-             for c in PREDICTIONS.columns]
-    sql = (f"SELECT t.id::text, t.model_version_id::text, {', '.join(texts)}, "
-           "(-extract(epoch FROM t.\"timestamp\"))::text FROM predictions t ORDER BY t.id")
+    texts = [
+        text_sql(c, f"t.{c.name if c.name != 'timestamp' else chr(34) + 'timestamp' + chr(34)}")
+        for c in PREDICTIONS.columns
+    ]
+    sql = (
+        f"SELECT t.id::text, t.model_version_id::text, {', '.join(texts)}, "
+        '(-extract(epoch FROM t."timestamp"))::text FROM predictions t ORDER BY t.id'
+    )
     raw = RawRedis(redis_url)
     p = prefix.encode()
     names = [b"id", b"model_version_id", *(f.encode() for f in fields)]
@@ -127,8 +137,12 @@ def run_warm(pg_url: str, redis_url: str, prefix: str) -> dict:
     config = SyncConfig(postgres_url=pg_url, redis_url=redis_url, key_prefix=prefix)
     client, conn = connect_redis(config), connect_postgres(config)
     clock = time.perf_counter()
-    result = warm(client, conn, config, WarmOptions(entities=("models", "model_versions", "predictions"),
-                                                    predictions_hours=1))
+    result = warm(
+        client,
+        conn,
+        config,
+        WarmOptions(entities=("models", "model_versions", "predictions"), predictions_hours=1),
+    )
     seconds = time.perf_counter() - clock
     return {"rows": result.counts()["predictions"], "seconds": seconds, "rss_mb": peak_rss_mb()}
 
@@ -149,8 +163,22 @@ def delete_prefix(redis_url: str, prefix: str) -> None:
 def measure(path: str, pg_url: str, redis_url: str, prefix: str) -> dict:
     """One path in a process of its own, with the load other work put on the machine meanwhile."""
     with OtherLoad() as load:
-        out = subprocess.run([sys.executable, __file__, "--child", path, "--postgres-url", pg_url,
-                              "--redis-url", redis_url, "--prefix", prefix], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                path,
+                "--postgres-url",
+                pg_url,
+                "--redis-url",
+                redis_url,
+                "--prefix",
+                prefix,
+            ],
+            capture_output=True,
+            text=True,
+        )
     if out.returncode != 0:
         raise SystemExit(f"{path} failed:\n{out.stderr}")
     figures = json.loads(out.stdout.strip().splitlines()[-1])
@@ -181,8 +209,11 @@ def main() -> int:
         try:
             clock = time.perf_counter()
             fill_postgres(url, n)
-            print(f"N = {n:,}: filled Postgres in {time.perf_counter() - clock:.0f} s; load average "
-                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+            print(
+                f"N = {n:,}: filled Postgres in {time.perf_counter() - clock:.0f} s; load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+                flush=True,
+            )
             figures = {}
             for path in ("floor", "warm"):
                 prefix = f"bw{path[0]}{os.getpid()}:"
@@ -191,11 +222,14 @@ def main() -> int:
                 finally:
                     delete_prefix(args.redis_url, prefix)
                 f = figures[path]
-                print(f"  {path:5}  {f['rows']:>9,} rows  {f['seconds']:7.1f} s  {f['rows'] / f['seconds']:>9,.0f} rows/s  "
-                      f"peak RSS {f['rss_mb']:6.0f} MB  others {f['others'] if f['others'] is None else round(f['others'], 2)} cores",
-                      flush=True)
+                print(
+                    f"  {path:5}  {f['rows']:>9,} rows  {f['seconds']:7.1f} s  {f['rows'] / f['seconds']:>9,.0f} rows/s  "
+                    f"peak RSS {f['rss_mb']:6.0f} MB  others {f['others'] if f['others'] is None else round(f['others'], 2)} cores",
+                    flush=True,
+                )
             ratio = (figures["warm"]["rows"] / figures["warm"]["seconds"]) / (
-                figures["floor"]["rows"] / figures["floor"]["seconds"])
+                figures["floor"]["rows"] / figures["floor"]["seconds"]
+            )
             print(f"  warm / floor = {ratio:.2f}", flush=True)
             rows.append((n, ratio, figures))
         finally:
@@ -203,12 +237,16 @@ def main() -> int:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     n, ratio, figures = rows[0]
     ok = all(f["warm"]["rows"] == size for size, _, f in rows)
-    print(f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'}: warm {ratio:.2f} × floor at N = {n:,} (target ≥ {TARGET_RATIO})")
+    print(
+        f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'}: warm {ratio:.2f} × floor at N = {n:,} (target ≥ {TARGET_RATIO})"
+    )
     print(f"{'PASS' if ok else 'FAIL'}: every prediction warmed at every N")
     if len(rows) > 1:
         growth = rows[0][2]["warm"]["rss_mb"] - rows[-1][2]["warm"]["rss_mb"]
-        print(f"{'PASS' if growth <= FLAT_MB else 'FAIL'}: warm peak RSS {growth:+.0f} MB from N = {rows[-1][0]:,} "
-              f"to N = {n:,} (flat: ≤ {FLAT_MB} MB)")
+        print(
+            f"{'PASS' if growth <= FLAT_MB else 'FAIL'}: warm peak RSS {growth:+.0f} MB from N = {rows[-1][0]:,} "
+            f"to N = {n:,} (flat: ≤ {FLAT_MB} MB)"
+        )
     return 0
 
 

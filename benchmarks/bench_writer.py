@@ -24,7 +24,7 @@ import redis
 # Runnable as a script from a checkout, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rp_pipeline.writer import RedisWriter  # noqa: E402
+from rp_pipeline.writer import RedisWriter
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 
@@ -36,7 +36,9 @@ def measure_writer(redis_url: str = DEFAULT_REDIS_URL, n: int = 20_000) -> dict[
     try:
         warm_up = min(1000, n)
         for i in range(warm_up):
-            writer.log_prediction(1, _input(i), _OUTPUT, confidence=0.9, inference_time_ms=3.2, metadata=_METADATA)
+            writer.log_prediction(
+                1, _input(i), _OUTPUT, confidence=0.9, inference_time_ms=3.2, metadata=_METADATA
+            )
             _naive_log_prediction(writer.client, prefix, 1, _input(i), _OUTPUT, 0.9, 3.2, _METADATA)
 
         atomic = _latencies_ms(
@@ -46,7 +48,9 @@ def measure_writer(redis_url: str = DEFAULT_REDIS_URL, n: int = 20_000) -> dict[
             n,
         )
         naive = _latencies_ms(
-            lambda i: _naive_log_prediction(writer.client, prefix, 3, _input(i), _OUTPUT, 0.9, 3.2, _METADATA),
+            lambda i: _naive_log_prediction(
+                writer.client, prefix, 3, _input(i), _OUTPUT, 0.9, 3.2, _METADATA
+            ),
             n,
         )
         records = [
@@ -93,7 +97,14 @@ def _input(i: int) -> dict:
 
 
 def _naive_log_prediction(
-    client, prefix, model_version_id, input_data, output_data, confidence, inference_time_ms, metadata
+    client,
+    prefix,
+    model_version_id,
+    input_data,
+    output_data,
+    confidence,
+    inference_time_ms,
+    metadata,
 ):
     """The old adapter's path: allocate, then write hash, then index — three round trips."""
     pred_id = client.incr(f"{prefix}counter:prediction")
@@ -137,7 +148,9 @@ def _delete_prefix(client: redis.Redis, prefix: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="predictions per measured path")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="use a db of its own (default db 14)")
+    parser.add_argument(
+        "--redis-url", default=DEFAULT_REDIS_URL, help="use a db of its own (default db 14)"
+    )
     args = parser.parse_args()
 
     result = measure_writer(args.redis_url, args.n)

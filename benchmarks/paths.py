@@ -32,15 +32,23 @@ from pathlib import Path
 
 import psycopg
 import redis
-
 from raw_redis import RawRedis
 from workload import PREFIX, remove_predictions, write_predictions
 
 CHUNK = 20_000
-PREDICTION_FIELDS = (b"model_version_id", b"input", b"output", b"confidence", b"inference_time_ms", b"timestamp",
-                     b"metadata")
-STAGE_COLUMNS = "model_version_id, origin_redis_id, input_data, output_data, confidence, inference_time_ms, " \
-                "ts, metadata"
+PREDICTION_FIELDS = (
+    b"model_version_id",
+    b"input",
+    b"output",
+    b"confidence",
+    b"inference_time_ms",
+    b"timestamp",
+    b"metadata",
+)
+STAGE_COLUMNS = (
+    "model_version_id, origin_redis_id, input_data, output_data, confidence, inference_time_ms, "
+    "ts, metadata"
+)
 # The project's value mapping ('0' = not given → NULL, naive ISO → UTC), so every path loads the same rows.
 INSERT_FROM_STAGE = """
 INSERT INTO predictions (model_version_id, input_data, output_data, confidence, inference_time_ms, "timestamp",
@@ -51,8 +59,10 @@ SELECT model_version_id, NULLIF(input_data, '')::jsonb, NULLIF(output_data, ''):
 FROM stage
 ON CONFLICT (origin_source, origin_redis_id, "timestamp") WHERE origin_source IS NOT NULL DO NOTHING
 """
-CREATE_STAGE = ("CREATE TEMP TABLE stage (model_version_id bigint, origin_redis_id bigint, input_data text, "
-                "output_data text, confidence text, inference_time_ms text, ts text, metadata text)")
+CREATE_STAGE = (
+    "CREATE TEMP TABLE stage (model_version_id bigint, origin_redis_id bigint, input_data text, "
+    "output_data text, confidence text, inference_time_ms text, ts text, metadata text)"
+)
 
 
 def _config(redis_url: str, pg_url: str):
@@ -64,7 +74,9 @@ def _config(redis_url: str, pg_url: str):
 def resident() -> int:
     """This process's resident set now, in bytes (the baseline that imports cost)."""
     with open("/proc/self/status") as status:
-        return next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), 0)
+        return next(
+            (int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), 0
+        )
 
 
 class CpuMeter:
@@ -93,7 +105,9 @@ class CpuMeter:
 
     def _redis(self) -> float:
         raw = RawRedis(self.redis_url)
-        info = dict(line.split(":", 1) for line in raw.call(b"INFO", b"cpu").decode().split() if ":" in line)
+        info = dict(
+            line.split(":", 1) for line in raw.call(b"INFO", b"cpu").decode().split() if ":" in line
+        )
         raw.close()
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
@@ -102,22 +116,34 @@ class CpuMeter:
 
     def stop(self) -> dict:
         end = self._now()
-        return {"client_cpu": end[0] - self.start[0], "redis_cpu": end[2] - self.start[2],
-                "postgres_cpu": None if end[1] is None or self.start[1] is None else end[1] - self.start[1]}
+        return {
+            "client_cpu": end[0] - self.start[0],
+            "redis_cpu": end[2] - self.start[2],
+            "postgres_cpu": None
+            if end[1] is None or self.start[1] is None
+            else end[1] - self.start[1],
+        }
 
 
-_MIGRATE = ("import sys; from rp_pipeline.schema import migrate; from rp_pipeline.settings import SyncConfig; "
-            "migrate(SyncConfig(postgres_url=sys.argv[1], redis_url=sys.argv[2], key_prefix=sys.argv[3]))")
+_MIGRATE = (
+    "import sys; from rp_pipeline.schema import migrate; from rp_pipeline.settings import SyncConfig; "
+    "migrate(SyncConfig(postgres_url=sys.argv[1], redis_url=sys.argv[2], key_prefix=sys.argv[3]))"
+)
 
 
-def _prepare_predictions_table(redis_url: str, pg_url: str, conn: psycopg.Connection) -> dict[int, int]:
+def _prepare_predictions_table(
+    redis_url: str, pg_url: str, conn: psycopg.Connection
+) -> dict[int, int]:
     """The project's schema, plus models and versions as in Redis: Redis version id → Postgres id.
 
     `migrate` runs in a process of its own: importing rp_pipeline loads Dagster, whose memory
     would otherwise count in these paths' peak RSS.
     """
     checkout = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])),
+    }
     subprocess.run([sys.executable, "-c", _MIGRATE, pg_url, redis_url, PREFIX], env=env, check=True)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     version_ids: dict[int, int] = {}
@@ -126,9 +152,13 @@ def _prepare_predictions_table(redis_url: str, pg_url: str, conn: psycopg.Connec
         model_id, version = client.hmget(f"{PREFIX}version:{vid}", "model_id", "version")
         name = client.hget(f"{PREFIX}model:{model_id}", "name")
         if name not in model_ids:
-            model_ids[name] = conn.execute("INSERT INTO models (name) VALUES (%s) RETURNING id", (name,)).fetchone()[0]
-        version_ids[vid] = conn.execute("INSERT INTO model_versions (model_id, version) VALUES (%s, %s) RETURNING id",
-                                        (model_ids[name], version)).fetchone()[0]
+            model_ids[name] = conn.execute(
+                "INSERT INTO models (name) VALUES (%s) RETURNING id", (name,)
+            ).fetchone()[0]
+        version_ids[vid] = conn.execute(
+            "INSERT INTO model_versions (model_id, version) VALUES (%s, %s) RETURNING id",
+            (model_ids[name], version),
+        ).fetchone()[0]
     client.close()
     return version_ids
 
@@ -138,6 +168,7 @@ def _count(conn: psycopg.Connection, table: str = "predictions") -> int:
 
 
 # -- project ---------------------------------------------------------------------------------------
+
 
 def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
     from rp_pipeline.engine import sync_all, sync_entity
@@ -158,8 +189,17 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
     wall = time.perf_counter() - started
     cpu_used = cpu.stop()
     bulk_rss = rss()
-    entities = {name: {"read": r.read, "inserted": r.inserted, "rejected": r.rejected, "pending": r.pending,
-                       "seconds": r.duration_seconds, "rows_per_s": r.rows_per_second} for name, r in results.items()}
+    entities = {
+        name: {
+            "read": r.read,
+            "inserted": r.inserted,
+            "rejected": r.rejected,
+            "pending": r.pending,
+            "seconds": r.duration_seconds,
+            "rows_per_s": r.rows_per_second,
+        }
+        for name, r in results.items()
+    }
     loaded = _count(conn)
     rows = sum(r.read for r in results.values())
 
@@ -168,9 +208,13 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
         call()
         return time.perf_counter() - clock
 
-    idle_all = statistics.median(timed(lambda: sync_all(client, conn, config, run_id="bench-idle")) for _ in range(3))
+    idle_all = statistics.median(
+        timed(lambda: sync_all(client, conn, config, run_id="bench-idle")) for _ in range(3)
+    )
     idle_predictions = statistics.median(
-        timed(lambda: sync_entity(PREDICTIONS, client, conn, config, run_id="bench-idle")) for _ in range(3))
+        timed(lambda: sync_entity(PREDICTIONS, client, conn, config, run_id="bench-idle"))
+        for _ in range(3)
+    )
 
     raw = RawRedis(redis_url)
     new = max(1, n // 100)
@@ -191,13 +235,22 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
     client.close()
     conn.close()
     return {
-        "predictions": results["predictions"].read, "loaded": loaded,
+        "predictions": results["predictions"].read,
+        "loaded": loaded,
         "predictions_seconds": results["predictions"].duration_seconds,
         "predictions_per_s": results["predictions"].rows_per_second,
-        "rows": rows, "wall_seconds": wall, "rows_per_s": rows / wall, "migrate_seconds": migrate_seconds,
-        "entities": entities, "peak_rss": bulk_rss, "start_rss": start_rss, **cpu_used,
-        "idle_all_seconds": idle_all, "idle_predictions_seconds": idle_predictions,
-        "increment_new": new, "increment_inserted": increment["predictions"].inserted,
+        "rows": rows,
+        "wall_seconds": wall,
+        "rows_per_s": rows / wall,
+        "migrate_seconds": migrate_seconds,
+        "entities": entities,
+        "peak_rss": bulk_rss,
+        "start_rss": start_rss,
+        **cpu_used,
+        "idle_all_seconds": idle_all,
+        "idle_predictions_seconds": idle_predictions,
+        "increment_new": new,
+        "increment_inserted": increment["predictions"].inserted,
         "increment_all_seconds": increment_all,
         "increment_predictions_seconds": increment["predictions"].duration_seconds,
         "idle_active_run_seconds": idle_active,
@@ -205,6 +258,7 @@ def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
 
 
 # -- floor ---------------------------------------------------------------------------------------
+
 
 def _hmget_commands(ids: range) -> list[bytes]:
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in PREDICTION_FIELDS)
@@ -224,8 +278,20 @@ def _copy_rows(ids: range, replies: list, versions: dict[bytes, bytes]) -> tuple
         mv, inp, out, conf, inf, ts, meta = reply
         if ts is None or mv not in versions:  # no record (or no parent): the project's pending case
             continue
-        rows.append(b"\t".join((versions[mv], b"%d" % rid, inp or b"", out or b"", conf or b"", inf or b"", ts,
-                                 meta or b"")))
+        rows.append(
+            b"\t".join(
+                (
+                    versions[mv],
+                    b"%d" % rid,
+                    inp or b"",
+                    out or b"",
+                    conf or b"",
+                    inf or b"",
+                    ts,
+                    meta or b"",
+                )
+            )
+        )
     blob = b"\n".join(rows) + b"\n" if rows else b""
     if blob.count(b"\t") != 7 * len(rows) or blob.count(b"\n") != len(rows) or b"\r" in blob:
         raise ValueError("a value holds a tab or newline: this floor path does not escape those")
@@ -244,7 +310,9 @@ def _floor_batches(redis_url: str, versions: dict[bytes, bytes], chunk: int = CH
 
 def _floor(redis_url: str, pg_url: str, overlapped: bool, chunk: int = CHUNK) -> dict:
     conn = psycopg.connect(pg_url, autocommit=True)
-    versions = {b"%d" % r: b"%d" % p for r, p in _prepare_predictions_table(redis_url, pg_url, conn).items()}
+    versions = {
+        b"%d" % r: b"%d" % p for r, p in _prepare_predictions_table(redis_url, pg_url, conn).items()
+    }
     source, start_rss = "bench-floor", resident()
     cpu = CpuMeter(redis_url, [conn.info.backend_pid])
     started = time.perf_counter()
@@ -264,8 +332,15 @@ def _floor(redis_url: str, pg_url: str, overlapped: bool, chunk: int = CHUNK) ->
     cpu_used = cpu.stop()
     loaded = _count(conn)
     conn.close()
-    return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": read / seconds, "start_rss": start_rss, **cpu_used}
+    return {
+        "predictions": read,
+        "inserted": inserted,
+        "loaded": loaded,
+        "predictions_seconds": seconds,
+        "predictions_per_s": read / seconds,
+        "start_rss": start_rss,
+        **cpu_used,
+    }
 
 
 def _overlapped(batches):
@@ -301,13 +376,20 @@ def floor_wide(redis_url: str, pg_url: str, n: int, rss) -> dict:
     (one batch's replies, its COPY text and psycopg's copy of it are alive at once)."""
     budget = float(os.environ.get("SYNC_MEMORY_BUDGET_MB", "256")) * (1 << 20)
     raw = RawRedis(redis_url)
-    record = sum(raw.call(b"HSTRLEN", PREFIX.encode() + b"prediction:1", f) for f in PREDICTION_FIELDS)
+    record = sum(
+        raw.call(b"HSTRLEN", PREFIX.encode() + b"prediction:1", f) for f in PREDICTION_FIELDS
+    )
     raw.close()
-    return {**_floor(redis_url, pg_url, overlapped=False, chunk=max(1, int(budget // 4 // max(record, 1)))),
-            "record_bytes": record}
+    return {
+        **_floor(
+            redis_url, pg_url, overlapped=False, chunk=max(1, int(budget // 4 // max(record, 1)))
+        ),
+        "record_bytes": record,
+    }
 
 
 # -- pandas ----------------------------------------------------------------------------------------
+
 
 def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     import pandas as pd
@@ -329,14 +411,26 @@ def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
             df = pd.DataFrame.from_records([r for r in pipe.execute() if r])
             for column in ("input", "output", "metadata"):
                 df[column] = df[column].map(json.loads).map(json.dumps)
-            df["model_version_id"] = df["model_version_id"].astype(int).map(versions).astype("Int64")
+            df["model_version_id"] = (
+                df["model_version_id"].astype(int).map(versions).astype("Int64")
+            )
             df["origin_redis_id"] = df["id"].astype(int)
             for column in ("confidence", "inference_time_ms"):
                 df[column] = pd.to_numeric(df[column], errors="coerce")
             df = df.dropna(subset=["model_version_id", "timestamp"])
             buf = io.StringIO()
-            df[["model_version_id", "origin_redis_id", "input", "output", "confidence", "inference_time_ms",
-                "timestamp", "metadata"]].to_csv(buf, header=False, index=False)
+            df[
+                [
+                    "model_version_id",
+                    "origin_redis_id",
+                    "input",
+                    "output",
+                    "confidence",
+                    "inference_time_ms",
+                    "timestamp",
+                    "metadata",
+                ]
+            ].to_csv(buf, header=False, index=False)
             read += len(df)
             cur.execute("TRUNCATE stage")
             with cur.copy(f"COPY stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT csv)") as copy:
@@ -348,11 +442,19 @@ def pandas_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     loaded = _count(conn)
     conn.close()
     client.close()
-    return {"predictions": read, "inserted": inserted, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": read / seconds, "start_rss": start_rss, **cpu_used}
+    return {
+        "predictions": read,
+        "inserted": inserted,
+        "loaded": loaded,
+        "predictions_seconds": seconds,
+        "predictions_per_s": read / seconds,
+        "start_rss": start_rss,
+        **cpu_used,
+    }
 
 
 # -- dlt -------------------------------------------------------------------------------------------
+
 
 def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     import os
@@ -364,21 +466,36 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
 
     # JSON fields are declared json, so dlt stores them as jsonb instead of unnesting them into child tables.
-    @dlt.resource(name="predictions", write_disposition="append",
-                  columns={"input_data": {"data_type": "json"}, "output_data": {"data_type": "json"},
-                           "metadata": {"data_type": "json"}, "timestamp": {"data_type": "timestamp"}})
+    @dlt.resource(
+        name="predictions",
+        write_disposition="append",
+        columns={
+            "input_data": {"data_type": "json"},
+            "output_data": {"data_type": "json"},
+            "metadata": {"data_type": "json"},
+            "timestamp": {"data_type": "timestamp"},
+        },
+    )
     def redis_predictions():
         last = int(client.get(PREFIX + "counter:prediction") or 0)
         for lo in range(1, last + 1, CHUNK):
             pipe = client.pipeline(transaction=False)
             for i in range(lo, min(lo + CHUNK, last + 1)):
                 pipe.hgetall(f"{PREFIX}prediction:{i}")
-            yield [{"redis_id": int(r["id"]), "model_version_id": int(r["model_version_id"]),
-                    "input_data": json.loads(r["input"]), "output_data": json.loads(r["output"]),
+            yield [
+                {
+                    "redis_id": int(r["id"]),
+                    "model_version_id": int(r["model_version_id"]),
+                    "input_data": json.loads(r["input"]),
+                    "output_data": json.loads(r["output"]),
                     "confidence": float(r["confidence"]) or None,
                     "inference_time_ms": float(r["inference_time_ms"]) or None,
-                    "timestamp": r["timestamp"], "metadata": json.loads(r["metadata"])}
-                   for r in pipe.execute() if r]
+                    "timestamp": r["timestamp"],
+                    "metadata": json.loads(r["metadata"]),
+                }
+                for r in pipe.execute()
+                if r
+            ]
 
     parts = urlsplit(pg_url)
     if parts.password is None:  # dlt insists on a password; a server that trusts us ignores it
@@ -386,23 +503,38 @@ def dlt_path(redis_url: str, pg_url: str, n: int, rss) -> dict:
         pg_url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:unused@{host}"))
     with tempfile.TemporaryDirectory(prefix="rp_bench_dlt") as work_dir:
         os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
-        pipeline = dlt.pipeline(pipeline_name="rp_bench", pipelines_dir=work_dir, dataset_name="dlt_bench",
-                                destination=dlt.destinations.postgres(credentials=pg_url))
+        pipeline = dlt.pipeline(
+            pipeline_name="rp_bench",
+            pipelines_dir=work_dir,
+            dataset_name="dlt_bench",
+            destination=dlt.destinations.postgres(credentials=pg_url),
+        )
         start_rss = resident()
-        cpu = CpuMeter(redis_url)  # dlt opens its own Postgres connections: their CPU is not counted
+        cpu = CpuMeter(
+            redis_url
+        )  # dlt opens its own Postgres connections: their CPU is not counted
         started = time.perf_counter()
-        pipeline.run(redis_predictions(), loader_file_format="csv")  # COPY: about 1.8x its default insert_values
+        pipeline.run(
+            redis_predictions(), loader_file_format="csv"
+        )  # COPY: about 1.8x its default insert_values
         seconds = time.perf_counter() - started
         cpu_used = cpu.stop()
     client.close()
     with psycopg.connect(pg_url) as conn:
         loaded = _count(conn, "dlt_bench.predictions")
-    return {"predictions": loaded, "loaded": loaded, "predictions_seconds": seconds,
-            "predictions_per_s": loaded / seconds, "start_rss": start_rss, **cpu_used,
-            "note": "append (no dedupe), csv loader (COPY); its Postgres CPU not counted"}
+    return {
+        "predictions": loaded,
+        "loaded": loaded,
+        "predictions_seconds": seconds,
+        "predictions_per_s": loaded / seconds,
+        "start_rss": start_rss,
+        **cpu_used,
+        "note": "append (no dedupe), csv loader (COPY); its Postgres CPU not counted",
+    }
 
 
 # -- job: the Dagster job, in process, as RedisPgSync runs it ---------------------------------------
+
 
 def _events(instance, run_id: str) -> int:
     return len(instance.all_logs(run_id))
@@ -410,8 +542,8 @@ def _events(instance, run_id: str) -> int:
 
 def _check_seconds(config) -> dict[str, float]:
     """Each check's time over the nine tables, on the rows the tables' last syncs wrote (as the job runs them)."""
-    from rp_pipeline.checks import WrittenRows, check_specs, table_checks
     from rp_pipeline.bookkeeping import Bookkeeping
+    from rp_pipeline.checks import WrittenRows, check_specs, table_checks
     from rp_pipeline.entities import ENTITIES
     from rp_pipeline.extract import RedisSource
     from rp_pipeline.resources import open_connections
@@ -422,7 +554,9 @@ def _check_seconds(config) -> dict[str, float]:
     try:
         origin = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
         for spec in ENTITIES:
-            written = WrittenRows.last_sync(Bookkeeping(conn, config.sync_schema, origin, spec.name, ""))
+            written = WrittenRows.last_sync(
+                Bookkeeping(conn, config.sync_schema, origin, spec.name, "")
+            )
             for check in check_specs(spec):
                 clock = time.perf_counter()
                 list(table_checks(spec, {check.name}, written, conn, client, config, origin))
@@ -461,7 +595,8 @@ def job(redis_url: str, pg_url: str, n: int, rss) -> dict:
         with psycopg.connect(pg_url) as conn:
             predictions_seconds = conn.execute(
                 "SELECT duration_seconds FROM rp_sync.entity_runs WHERE run_id = %s AND entity = 'predictions'",
-                (outcome.run_id,)).fetchone()[0]
+                (outcome.run_id,),
+            ).fetchone()[0]
             loaded = _count(conn)
         idle = []
         for _ in range(3):
@@ -486,13 +621,33 @@ def job(redis_url: str, pg_url: str, n: int, rss) -> dict:
     finally:
         os.chdir(Path(__file__).resolve().parent)
         shutil.rmtree(home, ignore_errors=True)
-    return {"predictions": n, "loaded": loaded, "predictions_seconds": wall, "predictions_per_s": n / wall,
-            "engine_predictions_per_s": n / predictions_seconds, "peak_rss": bulk_rss, "start_rss": start_rss,
-            "job_wall_seconds": wall, "bulk_events": bulk_events, "idle_seconds": idle_seconds,
-            "idle_all": [round(t, 3) for t, _ in idle], "idle_events": events, "increment_new": new,
-            "increment_seconds": increment_seconds, "checks_idle": checks_idle, "checks_increment": checks_increment,
-            "note": "whole job run (nine tables + checks + Dagster) per wall second"}
+    return {
+        "predictions": n,
+        "loaded": loaded,
+        "predictions_seconds": wall,
+        "predictions_per_s": n / wall,
+        "engine_predictions_per_s": n / predictions_seconds,
+        "peak_rss": bulk_rss,
+        "start_rss": start_rss,
+        "job_wall_seconds": wall,
+        "bulk_events": bulk_events,
+        "idle_seconds": idle_seconds,
+        "idle_all": [round(t, 3) for t, _ in idle],
+        "idle_events": events,
+        "increment_new": new,
+        "increment_seconds": increment_seconds,
+        "checks_idle": checks_idle,
+        "checks_increment": checks_increment,
+        "note": "whole job run (nine tables + checks + Dagster) per wall second",
+    }
 
 
-PATHS = {"project": project, "job": job, "floor": floor, "floor_wide": floor_wide, "floor_overlapped": floor_overlapped, "pandas": pandas_path,
-         "dlt": dlt_path}
+PATHS = {
+    "project": project,
+    "job": job,
+    "floor": floor,
+    "floor_wide": floor_wide,
+    "floor_overlapped": floor_overlapped,
+    "pandas": pandas_path,
+    "dlt": dlt_path,
+}

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -49,8 +50,13 @@ def cumulative(stats: pstats.Stats, wanted: list[tuple[str, str]]) -> float:
 
 def entered(stats: pstats.Stats, module: str) -> float:
     """Time inside a module's functions, counted where callers from outside the module call in."""
-    return sum(c[3] for (filename, _, _), (_, _, _, _, callers) in stats.stats.items() if filename.endswith(module)
-               for caller, c in callers.items() if not caller[0].endswith(module))
+    return sum(
+        c[3]
+        for (filename, _, _), (_, _, _, _, callers) in stats.stats.items()
+        if filename.endswith(module)
+        for caller, c in callers.items()
+        if not caller[0].endswith(module)
+    )
 
 
 def stage_times(stats: pstats.Stats) -> dict[str, float]:
@@ -58,14 +64,22 @@ def stage_times(stats: pstats.Stats) -> dict[str, float]:
     copy_text = cumulative(stats, COPY_TEXT) or cumulative(stats, COPY_TEXT_PARTS)
     return {
         "Redis read (pipelined HMGET + reply parsing)": redis_read,
-        "DataFrame build (rest of read_hashes: keys, rows, frame)":
-            max(0.0, cumulative(stats, [("rp_pipeline/extract.py", "read_hashes")]) - redis_read),
-        "validation (mapping.validate)": cumulative(stats, [("rp_pipeline/mapping.py", "validate")]),
-        "parent id mapping (map_parent_ids)": cumulative(stats, [("rp_pipeline/mapping.py", "map_parent_ids")]),
+        "DataFrame build (rest of read_hashes: keys, rows, frame)": max(
+            0.0, cumulative(stats, [("rp_pipeline/extract.py", "read_hashes")]) - redis_read
+        ),
+        "validation (mapping.validate)": cumulative(
+            stats, [("rp_pipeline/mapping.py", "validate")]
+        ),
+        "parent id mapping (map_parent_ids)": cumulative(
+            stats, [("rp_pipeline/mapping.py", "map_parent_ids")]
+        ),
         "COPY text build (Loader.copy_payload)": copy_text,
-        "Postgres load: COPY, upsert, id map (Loader, minus COPY text)":
-            max(0.0, entered(stats, "rp_pipeline/load.py") - copy_text),
-        "bookkeeping (pending, rejected, watermark, history)": entered(stats, "rp_pipeline/bookkeeping.py"),
+        "Postgres load: COPY, upsert, id map (Loader, minus COPY text)": max(
+            0.0, entered(stats, "rp_pipeline/load.py") - copy_text
+        ),
+        "bookkeeping (pending, rejected, watermark, history)": entered(
+            stats, "rp_pipeline/bookkeeping.py"
+        ),
         "waiting on the other thread (lock waits)": cumulative(stats, [LOCK_WAIT]),
     }
 
@@ -81,7 +95,9 @@ def print_stages(title: str, stats: pstats.Stats, wall: float) -> None:
     print(f"  {'other':<62}{other:>9.2f}{other / wall:>8.0%}")
     server = cumulative(stats, [PSYCOPG_WAIT])
     if server >= 0.005:
-        print(f"  (of all this, waiting for Postgres to answer, psycopg's wait: {server:.2f} s = {server / wall:.0%})")
+        print(
+            f"  (of all this, waiting for Postgres to answer, psycopg's wait: {server:.2f} s = {server / wall:.0%})"
+        )
 
 
 class CProfiles:
@@ -119,11 +135,16 @@ class CProfiles:
 
     def print(self, top: int, save: str | None) -> None:
         stats = pstats.Stats(self.main)
-        print_stages(f"main thread (the one that talks to Postgres), {self.wall:.2f} s:", stats, self.wall)
+        print_stages(
+            f"main thread (the one that talks to Postgres), {self.wall:.2f} s:", stats, self.wall
+        )
         for name, profile, span in self.threads:
             if len(span) == 2 and profile.getstats():
-                print_stages(f"thread {name!r}, alive {span[1] - span[0]:.2f} s:", pstats.Stats(profile),
-                             span[1] - span[0])
+                print_stages(
+                    f"thread {name!r}, alive {span[1] - span[0]:.2f} s:",
+                    pstats.Stats(profile),
+                    span[1] - span[0],
+                )
                 stats.add(pstats.Stats(profile))
         if save:
             stats.dump_stats(save)
@@ -139,16 +160,24 @@ class StageTimers:
     queue waits are the hand-offs between the extract thread and the one that writes to Postgres.
     """
 
-    TIMED = [  # (module, attribute: a function, or Class.method), stage
+    TIMED: ClassVar = [  # (module, attribute: a function, or Class.method), stage
         ("rp_pipeline.extract", "hmget_many", "Redis read (pipelined HMGET + reply parsing)"),
-        ("rp_pipeline.extract", "read_hashes", "DataFrame build (rest of read_hashes: keys, rows, frame)"),
+        (
+            "rp_pipeline.extract",
+            "read_hashes",
+            "DataFrame build (rest of read_hashes: keys, rows, frame)",
+        ),
         ("rp_pipeline.mapping", "validate", "validation (mapping.validate)"),
         ("rp_pipeline.mapping", "map_parent_ids", "parent id mapping (map_parent_ids)"),
         ("rp_pipeline.load", "Loader.copy_payload", "COPY text build (Loader.copy_payload)"),
         ("rp_pipeline.load", "Loader.load", "Postgres load: COPY, upsert, id map (Loader)"),
         ("rp_pipeline.load", "Loader.stage", "Postgres load: COPY, upsert, id map (Loader)"),
         ("rp_pipeline.load", "Loader.flush", "Postgres load: COPY, upsert, id map (Loader)"),
-        ("rp_pipeline.bookkeeping", "Bookkeeping.*", "bookkeeping (pending, rejected, watermark, history)"),
+        (
+            "rp_pipeline.bookkeeping",
+            "Bookkeeping.*",
+            "bookkeeping (pending, rejected, watermark, history)",
+        ),
         ("queue", "Queue.get", "waiting on the other thread (queue hand-off)"),
         ("queue", "Queue.put", "waiting on the other thread (queue hand-off)"),
     ]
@@ -192,8 +221,11 @@ class StageTimers:
                 cls = getattr(module, cls_name, None)
                 if cls is None:
                     continue
-                names = [m for m, v in vars(cls).items() if callable(v) and not m.startswith("__")] \
-                    if method == "*" else [method]
+                names = (
+                    [m for m, v in vars(cls).items() if callable(v) and not m.startswith("__")]
+                    if method == "*"
+                    else [method]
+                )
                 for m in names:
                     if m in vars(cls):
                         self._patch(cls, m, self._wrap(stage, vars(cls)[m]))
@@ -203,7 +235,9 @@ class StageTimers:
                 continue
             wrapped = self._wrap(stage, original)
             # the engine imported the function by name: replace every reference in the package
-            for loaded in [m for name, m in list(sys.modules.items()) if name.startswith("rp_pipeline")]:
+            for loaded in [
+                m for name, m in list(sys.modules.items()) if name.startswith("rp_pipeline")
+            ]:
                 if getattr(loaded, attribute, None) is original:
                     self._patch(loaded, attribute, wrapped)
         spans, run = self.spans, threading.Thread.run
@@ -225,8 +259,11 @@ class StageTimers:
     def print(self, wall: float) -> None:
         for thread, stages in self.totals.items():
             alive = wall if thread == threading.main_thread().name else self.spans.get(thread, wall)
-            title = "main thread (the one that talks to Postgres)" if thread == threading.main_thread().name \
+            title = (
+                "main thread (the one that talks to Postgres)"
+                if thread == threading.main_thread().name
                 else f"thread {thread!r}"
+            )
             print(f"{title}, {alive:.2f} s:")
             for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
                 if seconds >= 0.005:
@@ -238,8 +275,12 @@ class StageTimers:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--top", type=int, default=25, help="cProfile: the top functions by own time")
-    parser.add_argument("--no-cprofile", action="store_true", help="only the timers (unprofiled) run")
+    parser.add_argument(
+        "--top", type=int, default=25, help="cProfile: the top functions by own time"
+    )
+    parser.add_argument(
+        "--no-cprofile", action="store_true", help="only the timers (unprofiled) run"
+    )
     parser.add_argument("--save", help="write the raw cProfile data here (for snakeviz, pstats)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
@@ -252,7 +293,11 @@ def main() -> None:
     from rp_pipeline.settings import SyncConfig
 
     db = "rp_bench_profile"
-    config = SyncConfig(postgres_url=database_url(args.postgres_url, db), redis_url=args.redis_url, key_prefix=PREFIX)
+    config = SyncConfig(
+        postgres_url=database_url(args.postgres_url, db),
+        redis_url=args.redis_url,
+        key_prefix=PREFIX,
+    )
 
     def sync_predictions(measure):
         """Into a fresh database: everything but predictions first, unmeasured; then predictions, measured."""
@@ -263,11 +308,18 @@ def main() -> None:
         migrate(config)
         client, conn = open_connections(config)
         try:
-            sync_all(client, conn, config, run_id="profile-parents",
-                     entities=tuple(e for e in ENTITIES if e is not PREDICTIONS))
+            sync_all(
+                client,
+                conn,
+                config,
+                run_id="profile-parents",
+                entities=tuple(e for e in ENTITIES if e is not PREDICTIONS),
+            )
             with measure:
                 started = time.perf_counter()
-                result = sync_all(client, conn, config, run_id="profile", entities=(PREDICTIONS,))["predictions"]
+                result = sync_all(client, conn, config, run_id="profile", entities=(PREDICTIONS,))[
+                    "predictions"
+                ]
                 wall = time.perf_counter() - started
         finally:
             client.close()
@@ -278,14 +330,18 @@ def main() -> None:
     try:
         timers = StageTimers()
         result, wall = sync_predictions(timers)
-        print(f"sync_entity(PREDICTIONS), N = {args.n:,}, timed per stage (no profiler): {result.read:,} read, "
-              f"{result.inserted:,} inserted in {wall:.2f} s = {result.read / wall:,.0f} predictions/s")
+        print(
+            f"sync_entity(PREDICTIONS), N = {args.n:,}, timed per stage (no profiler): {result.read:,} read, "
+            f"{result.inserted:,} inserted in {wall:.2f} s = {result.read / wall:,.0f} predictions/s"
+        )
         timers.print(wall)
         if not args.no_cprofile:
             profiles = CProfiles()
             result, wall = sync_predictions(profiles)
-            print(f"\nthe same under cProfile: {wall:.2f} s ({result.read / wall:,.0f} predictions/s; wall time, so "
-                  "waiting on a server counts; Python-heavy code is inflated by the profiler)")
+            print(
+                f"\nthe same under cProfile: {wall:.2f} s ({result.read / wall:,.0f} predictions/s; wall time, so "
+                "waiting on a server counts; Python-heavy code is inflated by the profiler)"
+            )
             profiles.print(args.top, args.save)
     finally:
         with admin(args.postgres_url) as conn:

@@ -25,7 +25,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-
 from raw_redis import RawRedis  # noqa: E402
 from workload import PREFIX, Workload, _write_metadata, write_predictions  # noqa: E402
 
@@ -36,6 +35,7 @@ def counted(method, counter: dict, key: str):
     def wrapper(*args, **kwargs):
         counter[key] += 1
         return method(*args, **kwargs)
+
     return wrapper
 
 
@@ -47,26 +47,36 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--waiting", type=int, default=1000, help="predictions left unsynced (backlog, lag)")
+    parser.add_argument(
+        "--waiting", type=int, default=1000, help="predictions left unsynced (backlog, lag)"
+    )
     parser.add_argument("--scrapes", type=int, default=200)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13", help="an empty db; only our keys are deleted")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/13",
+        help="an empty db; only our keys are deleted",
+    )
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
 
-    from rp_pipeline.engine import sync_all
     from rp_pipeline.connections import connect_postgres, connect_redis
+    from rp_pipeline.engine import sync_all
     from rp_pipeline.exporter import SyncCollector, serve_metrics
     from rp_pipeline.schema import migrate
     from rp_pipeline.settings import SyncConfig
 
     client = redis.Redis.from_url(args.redis_url)
     if client.dbsize():
-        sys.exit(f"{args.redis_url} is not empty: give the benchmark an empty Redis db (--redis-url)")
+        sys.exit(
+            f"{args.redis_url} is not empty: give the benchmark an empty Redis db (--redis-url)"
+        )
     base = args.postgres_url.rsplit("/", 1)[0]
     with psycopg.connect(args.postgres_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
         admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    config = SyncConfig(postgres_url=f"{base}/{DATABASE}", redis_url=args.redis_url, key_prefix=PREFIX)
+    config = SyncConfig(
+        postgres_url=f"{base}/{DATABASE}", redis_url=args.redis_url, key_prefix=PREFIX
+    )
     try:
         started = time.perf_counter()
         raw, rng = RawRedis(args.redis_url), random.Random(7)
@@ -79,7 +89,9 @@ def main(argv=None) -> None:
         results = sync_all(rc, conn, config, run_id="scrape-bench")
         rc.close()
         conn.close()
-        print(f"synced {results['predictions'].inserted:,} predictions in {time.perf_counter() - started:.1f} s")
+        print(
+            f"synced {results['predictions'].inserted:,} predictions in {time.perf_counter() - started:.1f} s"
+        )
         if args.waiting:
             # Written after the sync with a fresh counter: the next ids wait (backlog) and the lag is read.
             write_predictions(raw, args.n + 1, args.waiting, rng)
@@ -96,8 +108,13 @@ def main(argv=None) -> None:
             families = collector.scrape()
             times.append((time.perf_counter() - t) * 1000)
         per = {k: v / args.scrapes for k, v in calls.items()}
-        backlog = next(s.value for f in families if f.name == "rp_pipeline_backlog_records" for s in f.samples
-                       if s.labels["entity"] == "predictions")
+        backlog = next(
+            s.value
+            for f in families
+            if f.name == "rp_pipeline_backlog_records"
+            for s in f.samples
+            if s.labels["entity"] == "predictions"
+        )
         series = sum(len(f.samples) for f in families)
         collector.close()
 
@@ -111,13 +128,21 @@ def main(argv=None) -> None:
             http.append((time.perf_counter() - t) * 1000)
         exporter.close()
 
-        print(f"\nOne scrape with {args.n:,} predictions synced, {args.waiting:,} waiting "
-              f"(backlog reported: {backlog:,.0f}), {series} samples, {size:,} bytes:")
-        print(f"  round trips: Redis {per['redis']:g} pipeline(s), Postgres {per['postgres']:g} statement(s) "
-              "(connection kept between scrapes)")
-        print(f"  collector: median {statistics.median(times):.2f} ms, p95 {percentile(times, 0.95):.2f} ms "
-              f"({args.scrapes} scrapes)")
-        print(f"  HTTP /metrics: median {statistics.median(http):.2f} ms, p95 {percentile(http, 0.95):.2f} ms")
+        print(
+            f"\nOne scrape with {args.n:,} predictions synced, {args.waiting:,} waiting "
+            f"(backlog reported: {backlog:,.0f}), {series} samples, {size:,} bytes:"
+        )
+        print(
+            f"  round trips: Redis {per['redis']:g} pipeline(s), Postgres {per['postgres']:g} statement(s) "
+            "(connection kept between scrapes)"
+        )
+        print(
+            f"  collector: median {statistics.median(times):.2f} ms, p95 {percentile(times, 0.95):.2f} ms "
+            f"({args.scrapes} scrapes)"
+        )
+        print(
+            f"  HTTP /metrics: median {statistics.median(http):.2f} ms, p95 {percentile(http, 0.95):.2f} ms"
+        )
     finally:
         keys = 0
         for batch in _batches(client.scan_iter(match=f"{PREFIX}*", count=10_000), 10_000):

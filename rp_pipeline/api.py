@@ -52,9 +52,14 @@ CONFIGURATION_ERRORS = ("PermissionProblem",)
 # Storage for a working directory without a dagster.yaml (an installed package, a container):
 # the same environment-driven choice as the repository's dagster.yaml.
 PACKAGED_INSTANCE = {
-    **{kind: {"module": "rp_pipeline.instance_storage", "class": cls}
-       for kind, cls in (("run_storage", "RunStorage"), ("event_log_storage", "EventLogStorage"),
-                         ("schedule_storage", "ScheduleStorage"))},
+    **{
+        kind: {"module": "rp_pipeline.instance_storage", "class": cls}
+        for kind, cls in (
+            ("run_storage", "RunStorage"),
+            ("event_log_storage", "EventLogStorage"),
+            ("schedule_storage", "ScheduleStorage"),
+        )
+    },
     "telemetry": {"enabled": False},
 }
 
@@ -102,17 +107,25 @@ def sync_instance() -> Iterator[dg.DagsterInstance]:
         else:
             cwd = Path.cwd()
             has_yaml = (cwd / "dagster.yaml").exists()
-            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(
-                str(cwd / ".dagster_home"), config_dir=str(cwd), overrides=None if has_yaml else PACKAGED_INSTANCE))
-    except Exception as exc:  # noqa: BLE001 - any storage error becomes one readable line
+            instance = dg.DagsterInstance.from_ref(
+                InstanceRef.from_dir(
+                    str(cwd / ".dagster_home"),
+                    config_dir=str(cwd),
+                    overrides=None if has_yaml else PACKAGED_INSTANCE,
+                )
+            )
+    except Exception as exc:
         raise InstanceProblem(_instance_error(exc)) from None
     with instance:
         yield instance
 
 
 def _instance_error(exc: Exception) -> str:
-    where = (f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}" if os.environ.get("DAGSTER_HOME")
-             else f"{Path.cwd() / 'dagster.yaml'} semantics, storage in ./.dagster_home")
+    where = (
+        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
+        if os.environ.get("DAGSTER_HOME")
+        else f"{Path.cwd() / 'dagster.yaml'} semantics, storage in ./.dagster_home"
+    )
     url = os.environ.get("DAGSTER_POSTGRES_URL")
     if url:
         detail = explain_postgres_error(exc, url) + " (DAGSTER_POSTGRES_URL, Dagster's run storage)"
@@ -140,20 +153,37 @@ class RedisPgSync:
     `SyncConfig` fields (schema, sync_schema, conflict, chunk_size, ...).
     """
 
-    def __init__(self, redis_url: str | None = None, postgres_url: str | None = None,
-                 key_prefix: str = DEFAULT_KEY_PREFIX, *, logger: logging.Logger | None = None, **settings):
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        postgres_url: str | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        *,
+        logger: logging.Logger | None = None,
+        **settings,
+    ):
         unknown = set(settings) - {f.name for f in fields(SyncConfig)}
         if unknown:
-            raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}; see rp_pipeline.settings.SyncConfig")
-        self._setup(SyncConfig(redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
-                               postgres_url=postgres_url or os.environ.get("POSTGRES_URL") or None,
-                               key_prefix=key_prefix, **settings), logger)
+            raise TypeError(
+                f"unknown setting(s) {', '.join(sorted(unknown))}; see rp_pipeline.settings.SyncConfig"
+            )
+        self._setup(
+            SyncConfig(
+                redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+                postgres_url=postgres_url or os.environ.get("POSTGRES_URL") or None,
+                key_prefix=key_prefix,
+                **settings,
+            ),
+            logger,
+        )
 
     def _setup(self, config: SyncConfig, logger: logging.Logger | None) -> None:
         self.config = config
         self.log = logger or log
         self.last_outcome: SyncOutcome | None = None
-        self._stop_requested = False  # set by stop() or a signal; a plain flag, safe in a signal handler
+        self._stop_requested = (
+            False  # set by stop() or a signal; a plain flag, safe in a signal handler
+        )
         self._stop_signal: int | None = None
 
     @classmethod
@@ -163,14 +193,18 @@ class RedisPgSync:
         return sync
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, logger: logging.Logger | None = None,
-                 **overrides) -> RedisPgSync:
+    def from_env(
+        cls, env: dict[str, str] | None = None, logger: logging.Logger | None = None, **overrides
+    ) -> RedisPgSync:
         """Configured like the CLI: REDIS_URL, POSTGRES_URL, REDIS_KEY_PREFIX, POSTGRES_SCHEMA, SYNC_*,
         with ./.env filling what the environment does not set."""
         if env is None:
             from dotenv import dotenv_values
 
-            env = {**{k: v for k, v in dotenv_values(Path.cwd() / ".env").items() if v is not None}, **os.environ}
+            env = {
+                **{k: v for k, v in dotenv_values(Path.cwd() / ".env").items() if v is not None},
+                **os.environ,
+            }
         return cls.from_config(SyncConfig.from_env(env, **overrides), logger)
 
     # -- one cycle -----------------------------------------------------------
@@ -206,25 +240,35 @@ class RedisPgSync:
             run_id = str(uuid.uuid4())
             with sync_instance() as instance:
                 instance.add_event_listener(run_id, self._forward_log)
-                result = self._on_worker_thread(lambda: defs.resolve_job_def(JOB_NAME).execute_in_process(
-                    instance=instance, run_id=run_id, resources=resources_for(self.config), raise_on_error=False,
-                    tags={"rp_pipeline/trigger": "python"},
-                    # Dagster's own console output is replaced by the guide-style lines forwarded below.
-                    run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}))
+                result = self._on_worker_thread(
+                    lambda: defs.resolve_job_def(JOB_NAME).execute_in_process(
+                        instance=instance,
+                        run_id=run_id,
+                        resources=resources_for(self.config),
+                        raise_on_error=False,
+                        tags={"rp_pipeline/trigger": "python"},
+                        # Dagster's own console output is replaced by the guide-style lines forwarded below.
+                        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                    )
+                )
             seconds = time.perf_counter() - clock
             failures, failed_steps, problem = self._failures(result)
             try:
                 found = run_statistics(self.config, run_id)
                 stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
-            except Exception as exc:  # noqa: BLE001 - the run already failed or Postgres went away
+            except Exception as exc:
                 if result.success:
                     raise
                 self.log.warning("  (statistics unavailable: %s)", exc)
                 stats = {key: 0 for key in COUNTERS}
             stats = dict(stats)
-            if failures:  # a failed entity is an error too: a failed cycle never reports "Errors: 0"
+            if (
+                failures
+            ):  # a failed entity is an error too: a failed cycle never reports "Errors: 0"
                 stats["errors"] = stats.get("errors", 0) + max(1, failed_steps)
-            outcome = SyncOutcome(run_id, result.success and not failures, stats, seconds, failures, problem)
+            outcome = SyncOutcome(
+                run_id, result.success and not failures, stats, seconds, failures, problem
+            )
             self._log_outcome(outcome)
             self.last_outcome = outcome
             return outcome
@@ -239,8 +283,10 @@ class RedisPgSync:
             if entry.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
                 self._log_check(entry.dagster_event.asset_check_evaluation_data)
             return
-        if (entry.user_message.startswith(("Sync complete in ", "Dependencies for step"))
-                or "did not yield or return expected outputs" in entry.user_message):
+        if (
+            entry.user_message.startswith(("Sync complete in ", "Dependencies for step"))
+            or "did not yield or return expected outputs" in entry.user_message
+        ):
             return
         for line in entry.user_message.splitlines():  # a table's lines arrive as one message
             self.log.log(entry.level, line)
@@ -248,11 +294,21 @@ class RedisPgSync:
     def _log_check(self, evaluation) -> None:
         if evaluation.passed:
             return
-        details = ", ".join(f"{k}={v.value}" for k, v in evaluation.metadata.items()
-                            if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 80)
-        level = logging.WARNING if evaluation.severity == dg.AssetCheckSeverity.WARN else logging.ERROR
-        self.log.log(level, "  Check failed: %s.%s%s", evaluation.asset_key.to_user_string(), evaluation.check_name,
-                     f" ({details})" if details else "")
+        details = ", ".join(
+            f"{k}={v.value}"
+            for k, v in evaluation.metadata.items()
+            if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 80
+        )
+        level = (
+            logging.WARNING if evaluation.severity == dg.AssetCheckSeverity.WARN else logging.ERROR
+        )
+        self.log.log(
+            level,
+            "  Check failed: %s.%s%s",
+            evaluation.asset_key.to_user_string(),
+            evaluation.check_name,
+            f" ({details})" if details else "",
+        )
 
     def _failures(self, result) -> tuple[list[str], int, str | None]:
         """(the failure lines: one per distinct failure naming the tables that failed alike, then those
@@ -283,7 +339,11 @@ class RedisPgSync:
         if not sep:
             first = lines[0]
         if error.cls_name in USER_FACING_ERRORS:
-            return [self._redact(line) for line in [first, *lines[1:]] if line.strip() and not line.startswith(" ")]
+            return [
+                self._redact(line)
+                for line in [first, *lines[1:]]
+                if line.strip() and not line.startswith(" ")
+            ]
         text = f"{error.cls_name}: {first}" if sep else first
         return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
 
@@ -298,7 +358,9 @@ class RedisPgSync:
         if outcome.success:
             self.log.info("=== Sync Complete in %.2fs ===", outcome.seconds)
         else:
-            self.log.error("=== Sync Failed after %.2fs (Dagster run %s) ===", outcome.seconds, outcome.run_id)
+            self.log.error(
+                "=== Sync Failed after %.2fs (Dagster run %s) ===", outcome.seconds, outcome.run_id
+            )
             for failure in outcome.failures:
                 self.log.error("  %s", failure)
         for key in COUNTERS:
@@ -306,8 +368,13 @@ class RedisPgSync:
 
     # -- cache warm ----------------------------------------------------------
 
-    def warm(self, entities: tuple[str, ...] | list[str] | None = None, runs_days: float | None = None,
-             predictions_hours: float | None = None, dry_run: bool = False) -> dict[str, int]:
+    def warm(
+        self,
+        entities: tuple[str, ...] | list[str] | None = None,
+        runs_days: float | None = None,
+        predictions_hours: float | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, int]:
         """Write Postgres rows back into Redis after a flush or restart (warm.py); records written per entity.
 
         Defaults: every entity, runs of the last WARM_RUNS_DAYS (7), predictions of the last
@@ -316,8 +383,11 @@ class RedisPgSync:
         from .warm import WarmOptions, parse_entities, run_warm
 
         options = WarmOptions.from_env(
-            entities=parse_entities(",".join(entities)) if entities else None, runs_days=runs_days,
-            predictions_hours=predictions_hours, dry_run=dry_run)
+            entities=parse_entities(",".join(entities)) if entities else None,
+            runs_days=runs_days,
+            predictions_hours=predictions_hours,
+            dry_run=dry_run,
+        )
         self._check_servers()
         return run_warm(self.config, options, self.log).counts()
 
@@ -327,7 +397,9 @@ class RedisPgSync:
         """Sync every `interval_seconds` until stop(), SIGTERM or Ctrl+C, each ending after the current
         cycle. A failed cycle is logged and retried at the next interval. Returns the cycles run."""
         if interval_seconds <= 0:
-            raise ConfigError(f"the interval must be a positive number of seconds, got {interval_seconds}")
+            raise ConfigError(
+                f"the interval must be a positive number of seconds, got {interval_seconds}"
+            )
         self._stop_requested, self._stop_signal = False, None
         cycles = 0
         with self._stop_on_signals():
@@ -344,8 +416,11 @@ class RedisPgSync:
                 deadline = time.monotonic() + wait
                 while not self._stop_requested and time.monotonic() < deadline:
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        self.log.info("Stopped after %d cycle(s)%s.", cycles,
-                      f" ({signal.Signals(self._stop_signal).name})" if self._stop_signal else "")
+        self.log.info(
+            "Stopped after %d cycle(s)%s.",
+            cycles,
+            f" ({signal.Signals(self._stop_signal).name})" if self._stop_signal else "",
+        )
         return cycles
 
     def stop(self) -> None:
@@ -373,7 +448,9 @@ class RedisPgSync:
                 raise KeyboardInterrupt
             self._stop_signal, self._stop_requested = signum, True
 
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             yield
         finally:
@@ -392,7 +469,7 @@ class RedisPgSync:
         def target():
             try:
                 box["value"] = work()
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            except BaseException as exc:
                 box["error"] = exc
 
         worker = threading.Thread(target=target, name="rp_pipeline-sync-cycle", daemon=True)
@@ -402,8 +479,10 @@ class RedisPgSync:
             worker.join(0.2)
             if self._stop_signal is not None and not noted:
                 noted = True
-                self.log.info("Received %s: stopping after the current cycle (press Ctrl+C again to abort it).",
-                              signal.Signals(self._stop_signal).name)
+                self.log.info(
+                    "Received %s: stopping after the current cycle (press Ctrl+C again to abort it).",
+                    signal.Signals(self._stop_signal).name,
+                )
         if "error" in box:
             raise box["error"]
         return box["value"]
@@ -414,4 +493,3 @@ def _tables_named(line: str) -> list[str]:
     head, sep, _ = line.partition(": ")
     names = head.split(", ") if sep else []
     return names if names and all(name in BY_NAME for name in names) else []
-

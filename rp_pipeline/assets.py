@@ -26,12 +26,19 @@ import pandas as pd
 import psycopg
 
 from . import engine, entities
-from .checks import check_specs, table_checks, WrittenRows
+from .checks import WrittenRows, check_specs, table_checks
 from .engine import EntityResult, stats_from_results, sync_entity
-from .entities import ENTITIES, STAT_KEYS, EntitySpec, sql_name as q
+from .entities import ENTITIES, STAT_KEYS, EntitySpec
+from .entities import sql_name as q
 from .errors import ConnectionProblem, PermissionProblem, SyncFailed
 from .extract import RedisSource
-from .resources import PostgresResource, RedisResource, SyncSettingsResource, open_connections, sync_config
+from .resources import (
+    PostgresResource,
+    RedisResource,
+    SyncSettingsResource,
+    open_connections,
+    sync_config,
+)
 from .schema import ensure_schema, has_redis_id, identity_index_name
 from .settings import ConfigError, SyncConfig, interval_seconds
 from .sources import resolve_origin
@@ -52,29 +59,56 @@ INFORMATION_SCHEMA_TYPES = {entities.TIMESTAMPTZ: "timestamp with time zone"}
 
 def freshness_policy(seconds: int) -> dg.FreshnessPolicy:
     """Warn after about two sync intervals without a successful sync of the table, fail after about three."""
-    return dg.FreshnessPolicy.time_window(fail_window=timedelta(seconds=3 * seconds),
-                                          warn_window=timedelta(seconds=2 * seconds))
+    return dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(seconds=3 * seconds), warn_window=timedelta(seconds=2 * seconds)
+    )
 
 
 def column_schema(spec: EntitySpec) -> dg.TableSchema:
     """The table's columns (Postgres types, nullability), its unique identity and its foreign keys."""
 
-    def column(name: str, type_: str, nullable: bool, other: tuple[str, ...] = ()) -> dg.TableColumn:
-        return dg.TableColumn(name, INFORMATION_SCHEMA_TYPES.get(type_, type_), constraints=dg.TableColumnConstraints(
-            nullable=nullable, unique=name == "id", other=list(other)))
+    def column(
+        name: str, type_: str, nullable: bool, other: tuple[str, ...] = ()
+    ) -> dg.TableColumn:
+        return dg.TableColumn(
+            name,
+            INFORMATION_SCHEMA_TYPES.get(type_, type_),
+            constraints=dg.TableColumnConstraints(
+                nullable=nullable, unique=name == "id", other=list(other)
+            ),
+        )
 
     rule = {True: "ON DELETE SET NULL", False: "ON DELETE CASCADE"}
     columns = [column("id", entities.BIGINT, False, ("primary key, identity",))]
-    columns += [column(p.column, entities.BIGINT, p.optional, (f"foreign key → {p.entity}.id {rule[p.optional]}",))
-                for p in spec.parents]
-    columns += [column(c.name, c.type, not (c.required and c.name in spec.natural_key)) for c in spec.columns]
+    columns += [
+        column(
+            p.column,
+            entities.BIGINT,
+            p.optional,
+            (f"foreign key → {p.entity}.id {rule[p.optional]}",),
+        )
+        for p in spec.parents
+    ]
+    columns += [
+        column(c.name, c.type, not (c.required and c.name in spec.natural_key))
+        for c in spec.columns
+    ]
     columns.append(column("origin_source", entities.TEXT, True))
     if has_redis_id(spec):
         columns.append(column("origin_redis_id", entities.BIGINT, True))
     identity = ", ".join(spec.natural_key) + (f" WHERE {spec.key_where}" if spec.key_where else "")
-    return dg.TableSchema(columns=columns, constraints=dg.TableConstraints(other=[
-        f"unique ({identity}) — index {identity_index_name(spec)}",
-        *(f"foreign key ({p.column}) → {p.entity}.id {rule[p.optional]}" for p in spec.parents)]))
+    return dg.TableSchema(
+        columns=columns,
+        constraints=dg.TableConstraints(
+            other=[
+                f"unique ({identity}) — index {identity_index_name(spec)}",
+                *(
+                    f"foreign key ({p.column}) → {p.entity}.id {rule[p.optional]}"
+                    for p in spec.parents
+                ),
+            ]
+        ),
+    )
 
 
 def _line_of(path: Path, text: str) -> int | None:
@@ -87,35 +121,61 @@ def _line_of(path: Path, text: str) -> int | None:
 def code_references(spec: EntitySpec) -> dg.CodeReferencesMetadataValue:
     """Where the table is declared (its spec) and the engine that syncs every table."""
     specs_file = Path(entities.__file__)
-    with warnings.catch_warnings():  # code references are "beta": said once here, not at every import
+    with (
+        warnings.catch_warnings()
+    ):  # code references are "beta": said once here, not at every import
         warnings.simplefilter("ignore", dg.BetaWarning)
         return _code_references(spec, specs_file)
 
 
 def _code_references(spec: EntitySpec, specs_file: Path) -> dg.CodeReferencesMetadataValue:
-    return dg.CodeReferencesMetadataValue(code_references=[
-        dg.LocalFileCodeReference(file_path=str(specs_file), line_number=_line_of(specs_file, f'name="{spec.name}"'),
-                                  label=f"{spec.name} spec"),
-        dg.LocalFileCodeReference(file_path=inspect.getsourcefile(engine),
-                                  line_number=inspect.getsourcelines(sync_entity)[1], label="sync engine"),
-    ])
+    return dg.CodeReferencesMetadataValue(
+        code_references=[
+            dg.LocalFileCodeReference(
+                file_path=str(specs_file),
+                line_number=_line_of(specs_file, f'name="{spec.name}"'),
+                label=f"{spec.name} spec",
+            ),
+            dg.LocalFileCodeReference(
+                file_path=inspect.getsourcefile(engine),
+                line_number=inspect.getsourcelines(sync_entity)[1],
+                label="sync engine",
+            ),
+        ]
+    )
 
 
 def describe(spec: EntitySpec) -> str:
     how = HOW_READ[spec.strategy].format(counter=spec.counter)
     parents = f" Parents: {', '.join(p.entity for p in spec.parents)}." if spec.parents else ""
-    mode = ("read incrementally above a watermark, appended" if spec.incremental
-            else "re-read each cycle, appended" if not spec.mutable else "re-read each cycle and upserted")
-    return (f"Redis `{{prefix}}{spec.key}` records ({how}) synced into the Postgres table `{spec.name}`, {mode}; "
-            f"a row is identified by ({', '.join(spec.natural_key)}).{parents}")
+    mode = (
+        "read incrementally above a watermark, appended"
+        if spec.incremental
+        else "re-read each cycle, appended"
+        if not spec.mutable
+        else "re-read each cycle and upserted"
+    )
+    return (
+        f"Redis `{{prefix}}{spec.key}` records ({how}) synced into the Postgres table `{spec.name}`, {mode}; "
+        f"a row is identified by ({', '.join(spec.natural_key)}).{parents}"
+    )
 
 
 def table_spec(spec: EntitySpec, seconds: int) -> dg.AssetSpec:
     return dg.AssetSpec(
-        spec.name, deps=sorted({parent.entity for parent in spec.parents}), group_name=GROUP,
-        description=describe(spec), kinds={"redis", "postgres", "pandas"}, owners=OWNERS, tags={"entity": spec.name},
+        spec.name,
+        deps=sorted({parent.entity for parent in spec.parents}),
+        group_name=GROUP,
+        description=describe(spec),
+        kinds={"redis", "postgres", "pandas"},
+        owners=OWNERS,
+        tags={"entity": spec.name},
         freshness_policy=freshness_policy(seconds),
-        metadata={"dagster/column_schema": column_schema(spec), "dagster/code_references": code_references(spec)})
+        metadata={
+            "dagster/column_schema": column_schema(spec),
+            "dagster/code_references": code_references(spec),
+        },
+    )
 
 
 def materialization_metadata(result: EntityResult, config: SyncConfig, database: str) -> dict:
@@ -141,7 +201,8 @@ def materialization_metadata(result: EntityResult, config: SyncConfig, database:
         metadata["watermark"] = result.watermark
     if result.rejection_samples:
         metadata["rejected_examples"] = dg.MetadataValue.md(
-            pd.DataFrame(result.rejection_samples).to_markdown(index=False))
+            pd.DataFrame(result.rejection_samples).to_markdown(index=False)
+        )
     return metadata
 
 
@@ -155,8 +216,12 @@ ENTITIES_BY_NAME = {spec.name: spec for spec in ENTITIES}
     can_subset=True,
     description="One Redis → Postgres sync: the nine tables in dependency order, each followed by its checks.",
 )
-def redis_to_postgres(context: dg.AssetExecutionContext, redis: RedisResource, postgres: PostgresResource,
-                      sync_settings: SyncSettingsResource) -> Iterator:
+def redis_to_postgres(
+    context: dg.AssetExecutionContext,
+    redis: RedisResource,
+    postgres: PostgresResource,
+    sync_settings: SyncSettingsResource,
+) -> Iterator:
     config = sync_config(redis, postgres, sync_settings)
     ensure_schema(config)
     client, conn = open_connections(config)
@@ -195,7 +260,9 @@ class TableLog:
         self.lines = []
 
 
-def sync_tables(context: dg.AssetExecutionContext, client, conn: psycopg.Connection, config: SyncConfig) -> Iterator:
+def sync_tables(
+    context: dg.AssetExecutionContext, client, conn: psycopg.Connection, config: SyncConfig
+) -> Iterator:
     """Sync the selected tables in dependency order, each followed by its selected checks.
 
     A table whose sync fails is reported at the end (the step fails); the tables below it wait for
@@ -217,11 +284,15 @@ def sync_tables(context: dg.AssetExecutionContext, client, conn: psycopg.Connect
             context.log.info(f"Syncing {spec.name}...")
             lines = TableLog()
             try:
-                result = sync_entity(spec, client, conn, config, run_id=context.run.run_id, logger=lines)
-            except Exception as exc:  # noqa: BLE001 - the other tables still sync; the step fails at the end
+                result = sync_entity(
+                    spec, client, conn, config, run_id=context.run.run_id, logger=lines
+                )
+            except Exception as exc:
                 lines.emit(context.log)
                 failed[spec.name] = exc
-                if not isinstance(exc, (SyncFailed, ConnectionProblem)):  # a bug: keep its traceback in the logs
+                if not isinstance(
+                    exc, (SyncFailed, ConnectionProblem)
+                ):  # a bug: keep its traceback in the logs
                     context.log.exception(f"{spec.name}: {_failure_text(spec.name, exc)}")
                 continue
             source = result.origin
@@ -229,14 +300,24 @@ def sync_tables(context: dg.AssetExecutionContext, client, conn: psycopg.Connect
                 lines.info(
                     f"{spec.name}: {result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
                     f"{result.skipped} skipped, {result.rejected} rejected, {result.pending} pending "
-                    f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)")
+                    f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)"
+                )
             lines.emit(context.log)
-            yield dg.MaterializeResult(asset_key=spec.name,
-                                       metadata=materialization_metadata(result, config, conn.info.dbname))
+            yield dg.MaterializeResult(
+                asset_key=spec.name,
+                metadata=materialization_metadata(result, config, conn.info.dbname),
+            )
             # rejection_samples: records it met and could not load, new or still bad (the WARN check follows them)
-            written, changed = WrittenRows.of(result), bool(result.inserted or result.updated or result.rejection_samples)
-        if changed and checks.get(spec.name):  # a table the cycle left as it was keeps its last results
-            if source is None:  # checks run on their own: the origin of the data set Redis holds now
+            written, changed = (
+                WrittenRows.of(result),
+                bool(result.inserted or result.updated or result.rejection_samples),
+            )
+        if changed and checks.get(
+            spec.name
+        ):  # a table the cycle left as it was keeps its last results
+            if (
+                source is None
+            ):  # checks run on their own: the origin of the data set Redis holds now
                 source = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
             yield from table_checks(spec, checks[spec.name], written, conn, client, config, source)
     if tables:
@@ -255,7 +336,11 @@ def step_failure(failed: dict[str, Exception], waiting: list[str]) -> Exception:
     lines = [f"{', '.join(tables)}: {text}" for text, tables in tables_by_text.items()]
     if waiting:
         lines.append(f"not synced this cycle, waiting on a failed parent: {', '.join(waiting)}")
-    kind = PermissionProblem if any(isinstance(exc, PermissionProblem) for exc in failed.values()) else SyncFailed
+    kind = (
+        PermissionProblem
+        if any(isinstance(exc, PermissionProblem) for exc in failed.values())
+        else SyncFailed
+    )
     return kind("\n".join(lines))
 
 
@@ -270,8 +355,12 @@ def _failure_text(entity: str, exc: Exception) -> str:
 def record_statistics(context: dg.AssetExecutionContext, config: SyncConfig) -> None:
     """The run's statistics in the guide's counters, as run tags (`rp_pipeline/predictions=50`, ...)."""
     stats, seconds = run_statistics(config, context.run.run_id)
-    context.instance.add_run_tags(context.run.run_id, {f"rp_pipeline/{k}": str(v) for k, v in stats.items()})
-    context.log.info(f"Sync complete in {seconds:.2f}s: " + ", ".join(f"{key} {stats[key]}" for key in STAT_KEYS))
+    context.instance.add_run_tags(
+        context.run.run_id, {f"rp_pipeline/{k}": str(v) for k, v in stats.items()}
+    )
+    context.log.info(
+        f"Sync complete in {seconds:.2f}s: " + ", ".join(f"{key} {stats[key]}" for key in STAT_KEYS)
+    )
 
 
 def run_statistics(config, run_id: str) -> tuple[dict[str, int], float]:
@@ -282,6 +371,9 @@ def run_statistics(config, run_id: str) -> tuple[dict[str, int], float]:
         rows = conn.execute(
             f"SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
             f"- min(started_at) OVER ()) FROM {q(config.sync_schema)}.entity_runs WHERE run_id = %s",
-            (run_id,)).fetchall()
-    stats = stats_from_results({"entity": e, "inserted": i, "updated": u, "rejected": r} for e, i, u, r, _ in rows)
+            (run_id,),
+        ).fetchall()
+    stats = stats_from_results(
+        {"entity": e, "inserted": i, "updated": u, "rejected": r} for e, i, u, r, _ in rows
+    )
     return stats, float(rows[0][4]) if rows else 0.0

@@ -8,6 +8,7 @@ cycle, never skip one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 import pandas as pd
 import psycopg
 import psycopg.rows
@@ -16,22 +17,32 @@ from .entities import sql_name as q
 
 
 class Bookkeeping:
-    def __init__(self, conn: psycopg.Connection, sync_schema: str, source: str, entity: str, generation: str):
+    def __init__(
+        self, conn: psycopg.Connection, sync_schema: str, source: str, entity: str, generation: str
+    ):
         self.conn, self.source, self.entity, self.generation = conn, source, entity, generation
         self.s = q(sync_schema)
         self._id_cache: dict[tuple[str, int], int] = {}
         self._preloaded: set[str] = set()
-        self._holds_rejected: bool | None = None  # whether this entity has rejected records (asked once)
+        self._holds_rejected: bool | None = (
+            None  # whether this entity has rejected records (asked once)
+        )
 
     def _params(self, **extra) -> dict:
-        return {"source": self.source, "entity": self.entity, "generation": self.generation, **extra}
+        return {
+            "source": self.source,
+            "entity": self.entity,
+            "generation": self.generation,
+            **extra,
+        }
 
     # -- watermark (incremental entities) ------------------------------------------------------
     def watermark(self) -> int:
         """Highest Redis id handled in this generation of the Redis; 0 after a flush or restart."""
         row = self.conn.execute(
             f"SELECT last_id, generation FROM {self.s}.watermarks WHERE source = %(source)s AND entity = %(entity)s",
-            self._params()).fetchone()
+            self._params(),
+        ).fetchone()
         return int(row[0]) if row and row[1] == self.generation else 0
 
     def set_watermark(self, last_id: int) -> None:
@@ -39,7 +50,8 @@ class Bookkeeping:
             f"INSERT INTO {self.s}.watermarks (source, entity, generation, last_id) "
             "VALUES (%(source)s, %(entity)s, %(generation)s, %(last_id)s) ON CONFLICT (source, entity) "
             "DO UPDATE SET generation = EXCLUDED.generation, last_id = EXCLUDED.last_id, updated_at = now()",
-            self._params(last_id=last_id))
+            self._params(last_id=last_id),
+        )
 
     # -- id map ---------------------------------------------------------------------------------
     def preload_ids(self, entities: Iterable[str]) -> None:
@@ -47,33 +59,47 @@ class Bookkeeping:
         for entity in entities:
             rows = self.conn.execute(
                 f"SELECT redis_id, pg_id FROM {self.s}.id_map WHERE source = %(source)s AND entity = %(parent)s "
-                "AND generation = %(generation)s", self._params(parent=entity)).fetchall()
+                "AND generation = %(generation)s",
+                self._params(parent=entity),
+            ).fetchall()
             self._id_cache.update({(entity, r): p for r, p in rows})
             self._preloaded.add(entity)
 
     def resolve(self, entity: str, redis_ids: Iterable[int]) -> dict[int, int]:
         """Postgres ids of parents by their Redis ids, in this generation; unknown ones are absent."""
         redis_ids = list(redis_ids)
-        wanted = [] if entity in self._preloaded else [i for i in redis_ids if (entity, i) not in self._id_cache]
+        wanted = (
+            []
+            if entity in self._preloaded
+            else [i for i in redis_ids if (entity, i) not in self._id_cache]
+        )
         if wanted:
             rows = self.conn.execute(
                 f"SELECT redis_id, pg_id FROM {self.s}.id_map WHERE source = %(source)s AND entity = %(parent)s "
                 "AND generation = %(generation)s AND redis_id = ANY(%(ids)s)",
-                self._params(parent=entity, ids=wanted)).fetchall()
+                self._params(parent=entity, ids=wanted),
+            ).fetchall()
             self._id_cache.update({(entity, r): p for r, p in rows})
         return {i: self._id_cache[(entity, i)] for i in redis_ids if (entity, i) in self._id_cache}
 
     # -- pending: records waiting for a parent, or ids allocated before their record was written -----
     def pending_keys(self) -> list[str]:
-        return [r[0] for r in self.conn.execute(
-            f"SELECT redis_key FROM {self.s}.pending WHERE source = %(source)s AND entity = %(entity)s "
-            "AND generation = %(generation)s", self._params()).fetchall()]
+        return [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT redis_key FROM {self.s}.pending WHERE source = %(source)s AND entity = %(entity)s "
+                "AND generation = %(generation)s",
+                self._params(),
+            ).fetchall()
+        ]
 
     def drop_other_generations(self) -> None:
         """After a flush the old generation's pending ids can never appear: forget them."""
         self.conn.execute(
             f"DELETE FROM {self.s}.pending WHERE source = %(source)s AND entity = %(entity)s "
-            "AND generation <> %(generation)s", self._params())
+            "AND generation <> %(generation)s",
+            self._params(),
+        )
 
     def wait(self, waiting: pd.DataFrame, max_age_seconds: float) -> pd.DataFrame:
         """Record waiting records; return those that waited too long (now rejected), as _key/raw/reason."""
@@ -87,32 +113,43 @@ class Bookkeeping:
             "last_seen = now(), generation = EXCLUDED.generation, "
             "first_seen = CASE WHEN p.generation = EXCLUDED.generation THEN p.first_seen ELSE now() END "
             "RETURNING redis_key, extract(epoch FROM now() - first_seen)",
-            self._params(keys=waiting["_key"].tolist(), reasons=waiting["reason"].tolist())).fetchall()
+            self._params(keys=waiting["_key"].tolist(), reasons=waiting["reason"].tolist()),
+        ).fetchall()
         expired = {key for key, age in rows if float(age) > max_age_seconds}
         if not expired:
             return pd.DataFrame(columns=["_key", "raw", "reason"])
         self.done(expired)
         late = waiting[waiting["_key"].isin(expired)]
-        return pd.DataFrame({"_key": late["_key"].to_numpy(), "raw": None,
-                             "reason": [f"waited more than {max_age_seconds:g} s: {r}" for r in late["reason"]]})
+        return pd.DataFrame(
+            {
+                "_key": late["_key"].to_numpy(),
+                "raw": None,
+                "reason": [f"waited more than {max_age_seconds:g} s: {r}" for r in late["reason"]],
+            }
+        )
 
     def done(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:
             self.conn.execute(
                 f"DELETE FROM {self.s}.pending WHERE source = %(source)s AND entity = %(entity)s "
-                "AND redis_key = ANY(%(keys)s)", self._params(keys=keys))
+                "AND redis_key = ANY(%(keys)s)",
+                self._params(keys=keys),
+            )
 
     def forget_unseen(self) -> None:
         """Full re-reads: a pending record not seen this cycle (this transaction) is gone from Redis."""
         self.conn.execute(
             f"DELETE FROM {self.s}.pending WHERE source = %(source)s AND entity = %(entity)s "
-            "AND last_seen < now()", self._params())
+            "AND last_seen < now()",
+            self._params(),
+        )
 
     def pending_count(self) -> int:
         return self.conn.execute(
             f"SELECT count(*) FROM {self.s}.pending WHERE source = %(source)s AND entity = %(entity)s",
-            self._params()).fetchone()[0]
+            self._params(),
+        ).fetchone()[0]
 
     # -- rejected records ------------------------------------------------------------------------
     def reject(self, rejected: pd.DataFrame) -> int:
@@ -123,15 +160,22 @@ class Bookkeeping:
         """
         if rejected.empty:
             return 0
-        rejected = rejected.assign(raw=rejected["raw"].map(lambda r: r if isinstance(r, str) else ""))
-        rejected = rejected.drop_duplicates(["_key", "raw"], keep="last")  # one statement cannot touch a row twice
+        rejected = rejected.assign(
+            raw=rejected["raw"].map(lambda r: r if isinstance(r, str) else "")
+        )
+        rejected = rejected.drop_duplicates(
+            ["_key", "raw"], keep="last"
+        )  # one statement cannot touch a row twice
         raw = rejected["raw"].tolist()
         rows = self.conn.execute(
             f"INSERT INTO {self.s}.rejected_records AS r (source, entity, redis_key, raw, raw_md5, reason) "
             "SELECT %(source)s, %(entity)s, k, w, md5(w), why FROM unnest(%(keys)s::text[], %(raw)s::text[], "
             "%(reasons)s::text[]) AS x(k, w, why) ON CONFLICT (source, entity, md5(redis_key), raw_md5) DO UPDATE SET "
             "last_seen = now(), times_seen = r.times_seen + 1, reason = EXCLUDED.reason RETURNING (r.xmax = 0)",
-            self._params(keys=rejected["_key"].tolist(), raw=raw, reasons=rejected["reason"].tolist())).fetchall()
+            self._params(
+                keys=rejected["_key"].tolist(), raw=raw, reasons=rejected["reason"].tolist()
+            ),
+        ).fetchall()
         self._holds_rejected = True
         return sum(1 for (new,) in rows if new)
 
@@ -146,7 +190,9 @@ class Bookkeeping:
         if self._holds_rejected is None:
             self._holds_rejected = self.conn.execute(
                 f"SELECT EXISTS (SELECT 1 FROM {self.s}.rejected_records WHERE source = %(source)s "
-                "AND entity = %(entity)s)", self._params()).fetchone()[0]
+                "AND entity = %(entity)s)",
+                self._params(),
+            ).fetchone()[0]
         if not self._holds_rejected:
             return
         keep = set(still_rejected)
@@ -154,23 +200,33 @@ class Bookkeeping:
         if keys:
             self.conn.execute(
                 f"DELETE FROM {self.s}.rejected_records WHERE source = %(source)s AND entity = %(entity)s "
-                "AND redis_key = ANY(%(keys)s)", self._params(keys=keys))
+                "AND redis_key = ANY(%(keys)s)",
+                self._params(keys=keys),
+            )
 
     # -- small named state (metric series scan) ------------------------------------------------------
     def state(self, name: str) -> str | None:
-        row = self.conn.execute(f"SELECT value FROM {self.s}.state WHERE source = %(source)s AND name = %(name)s",
-                                self._params(name=name)).fetchone()
+        row = self.conn.execute(
+            f"SELECT value FROM {self.s}.state WHERE source = %(source)s AND name = %(name)s",
+            self._params(name=name),
+        ).fetchone()
         return row[0] if row else None
 
     def set_state(self, name: str, value: str) -> None:
         self.conn.execute(
             f"INSERT INTO {self.s}.state (source, name, value) VALUES (%(source)s, %(name)s, %(value)s) "
-            "ON CONFLICT (source, name) DO UPDATE SET value = EXCLUDED.value", self._params(name=name, value=value))
+            "ON CONFLICT (source, name) DO UPDATE SET value = EXCLUDED.value",
+            self._params(name=name, value=value),
+        )
 
     def series_cards(self) -> dict[str, int]:
-        return dict(self.conn.execute(
-            f"SELECT redis_key, card FROM {self.s}.metric_series WHERE source = %(source)s "
-            "AND generation = %(generation)s", self._params()).fetchall())
+        return dict(
+            self.conn.execute(
+                f"SELECT redis_key, card FROM {self.s}.metric_series WHERE source = %(source)s "
+                "AND generation = %(generation)s",
+                self._params(),
+            ).fetchall()
+        )
 
     def set_series_cards(self, cards: dict[str, int]) -> None:
         if cards:
@@ -178,7 +234,8 @@ class Bookkeeping:
                 f"INSERT INTO {self.s}.metric_series (source, redis_key, generation, card) "
                 "SELECT %(source)s, k, %(generation)s, c FROM unnest(%(keys)s::text[], %(cards)s::bigint[]) AS x(k, c) "
                 "ON CONFLICT (source, md5(redis_key)) DO UPDATE SET generation = EXCLUDED.generation, card = EXCLUDED.card",
-                self._params(keys=list(cards), cards=list(cards.values())))
+                self._params(keys=list(cards), cards=list(cards.values())),
+            )
 
     # -- what a run wrote: row counts and the rows checks look at ------------------------------------
     def largest_id(self, table: str) -> int:
@@ -194,19 +251,23 @@ class Bookkeeping:
         row = self.conn.execute(
             f"UPDATE {self.s}.table_rows SET row_count = row_count + %(n)s, updated_at = now() "
             "WHERE schema_name = %(schema)s AND table_name = %(table)s RETURNING row_count",
-            {"n": inserted, "schema": schema, "table": table}).fetchone()
+            {"n": inserted, "schema": schema, "table": table},
+        ).fetchone()
         if row is None:
             row = self.conn.execute(
                 f"INSERT INTO {self.s}.table_rows AS r (schema_name, table_name, row_count) "
                 f"SELECT %(schema)s, %(table)s, count(*) FROM {q(schema)}.{q(table)} "
                 "ON CONFLICT (schema_name, table_name) DO UPDATE SET row_count = r.row_count + %(n)s, "
-                "updated_at = now() RETURNING row_count", {"n": inserted, "schema": schema, "table": table}).fetchone()
+                "updated_at = now() RETURNING row_count",
+                {"n": inserted, "schema": schema, "table": table},
+            ).fetchone()
         return int(row[0])
 
     def row_count(self, schema: str, table: str) -> int | None:
         row = self.conn.execute(
             f"SELECT row_count FROM {self.s}.table_rows WHERE schema_name = %s AND table_name = %s",
-            (schema, table)).fetchone()
+            (schema, table),
+        ).fetchone()
         return int(row[0]) if row else None
 
     def last_run(self) -> dict | None:
@@ -215,7 +276,8 @@ class Bookkeeping:
             return cur.execute(
                 f"SELECT run_id, inserted, updated, rejected, inserted_after_id, inserted_up_to_id, updated_ids "
                 f"FROM {self.s}.entity_runs WHERE source = %(source)s AND entity = %(entity)s ORDER BY id DESC LIMIT 1",
-                self._params()).fetchone()
+                self._params(),
+            ).fetchone()
 
     # -- history -------------------------------------------------------------------------------------
     def record_run(self, run_id: str, result) -> None:
@@ -226,12 +288,24 @@ class Bookkeeping:
             "(%(run_id)s, %(source)s, %(entity)s, %(started_at)s, now(), %(read)s, %(inserted)s, %(updated)s, "
             "%(unchanged)s, %(skipped)s, %(rejected)s, %(pending)s, %(deleted)s, %(watermark)s, %(duration)s, "
             "%(after_id)s, %(up_to_id)s, %(updated_ids)s)",
-            self._params(run_id=run_id, started_at=result.started_at, read=result.read, inserted=result.inserted,
-                         updated=result.updated, unchanged=result.unchanged, skipped=result.skipped,
-                         rejected=result.rejected, pending=result.pending, deleted=result.deleted,
-                         watermark=result.watermark, duration=result.duration_seconds,
-                         after_id=result.inserted_after_id, up_to_id=result.inserted_up_to_id,
-                         updated_ids=result.updated_ids))
+            self._params(
+                run_id=run_id,
+                started_at=result.started_at,
+                read=result.read,
+                inserted=result.inserted,
+                updated=result.updated,
+                unchanged=result.unchanged,
+                skipped=result.skipped,
+                rejected=result.rejected,
+                pending=result.pending,
+                deleted=result.deleted,
+                watermark=result.watermark,
+                duration=result.duration_seconds,
+                after_id=result.inserted_after_id,
+                up_to_id=result.inserted_up_to_id,
+                updated_ids=result.updated_ids,
+            ),
+        )
 
     def record_success(self, run_id: str, result) -> None:
         """Fold this sync into sync_status (the exporter's one table): last success, running totals,
@@ -251,14 +325,24 @@ class Bookkeeping:
             "skipped_total = s.skipped_total + EXCLUDED.skipped_total, "
             "rejected_total = s.rejected_total + EXCLUDED.rejected_total, "
             "pending = EXCLUDED.pending, rejected_held = EXCLUDED.rejected_held",
-            self._params(run_id=run_id, duration=result.duration_seconds, inserted=result.inserted,
-                         updated=result.updated, unchanged=result.unchanged, skipped=result.skipped,
-                         rejected=result.rejected, pending=result.pending))
+            self._params(
+                run_id=run_id,
+                duration=result.duration_seconds,
+                inserted=result.inserted,
+                updated=result.updated,
+                unchanged=result.unchanged,
+                skipped=result.skipped,
+                rejected=result.rejected,
+                pending=result.pending,
+            ),
+        )
 
     def record_deleted(self, run_id: str, deleted: int) -> None:
         self.conn.execute(
             f"UPDATE {self.s}.entity_runs SET deleted = %(deleted)s WHERE run_id = %(run_id)s "
-            "AND source = %(source)s AND entity = %(entity)s", self._params(run_id=run_id, deleted=deleted))
+            "AND source = %(source)s AND entity = %(entity)s",
+            self._params(run_id=run_id, deleted=deleted),
+        )
 
     # -- cache warm (warm.py) ----------------------------------------------------------------------
     def map_ids(self, entity: str, redis_ids: list[int], pg_ids: list[int]) -> None:
@@ -268,24 +352,30 @@ class Bookkeeping:
             "SELECT %(source)s, %(parent)s, r, %(generation)s, p FROM unnest(%(redis)s::bigint[], %(pg)s::bigint[]) "
             "AS u(r, p) ON CONFLICT (source, entity, redis_id) DO UPDATE SET pg_id = EXCLUDED.pg_id, "
             "generation = EXCLUDED.generation",
-            self._params(parent=entity, redis=redis_ids, pg=pg_ids))
+            self._params(parent=entity, redis=redis_ids, pg=pg_ids),
+        )
 
     def note_warm_range(self, entity: str, first: int, last: int) -> None:
         """A block of ids whose bookkeeping is committed but whose records may not be written yet."""
         self.conn.execute(
             f"INSERT INTO {self.s}.state AS s (source, name, value) VALUES (%(source)s, %(name)s, %(value)s) "
             "ON CONFLICT (source, name) DO UPDATE SET value = s.value || EXCLUDED.value",
-            self._params(name=f"warm:{self.generation}", value=f"{entity} {first} {last}\n"))
+            self._params(name=f"warm:{self.generation}", value=f"{entity} {first} {last}\n"),
+        )
 
     def warm_ranges(self) -> list[tuple[str, int, int]]:
         """Blocks an unfinished warm of this data set noted, in the order it wrote them."""
         text = self.state(f"warm:{self.generation}") or ""
-        return [(entity, int(first), int(last)) for entity, first, last in
-                (line.split(" ") for line in text.splitlines() if line)]
+        return [
+            (entity, int(first), int(last))
+            for entity, first, last in (line.split(" ") for line in text.splitlines() if line)
+        ]
 
     def clear_warm_ranges(self) -> None:
-        self.conn.execute(f"DELETE FROM {self.s}.state WHERE source = %(source)s AND name LIKE 'warm:%%'",
-                          self._params())
+        self.conn.execute(
+            f"DELETE FROM {self.s}.state WHERE source = %(source)s AND name LIKE 'warm:%%'",
+            self._params(),
+        )
 
 
 def record_attempt(conn: psycopg.Connection, sync_schema: str, source: str, entity: str) -> None:
@@ -295,7 +385,9 @@ def record_attempt(conn: psycopg.Connection, sync_schema: str, source: str, enti
         conn.execute(
             f"INSERT INTO {q(sync_schema)}.sync_status AS s (source, entity, last_attempt_at, attempts) "
             "VALUES (%s, %s, now(), 1) ON CONFLICT (source, entity) DO UPDATE SET "
-            "last_attempt_at = EXCLUDED.last_attempt_at, attempts = s.attempts + 1", (source, entity))
+            "last_attempt_at = EXCLUDED.last_attempt_at, attempts = s.attempts + 1",
+            (source, entity),
+        )
 
 
 def sync_status(conn: psycopg.Connection, sync_schema: str) -> list[dict]:
@@ -312,13 +404,15 @@ def sync_status(conn: psycopg.Connection, sync_schema: str) -> list[dict]:
         f"extract(epoch FROM now() - (SELECT min(p.first_seen) FROM {s}.pending p WHERE p.source = s.source "
         "AND p.entity = s.entity))::float8 AS oldest_pending_age "
         f"FROM {s}.sync_status s LEFT JOIN {s}.watermarks w ON w.source = s.source AND w.entity = s.entity "
-        "ORDER BY s.source, s.entity")
+        "ORDER BY s.source, s.entity"
+    )
     names = [c.name for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def source_labels(conn: psycopg.Connection, sync_schema: str,
-                  generation: str | None) -> tuple[dict[str, str | None], str | None]:
+def source_labels(
+    conn: psycopg.Connection, sync_schema: str, generation: str | None
+) -> tuple[dict[str, str | None], str | None]:
     """({origin: SYNC_SOURCE label or None}, the origin of `generation`) from the sources table;
     ({}, None) in a database not migrated yet."""
     if conn.execute("SELECT to_regclass(%s)", (f"{q(sync_schema)}.sources",)).fetchone()[0] is None:
@@ -326,5 +420,9 @@ def source_labels(conn: psycopg.Connection, sync_schema: str,
     rows = conn.execute(
         f"SELECT DISTINCT ON (origin) origin, label, origin IN (SELECT origin FROM "
         f"{q(sync_schema)}.sources WHERE generation = %s) FROM {q(sync_schema)}.sources "
-        "ORDER BY origin, last_seen DESC NULLS LAST", (generation,)).fetchall()
-    return {origin: label for origin, label, _ in rows}, next((origin for origin, _, cur in rows if cur), None)
+        "ORDER BY origin, last_seen DESC NULLS LAST",
+        (generation,),
+    ).fetchall()
+    return {origin: label for origin, label, _ in rows}, next(
+        (origin for origin, _, cur in rows if cur), None
+    )

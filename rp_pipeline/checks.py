@@ -28,7 +28,8 @@ import redis
 
 from .bookkeeping import Bookkeeping
 from .engine import EntityResult
-from .entities import ENTITIES, EntitySpec, sql_name as q
+from .entities import ENTITIES, EntitySpec
+from .entities import sql_name as q
 from .reconcile import reconcile, reconciliation_table
 from .schema import identity_index_name
 from .settings import SyncConfig
@@ -40,16 +41,36 @@ RECONCILES_WITH_REDIS, NO_REJECTED_RECORDS = "reconciles_with_redis", "no_reject
 def check_specs(spec: EntitySpec) -> list[dg.AssetCheckSpec]:
     """The checks of one table (no foreign-key check for a table without parents)."""
     specs = [
-        dg.AssetCheckSpec(IDENTITY_IS_UNIQUE, asset=spec.name, description=(
-            f"The unique index on ({', '.join(spec.natural_key)}) is valid, and no row the sync inserted repeats "
-            "another row's content under a different origin or identity.")),
-        dg.AssetCheckSpec(FOREIGN_KEYS_RESOLVE, asset=spec.name, description=(
-            f"The foreign keys of `{spec.name}` are enforced, and every parent id of the rows the sync inserted "
-            "or updated points at an existing row.")),
-        dg.AssetCheckSpec(RECONCILES_WITH_REDIS, asset=spec.name, description=(
-            "A sample of the Redis records the last sync covered is in Postgres (or kept as rejected or pending).")),
-        dg.AssetCheckSpec(NO_REJECTED_RECORDS, asset=spec.name, description=(
-            "The last sync of this table rejected no record (WARN: the sync still succeeds).")),
+        dg.AssetCheckSpec(
+            IDENTITY_IS_UNIQUE,
+            asset=spec.name,
+            description=(
+                f"The unique index on ({', '.join(spec.natural_key)}) is valid, and no row the sync inserted repeats "
+                "another row's content under a different origin or identity."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            FOREIGN_KEYS_RESOLVE,
+            asset=spec.name,
+            description=(
+                f"The foreign keys of `{spec.name}` are enforced, and every parent id of the rows the sync inserted "
+                "or updated points at an existing row."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            RECONCILES_WITH_REDIS,
+            asset=spec.name,
+            description=(
+                "A sample of the Redis records the last sync covered is in Postgres (or kept as rejected or pending)."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            NO_REJECTED_RECORDS,
+            asset=spec.name,
+            description=(
+                "The last sync of this table rejected no record (WARN: the sync still succeeds)."
+            ),
+        ),
     ]
     return [s for s in specs if s.name != FOREIGN_KEYS_RESOLVE or spec.parents]
 
@@ -65,12 +86,19 @@ class WrittenRows:
     up_to_id: int = 0
     updated_ids: list[int] = field(default_factory=list)
     rejected: int = 0
-    source: str = ""  # the origin of the rows: what `origin_source` and the bookkeeping's `source` hold
+    source: str = (
+        ""  # the origin of the rows: what `origin_source` and the bookkeeping's `source` hold
+    )
 
     @classmethod
     def of(cls, result: EntityResult) -> WrittenRows:
-        return cls(result.inserted_after_id or 0, result.inserted_up_to_id or 0, result.updated_ids, result.rejected,
-                   result.origin)
+        return cls(
+            result.inserted_after_id or 0,
+            result.inserted_up_to_id or 0,
+            result.updated_ids,
+            result.rejected,
+            result.origin,
+        )
 
     @classmethod
     def last_sync(cls, book: Bookkeeping) -> WrittenRows:
@@ -78,16 +106,28 @@ class WrittenRows:
         row = book.last_run()
         if not row:
             return cls(source=book.source)
-        return cls(row["inserted_after_id"] or 0, row["inserted_up_to_id"] or 0, row["updated_ids"] or [],
-                   row["rejected"], book.source)
+        return cls(
+            row["inserted_after_id"] or 0,
+            row["inserted_up_to_id"] or 0,
+            row["updated_ids"] or [],
+            row["rejected"],
+            book.source,
+        )
 
     def where(self, alias: str) -> str:
         """SQL selecting these rows by primary key (parameters: after, up_to, updated, source)."""
-        return (f"(({alias}.id > %(after)s AND {alias}.id <= %(up_to)s AND {alias}.origin_source = %(source)s) "
-                f"OR {alias}.id = ANY(%(updated)s))")
+        return (
+            f"(({alias}.id > %(after)s AND {alias}.id <= %(up_to)s AND {alias}.origin_source = %(source)s) "
+            f"OR {alias}.id = ANY(%(updated)s))"
+        )
 
     def params(self) -> dict:
-        return {"after": self.after_id, "up_to": self.up_to_id, "updated": self.updated_ids, "source": self.source}
+        return {
+            "after": self.after_id,
+            "up_to": self.up_to_id,
+            "updated": self.updated_ids,
+            "source": self.source,
+        }
 
 
 def identity_index_is_valid(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec) -> bool:
@@ -95,7 +135,9 @@ def identity_index_is_valid(conn: psycopg.Connection, config: SyncConfig, spec: 
     row = conn.execute(
         "SELECT i.indisunique AND i.indisvalid AND i.indisready FROM pg_index i "
         "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_namespace n ON n.oid = x.relnamespace "
-        "WHERE n.nspname = %s AND x.relname = %s", (config.schema, identity_index_name(spec))).fetchone()
+        "WHERE n.nspname = %s AND x.relname = %s",
+        (config.schema, identity_index_name(spec)),
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -104,8 +146,9 @@ def content_columns(spec: EntitySpec) -> list[str]:
     return [p.column for p in spec.parents] + spec.column_names
 
 
-def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec,
-                       written: WrittenRows) -> list[tuple]:
+def content_duplicates(
+    conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec, written: WrittenRows
+) -> list[tuple]:
     """Groups of rows holding the same content, one of them inserted by this sync (first 10):
     (their ids, their origins).
 
@@ -118,8 +161,13 @@ def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: Entit
     if not spec.by_origin or written.up_to_id <= written.after_id:
         return []
     content = content_columns(spec)
-    not_null = [c for c in content if c in {p.column for p in spec.parents if not p.optional}
-                | {c.name for c in spec.columns if c.required}]
+    not_null = [
+        c
+        for c in content
+        if c
+        in {p.column for p in spec.parents if not p.optional}
+        | {c.name for c in spec.columns if c.required}
+    ]
     table = f"{q(config.schema)}.{q(spec.name)}"
     new = "c.id > %(after)s AND c.id <= %(up_to)s AND c.origin_source = %(source)s"
     match = " AND ".join(f"o.{q(c)} = n.{q(c)}" for c in not_null)
@@ -134,72 +182,114 @@ def content_duplicates(conn: psycopg.Connection, config: SyncConfig, spec: Entit
             f"(SELECT 1 FROM {table} o WHERE {match} AND o.id <> n.id)), "
             f"k AS (SELECT DISTINCT {', '.join(f'n.{q(c)}' for c in not_null)} FROM n), "
             f"c AS MATERIALIZED (SELECT t.id, t.origin_source, md5(ROW({', '.join(f't.{q(c)}' for c in content)})::text) "
-            f"AS h FROM k JOIN {table} t ON " + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null) + ") "
+            f"AS h FROM k JOIN {table} t ON "
+            + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null)
+            + ") "
             "SELECT array_agg(c.id ORDER BY c.id), array_agg(DISTINCT c.origin_source) FROM c GROUP BY c.h "
             f"HAVING count(*) > 1 AND bool_or({new}) ORDER BY min(c.id) LIMIT 10",
-            written.params()).fetchall()
+            written.params(),
+        ).fetchall()
 
 
-def unenforced_foreign_keys(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec) -> list[str]:
+def unenforced_foreign_keys(
+    conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec
+) -> list[str]:
     """Parent columns without a validated foreign-key constraint."""
-    enforced = {row[0] for row in conn.execute(
-        "SELECT a.attname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
-        "JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum] "
-        "WHERE c.contype = 'f' AND c.convalidated AND n.nspname = %s AND t.relname = %s",
-        (config.schema, spec.name)).fetchall()}
+    enforced = {
+        row[0]
+        for row in conn.execute(
+            "SELECT a.attname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum] "
+            "WHERE c.contype = 'f' AND c.convalidated AND n.nspname = %s AND t.relname = %s",
+            (config.schema, spec.name),
+        ).fetchall()
+    }
     return [p.column for p in spec.parents if p.column not in enforced]
 
 
-def dangling_foreign_keys(conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec,
-                          written: WrittenRows) -> dict[str, int]:
+def dangling_foreign_keys(
+    conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec, written: WrittenRows
+) -> dict[str, int]:
     """Per foreign-key column, rows this sync wrote whose parent id points at no row."""
     if not spec.parents:
         return {}
     if written.up_to_id <= written.after_id and not written.updated_ids:
         return {p.column: 0 for p in spec.parents}
     s = q(config.schema)
-    joins = " ".join(f"LEFT JOIN {s}.{q(p.entity)} p{i} ON p{i}.id = c.{q(p.column)}"
-                     for i, p in enumerate(spec.parents))
-    counts = ", ".join(f"count(*) FILTER (WHERE c.{q(p.column)} IS NOT NULL AND p{i}.id IS NULL)"
-                       for i, p in enumerate(spec.parents))
-    row = conn.execute(f"SELECT {counts} FROM {s}.{q(spec.name)} c {joins} WHERE {written.where('c')}",
-                       written.params()).fetchone()
+    joins = " ".join(
+        f"LEFT JOIN {s}.{q(p.entity)} p{i} ON p{i}.id = c.{q(p.column)}"
+        for i, p in enumerate(spec.parents)
+    )
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE c.{q(p.column)} IS NOT NULL AND p{i}.id IS NULL)"
+        for i, p in enumerate(spec.parents)
+    )
+    row = conn.execute(
+        f"SELECT {counts} FROM {s}.{q(spec.name)} c {joins} WHERE {written.where('c')}",
+        written.params(),
+    ).fetchone()
     return {p.column: int(n) for p, n in zip(spec.parents, row)}
 
 
 def check_identity(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
     index_ok = identity_index_is_valid(conn, config, spec)
     duplicates = content_duplicates(conn, config, spec, written)
-    metadata = {"unique_index": identity_index_name(spec) if index_ok else f"{identity_index_name(spec)} "
-                "missing or invalid: Postgres no longer refuses duplicate identities",
-                "content_duplicates": len(duplicates)}
+    metadata = {
+        "unique_index": identity_index_name(spec)
+        if index_ok
+        else f"{identity_index_name(spec)} "
+        "missing or invalid: Postgres no longer refuses duplicate identities",
+        "content_duplicates": len(duplicates),
+    }
     if duplicates:
-        metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
-            duplicates, columns=["ids with the same content", "their origins"]).astype(str).to_markdown(index=False))
-    return dg.AssetCheckResult(asset_key=spec.name, check_name=IDENTITY_IS_UNIQUE, passed=index_ok and not duplicates,
-                               metadata=metadata)
+        metadata["examples"] = dg.MetadataValue.md(
+            pd.DataFrame(duplicates, columns=["ids with the same content", "their origins"])
+            .astype(str)
+            .to_markdown(index=False)
+        )
+    return dg.AssetCheckResult(
+        asset_key=spec.name,
+        check_name=IDENTITY_IS_UNIQUE,
+        passed=index_ok and not duplicates,
+        metadata=metadata,
+    )
 
 
 def check_foreign_keys(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
     unenforced = unenforced_foreign_keys(conn, config, spec)
     dangling = dangling_foreign_keys(conn, config, spec, written)
     metadata = {f"dangling_{column}": n for column, n in dangling.items()}
-    metadata["rows_checked"] = max(written.up_to_id - written.after_id, 0) + len(written.updated_ids)
+    metadata["rows_checked"] = max(written.up_to_id - written.after_id, 0) + len(
+        written.updated_ids
+    )
     if unenforced:
         metadata["not_enforced"] = ", ".join(unenforced)
-    return dg.AssetCheckResult(asset_key=spec.name, check_name=FOREIGN_KEYS_RESOLVE,
-                               passed=not unenforced and not any(dangling.values()), metadata=metadata)
+    return dg.AssetCheckResult(
+        asset_key=spec.name,
+        check_name=FOREIGN_KEYS_RESOLVE,
+        passed=not unenforced and not any(dangling.values()),
+        metadata=metadata,
+    )
 
 
-def check_reconciliation(conn, client: redis.Redis, config, spec: EntitySpec) -> dg.AssetCheckResult:
+def check_reconciliation(
+    conn, client: redis.Redis, config, spec: EntitySpec
+) -> dg.AssetCheckResult:
     result = reconcile(spec, client, conn, config)
-    metadata = {"counts": dg.MetadataValue.md(reconciliation_table(result).to_markdown(index=False)),
-                "checked": result.checked, "missing": len(result.missing_keys)}
+    metadata = {
+        "counts": dg.MetadataValue.md(reconciliation_table(result).to_markdown(index=False)),
+        "checked": result.checked,
+        "missing": len(result.missing_keys),
+    }
     if result.missing_keys:
         metadata["missing_examples"] = dg.MetadataValue.json(result.missing_keys[:20])
-    return dg.AssetCheckResult(asset_key=spec.name, check_name=RECONCILES_WITH_REDIS, passed=result.passed,
-                               metadata=metadata)
+    return dg.AssetCheckResult(
+        asset_key=spec.name,
+        check_name=RECONCILES_WITH_REDIS,
+        passed=result.passed,
+        metadata=metadata,
+    )
 
 
 def check_rejections(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
@@ -210,22 +300,44 @@ def check_rejections(conn, config, spec: EntitySpec, written: WrittenRows) -> dg
         f"SELECT r.redis_key, r.reason, r.times_seen, count(*) OVER () FROM {s}.rejected_records r "
         "WHERE r.source = %(source)s AND r.entity = %(entity)s AND r.last_seen = (SELECT finished_at FROM "
         f"{s}.entity_runs WHERE source = %(source)s AND entity = %(entity)s ORDER BY id DESC LIMIT 1) "
-        "ORDER BY r.redis_key LIMIT 10", {"source": written.source, "entity": spec.name}).fetchall()
-    metadata = {"rejected_last_sync": written.rejected, "rejected_seen_last_sync": met[0][3] if met else 0}
+        "ORDER BY r.redis_key LIMIT 10",
+        {"source": written.source, "entity": spec.name},
+    ).fetchall()
+    metadata = {
+        "rejected_last_sync": written.rejected,
+        "rejected_seen_last_sync": met[0][3] if met else 0,
+    }
     if met:
-        metadata["examples"] = dg.MetadataValue.md(pd.DataFrame(
-            [r[:3] for r in met], columns=["redis_key", "reason", "times_seen"]).to_markdown(index=False))
-    return dg.AssetCheckResult(asset_key=spec.name, check_name=NO_REJECTED_RECORDS, passed=not met,
-                               severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+        metadata["examples"] = dg.MetadataValue.md(
+            pd.DataFrame(
+                [r[:3] for r in met], columns=["redis_key", "reason", "times_seen"]
+            ).to_markdown(index=False)
+        )
+    return dg.AssetCheckResult(
+        asset_key=spec.name,
+        check_name=NO_REJECTED_RECORDS,
+        passed=not met,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+    )
 
 
-def table_checks(spec: EntitySpec, names: set[str], written: WrittenRows | None, conn: psycopg.Connection,
-                 client: redis.Redis, config: SyncConfig, source: str) -> Iterator[dg.AssetCheckResult]:
+def table_checks(
+    spec: EntitySpec,
+    names: set[str],
+    written: WrittenRows | None,
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    config: SyncConfig,
+    source: str,
+) -> Iterator[dg.AssetCheckResult]:
     """The results of the checks `names` of one table, on the rows `written` (None: its last sync's)."""
     if not names:
         return
     if written is None:
-        written = WrittenRows.last_sync(Bookkeeping(conn, config.sync_schema, source, spec.name, ""))
+        written = WrittenRows.last_sync(
+            Bookkeeping(conn, config.sync_schema, source, spec.name, "")
+        )
     if IDENTITY_IS_UNIQUE in names:
         yield check_identity(conn, config, spec, written)
     if FOREIGN_KEYS_RESOLVE in names:

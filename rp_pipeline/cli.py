@@ -18,14 +18,23 @@ from pathlib import Path
 
 from .settings import DEFAULT_INTERVAL_SECONDS, ConfigError, SyncConfig
 
-DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9188  # as exporter.py; not imported, to start fast
+DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = (
+    "127.0.0.1",
+    9188,
+)  # as exporter.py; not imported, to start fast
 
 EXIT_OK, EXIT_SYNC_FAILED, EXIT_PROBLEM, EXIT_ABORTED = 0, 1, 2, 130
 
 # Import name → what to pip install, for the "package missing" message.
-PIP_NAMES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "dotenv": "python-dotenv",
-             "dagster_postgres": "dagster-postgres", "dagster_webserver": "dagster-webserver", "yaml": "pyyaml",
-             "prometheus_client": "prometheus-client"}
+PIP_NAMES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "dotenv": "python-dotenv",
+    "dagster_postgres": "dagster-postgres",
+    "dagster_webserver": "dagster-webserver",
+    "yaml": "pyyaml",
+    "prometheus_client": "prometheus-client",
+}
 
 ENVIRONMENT_HELP = """\
 environment (a .env file in the working directory fills what is not set):
@@ -46,21 +55,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rp-pipeline" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline",
         description="Sync Redis (aidb layout) into PostgreSQL by running the Dagster job redis_to_postgres_sync "
-                    "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first). "
-                    "`%(prog)s metrics --help`: the Prometheus exporter; `%(prog)s warm --help`: write Postgres rows "
-                    "back into Redis after a flush or a restart.",
-        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "in process: once, or every N seconds until Ctrl+C / SIGTERM (the current cycle finishes first). "
+        "`%(prog)s metrics --help`: the Prometheus exporter; `%(prog)s warm --help`: write Postgres rows "
+        "back into Redis after a flush or a restart.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one sync and exit")
-    mode.add_argument("--interval", type=float, metavar="SECONDS",
-                      help="sync continuously, every SECONDS (default: SYNC_INTERVAL, else 300)")
+    mode.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="sync continuously, every SECONDS (default: SYNC_INTERVAL, else 300)",
+    )
     parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
     parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
     parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="also serve Prometheus metrics on this port while syncing (see the metrics command)")
-    parser.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
-                        help=f"address for --metrics-port (default {DEFAULT_METRICS_HOST})")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also serve Prometheus metrics on this port while syncing (see the metrics command)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        metavar="HOST",
+        help=f"address for --metrics-port (default {DEFAULT_METRICS_HOST})",
+    )
     return parser.parse_args(argv)
 
 
@@ -69,11 +92,18 @@ def parse_metrics_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=f"{prog} metrics",
         description="Serve /metrics in the Prometheus text format, read at each scrape from the sync's state in "
-                    "Postgres and the counters in Redis. Runs until Ctrl+C / SIGTERM.",
-        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=DEFAULT_METRICS_PORT, help=f"default {DEFAULT_METRICS_PORT}")
-    parser.add_argument("--host", default=DEFAULT_METRICS_HOST,
-                        help=f"address to listen on (default {DEFAULT_METRICS_HOST}; 0.0.0.0 for every interface)")
+        "Postgres and the counters in Redis. Runs until Ctrl+C / SIGTERM.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_METRICS_PORT, help=f"default {DEFAULT_METRICS_PORT}"
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_METRICS_HOST,
+        help=f"address to listen on (default {DEFAULT_METRICS_HOST}; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
     parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
     parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
@@ -83,7 +113,9 @@ def parse_metrics_args(argv: list[str]) -> argparse.Namespace:
 def configure_logging() -> logging.Logger:
     """The guide's log lines: `2025-11-22 10:30:00 [INFO] message`, on stdout."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
     logger = logging.getLogger("rp_pipeline")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
@@ -120,9 +152,11 @@ def missing_package_message(exc: ImportError) -> str | None:
     name = (exc.name or "").split(".")[0]
     if not name or name == "rp_pipeline":
         return None
-    return (f"the Python package '{PIP_NAMES.get(name, name)}' is not installed in this environment "
-            f"({sys.executable}): No module named {name!r}. Install the project with its dependencies: "
-            f"`pip install -e .` in the repository (or `pip install {PIP_NAMES.get(name, name)}`).")
+    return (
+        f"the Python package '{PIP_NAMES.get(name, name)}' is not installed in this environment "
+        f"({sys.executable}): No module named {name!r}. Install the project with its dependencies: "
+        f"`pip install -e .` in the repository (or `pip install {PIP_NAMES.get(name, name)}`)."
+    )
 
 
 def report_problem(message: str) -> int:
@@ -159,7 +193,9 @@ def check_servers(config: SyncConfig) -> None:
 
 def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     """Pre-flight, then one cycle or cycles every interval."""
-    config = SyncConfig.from_env(redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix)
+    config = SyncConfig.from_env(
+        redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix
+    )
     interval = interval_from(args)
     try:
         check_servers(config)
@@ -175,7 +211,9 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     try:
         if interval is None:
             outcome = sync.sync_once()
-            if outcome.problem:  # a missing right: configuration, not a failure the next run could outlive
+            if (
+                outcome.problem
+            ):  # a missing right: configuration, not a failure the next run could outlive
                 return report_problem(outcome.problem)
             return EXIT_OK if outcome.success else EXIT_SYNC_FAILED
         sync.run_continuous(interval)
@@ -188,7 +226,9 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
         os._exit(EXIT_ABORTED)
 
 
-def start_exporter(config: SyncConfig, host: str, port: int, interval: float | None, logger: logging.Logger):
+def start_exporter(
+    config: SyncConfig, host: str, port: int, interval: float | None, logger: logging.Logger
+):
     from .exporter import serve_metrics
 
     exporter = serve_metrics(config, host, port, sync_interval_seconds=interval)
@@ -201,7 +241,9 @@ def run_metrics(args: argparse.Namespace, logger: logging.Logger) -> int:
     import signal
     import threading
 
-    config = SyncConfig.from_env(redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix)
+    config = SyncConfig.from_env(
+        redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix
+    )
     config.require_postgres_url()
     raw = os.environ.get("SYNC_INTERVAL") or str(DEFAULT_INTERVAL_SECONDS)
     try:

@@ -20,7 +20,9 @@ def load_definitions() -> dg.Definitions:
     config = here.parent / "pyproject.toml"
     if config.is_file() and "[tool.dg]" in config.read_text():
         return dg.load_from_defs_folder(path_within_project=here)
-    return dg.components.ComponentTree.from_module(defs_module=defs_folder, project_root=here).build_defs()
+    return dg.components.ComponentTree.from_module(
+        defs_module=defs_folder, project_root=here
+    ).build_defs()
 
 
 defs = load_definitions()

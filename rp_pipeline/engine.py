@@ -23,9 +23,24 @@ import psycopg
 import redis
 
 from .bookkeeping import Bookkeeping, record_attempt
-from .connections import (MARKER_ACCESS, READ_ACCESS, RETENTION_ACCESS, RedisAccess, explain_postgres_refusal,
-                          explain_redis_refusal, refused_by_acl)
-from .entities import BY_NAME, ENTITIES, HASH_BY_ID, METRIC_SERIES, STAT_KEYS, TRAINING_RUNS, EntitySpec
+from .connections import (
+    MARKER_ACCESS,
+    READ_ACCESS,
+    RETENTION_ACCESS,
+    RedisAccess,
+    explain_postgres_refusal,
+    explain_redis_refusal,
+    refused_by_acl,
+)
+from .entities import (
+    BY_NAME,
+    ENTITIES,
+    HASH_BY_ID,
+    METRIC_SERIES,
+    STAT_KEYS,
+    TRAINING_RUNS,
+    EntitySpec,
+)
 from .entities import sql_name as q
 from .errors import PermissionProblem, SyncFailed, first_line
 from .extract import GENERATION_KEY, Read, RedisSource, extract_all, pipelined, read_hash_chunks
@@ -37,8 +52,21 @@ from .sources import Origin, resolve_origin
 
 log = logging.getLogger("rp_pipeline")
 
-TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "canceled", "crashed", "stopped",
-                                   "killed", "finished", "succeeded", "success", "error"})
+TERMINAL_RUN_STATUSES = frozenset(
+    {
+        "completed",
+        "failed",
+        "cancelled",
+        "canceled",
+        "crashed",
+        "stopped",
+        "killed",
+        "finished",
+        "succeeded",
+        "success",
+        "error",
+    }
+)
 NOT_WRITTEN_YET = "id allocated, record not written yet"
 NO_WAITING = pd.DataFrame(columns=["_key", "reason"])  # (read-only) no record waits for anything
 # Memory a chunk takes at its peak, per byte read from Redis: the strings as read, the frame's and the
@@ -66,12 +94,16 @@ class EntityResult:
     deleted: int = 0
     watermark: int | None = None
     duration_seconds: float = 0.0
-    json_non_finite_nulled: int = 0  # NaN/Infinity in JSON fields stored as null, in the rows written
+    json_non_finite_nulled: int = (
+        0  # NaN/Infinity in JSON fields stored as null, in the rows written
+    )
     bytes_read: int = 0  # record bytes as received from Redis
     largest_record_bytes: int = 0
     rejection_samples: list[dict] = field(default_factory=list)
     origin: str = ""  # the data set's origin: what the rows' origin_source holds (see sources.py)
-    row_count: int | None = None  # the table's rows after this sync (kept by the sync, never counted)
+    row_count: int | None = (
+        None  # the table's rows after this sync (kept by the sync, never counted)
+    )
     inserted_after_id: int | None = None  # this sync's new rows have ids in (after, up_to]
     inserted_up_to_id: int | None = None
     updated_ids: list[int] = field(default_factory=list, repr=False)  # rows its upserts changed
@@ -87,8 +119,11 @@ class EntityResult:
     def as_dict(self) -> dict:
         data = asdict(self)
         del data["updated_ids"]  # possibly long; the history row keeps them
-        data.update(started_at=self.started_at.isoformat(), synced=self.synced,
-                    rows_per_second=round(self.rows_per_second, 1))
+        data.update(
+            started_at=self.started_at.isoformat(),
+            synced=self.synced,
+            rows_per_second=round(self.rows_per_second, 1),
+        )
         return data
 
 
@@ -97,8 +132,14 @@ def lock_key(config: SyncConfig, origin: Origin, entity: str) -> str:
     return f"rp_pipeline/{config.sync_schema}/{origin.name}/{entity}"
 
 
-def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
-                run_id: str = "manual", logger: logging.Logger | None = None) -> EntityResult:
+def sync_entity(
+    spec: EntitySpec,
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    run_id: str = "manual",
+    logger: logging.Logger | None = None,
+) -> EntityResult:
     """Sync one entity; all of its rows and bookkeeping commit together or not at all.
 
     A missing right (Redis ACL, Postgres grant) raises PermissionProblem naming the grant:
@@ -109,21 +150,33 @@ def sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection,
         with redis_access(READ_ACCESS, config):
             return _sync_entity(spec, client, conn, config, run_id, logger or log)
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise PermissionProblem(explain_postgres_refusal(
-            exc, config, _pg_info(conn, "user"), _pg_info(conn, "dbname"))) from None
+        raise PermissionProblem(
+            explain_postgres_refusal(exc, config, _pg_info(conn, "user"), _pg_info(conn, "dbname"))
+        ) from None
     except psycopg.errors.LockNotAvailable:
-        raise SyncFailed(f"{spec.name}: waited more than {config.lock_timeout_ms} ms for a Postgres lock (another "
-                         "sync of the same data running?); nothing committed, the next cycle retries") from None
+        raise SyncFailed(
+            f"{spec.name}: waited more than {config.lock_timeout_ms} ms for a Postgres lock (another "
+            "sync of the same data running?); nothing committed, the next cycle retries"
+        ) from None
     except psycopg.errors.QueryCanceled as exc:
-        raise SyncFailed(f"{spec.name}: a Postgres statement ran past the {config.statement_timeout_ms} ms "
-                         f"statement timeout ({first_line(exc)}); nothing committed, the next cycle retries") from None
+        raise SyncFailed(
+            f"{spec.name}: a Postgres statement ran past the {config.statement_timeout_ms} ms "
+            f"statement timeout ({first_line(exc)}); nothing committed, the next cycle retries"
+        ) from None
     except psycopg.OperationalError as exc:
-        what = "Postgres stopped answering" if getattr(conn, "stalled", False) else "lost the Postgres connection"
-        raise SyncFailed(f"{spec.name}: {what} ({first_line(exc)}); nothing committed, "
-                         "the next cycle retries") from None
+        what = (
+            "Postgres stopped answering"
+            if getattr(conn, "stalled", False)
+            else "lost the Postgres connection"
+        )
+        raise SyncFailed(
+            f"{spec.name}: {what} ({first_line(exc)}); nothing committed, the next cycle retries"
+        ) from None
     except redis.RedisError as exc:
-        raise SyncFailed(f"{spec.name}: Redis failed ({first_line(exc)}); nothing committed, "
-                         "the next cycle retries") from None
+        raise SyncFailed(
+            f"{spec.name}: Redis failed ({first_line(exc)}); nothing committed, "
+            "the next cycle retries"
+        ) from None
 
 
 @contextmanager
@@ -144,26 +197,46 @@ def _pg_info(conn: psycopg.Connection, name: str) -> str | None:
         return None
 
 
-def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
-                 run_id: str, logger: logging.Logger) -> EntityResult:
+def _sync_entity(
+    spec: EntitySpec,
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    run_id: str,
+    logger: logging.Logger,
+) -> EntityResult:
     clock = time.perf_counter()
     result = EntityResult(spec.name, spec.stat, datetime.now(timezone.utc))
     src = RedisSource(client, config.key_prefix)
     with redis_access(MARKER_ACCESS, config):
-        origin = resolve_origin(src, conn, config, logger)  # committed before: no sync waits on its row
+        origin = resolve_origin(
+            src, conn, config, logger
+        )  # committed before: no sync waits on its row
     record_attempt(conn, config.sync_schema, origin.name, spec.name)  # kept even if the sync fails
     with conn.transaction():
         # TimeZone UTC: the layout's naive timestamps are UTC, also where COPY parses them directly.
-        conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
-                     "set_config('TimeZone', 'UTC', true)", (str(config.statement_timeout_ms), str(config.lock_timeout_ms)))
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
+            "set_config('TimeZone', 'UTC', true)",
+            (str(config.statement_timeout_ms), str(config.lock_timeout_ms)),
+        )
         # Two syncs of the same entity (a one-shot run while the schedule fires) take turns here.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                     (lock_key(config, origin, spec.name),))
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (lock_key(config, origin, spec.name),),
+        )
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
         result.origin = origin.name
-        loader = Loader(conn, spec, schema=config.schema, sync_schema=config.sync_schema,
-                        source=origin.name, generation=origin.generation, policy=config.policy(spec.name),
-                        logger=logger)
+        loader = Loader(
+            conn,
+            spec,
+            schema=config.schema,
+            sync_schema=config.sync_schema,
+            source=origin.name,
+            generation=origin.generation,
+            policy=config.policy(spec.name),
+            logger=logger,
+        )
         book.drop_other_generations()
         pending = set(book.pending_keys())
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
@@ -171,23 +244,42 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         result.inserted_after_id = book.largest_id(table)
         series_cards: dict[str, int] = {}
         in_flight = InFlight(config.memory_budget_bytes // MEMORY_PER_BYTE_READ)
-        reads = _plan_reads(spec, src, book, config, pending, result, series_cards, in_flight.chunk_bytes)
+        reads = _plan_reads(
+            spec, src, book, config, pending, result, series_cards, in_flight.chunk_bytes
+        )
 
-        def account(loaded: LoadResult, rejected: list[pd.DataFrame] = (),
-                    waiting: pd.DataFrame = NO_WAITING) -> None:
+        def account(
+            loaded: LoadResult,
+            rejected: list[pd.DataFrame] = (),
+            waiting: pd.DataFrame = NO_WAITING,
+        ) -> None:
             result.inserted += loaded.inserted
             result.updated += loaded.updated
             result.unchanged += loaded.unchanged
             result.skipped += loaded.skipped
             result.json_non_finite_nulled += loaded.non_finite
             result.updated_ids.extend(loaded.updated_ids)
-            rejected = [r for r in [*rejected, *loaded.rejected, book.wait(waiting, config.pending_max_age_seconds)]
-                        if not r.empty]
-            rejected = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
-                columns=["_key", "raw", "reason"])
+            rejected = [
+                r
+                for r in [
+                    *rejected,
+                    *loaded.rejected,
+                    book.wait(waiting, config.pending_max_age_seconds),
+                ]
+                if not r.empty
+            ]
+            rejected = (
+                pd.concat(rejected, ignore_index=True)
+                if rejected
+                else pd.DataFrame(columns=["_key", "raw", "reason"])
+            )
             if pending:
-                book.done([k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending])
-            if spec.incremental:  # read once: only a retried (pending) record can load after a rejection
+                book.done(
+                    [k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending]
+                )
+            if (
+                spec.incremental
+            ):  # read once: only a retried (pending) record can load after a rejection
                 loaded_again = [k for k in loaded.loaded_keys if k in pending] if pending else []
             else:
                 loaded_again = loaded.loaded_keys
@@ -200,15 +292,23 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
                 if len(result.rejection_samples) < 5:
                     result.rejection_samples.append({"key": key, "reason": reason})
             if len(rejected):
-                logger.warning("  %s: %d record(s) rejected (%d of them for the first time), e.g. %s: %s",
-                               spec.name, len(rejected), new, rejected["_key"].iloc[0], rejected["reason"].iloc[0])
+                logger.warning(
+                    "  %s: %d record(s) rejected (%d of them for the first time), e.g. %s: %s",
+                    spec.name,
+                    len(rejected),
+                    new,
+                    rejected["_key"].iloc[0],
+                    rejected["reason"].iloc[0],
+                )
 
         # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
         # loads; this thread only talks to Postgres, so the server is never waiting on Python.
         # The reader takes bytes from `in_flight` before each chunk and they come back once it is
         # loaded, so what is held at once stays within the memory budget.
         nothing, staged, progress = LoadResult(), 0, Progress(spec.name, logger)
-        for batch in prefetched(_prepare(spec, in_flight.gate(reads), book.resolve, loader), stopping=in_flight.close):
+        for batch in prefetched(
+            _prepare(spec, in_flight.gate(reads), book.resolve, loader), stopping=in_flight.close
+        ):
             result.read += batch.read
             result.bytes_read += batch.bytes
             result.largest_record_bytes = max(result.largest_record_bytes, batch.largest)
@@ -226,7 +326,9 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         if spec.mutable:
             account(loader.flush())
         progress.finish(result.read, result.bytes_read)
-        if src.problems:  # an unreadable counter or index: reported like a bad record, the rest synced
+        if (
+            src.problems
+        ):  # an unreadable counter or index: reported like a bad record, the rest synced
             keys, reasons = zip(*dict(src.problems).items())
             account(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})])
         if not spec.incremental:
@@ -236,15 +338,19 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         if result.watermark is not None:
             book.set_watermark(result.watermark)
         result.pending = book.pending_count()
-        result.inserted_up_to_id = book.largest_id(table) if result.inserted else result.inserted_after_id
+        result.inserted_up_to_id = (
+            book.largest_id(table) if result.inserted else result.inserted_after_id
+        )
         result.row_count = book.add_rows(config.schema, spec.name, result.inserted)
         result.duration_seconds = time.perf_counter() - clock
         book.record_run(run_id, result)
         if src.marker() != origin.generation:
             # Flushed or restarted mid-cycle: what was read may belong to the next data set, which has
             # an origin of its own. Nothing commits; the next cycle reads that data set afresh.
-            raise SyncFailed(f"{spec.name}: Redis was flushed or restarted during the sync (its marker "
-                             f"{src.prefix}{GENERATION_KEY} changed); nothing committed, the next cycle retries")
+            raise SyncFailed(
+                f"{spec.name}: Redis was flushed or restarted during the sync (its marker "
+                f"{src.prefix}{GENERATION_KEY} changed); nothing committed, the next cycle retries"
+            )
         book.record_success(run_id, result)
     if spec.name in config.retention_hours:
         # Only after the commit: what is deleted from Redis is already durable in Postgres.
@@ -253,13 +359,25 @@ def _sync_entity(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection
         with conn.transaction():
             book.record_deleted(run_id, result.deleted)
         if result.deleted:
-            logger.info("  %s: %d record(s) deleted from Redis (retention %g h)", spec.name, result.deleted,
-                        config.retention_hours[spec.name])
+            logger.info(
+                "  %s: %d record(s) deleted from Redis (retention %g h)",
+                spec.name,
+                result.deleted,
+                config.retention_hours[spec.name],
+            )
     return result
 
 
-def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: SyncConfig, pending: set[str],
-                result: EntityResult, series_cards: dict[str, int], chunk_bytes: int) -> Iterator[Read]:
+def _plan_reads(
+    spec: EntitySpec,
+    src: RedisSource,
+    book: Bookkeeping,
+    config: SyncConfig,
+    pending: set[str],
+    result: EntityResult,
+    series_cards: dict[str, int],
+    chunk_bytes: int,
+) -> Iterator[Read]:
     """Decide what to read (this touches Postgres, so it runs here, in the caller's thread) and
     return an iterator that only reads Redis: chunks to load (closing at `config.chunk_size` records
     or `chunk_bytes` bytes), each with the ids that had no record yet (only incremental entities)."""
@@ -271,14 +389,19 @@ def _plan_reads(spec: EntitySpec, src: RedisSource, book: Bookkeeping, config: S
         def incremental():
             for ids in (retry, range(watermark + 1, counter + 1)):
                 yield from read_hash_chunks(src, spec, ids, config.chunk_size, chunk_bytes)
+
         return incremental()
     series, ids = (), None
     if spec.strategy == METRIC_SERIES:
         series = changed_metric_series(src, book, config, series_cards)
     elif spec.strategy == HASH_BY_ID:
         ids = src.all_ids(spec)
-        result.watermark = max(ids, default=0)  # what the reconciliation check may expect in Postgres
-    return extract_all(src, spec, config.chunk_size, ids=ids, series_keys=series, max_bytes=chunk_bytes)
+        result.watermark = max(
+            ids, default=0
+        )  # what the reconciliation check may expect in Postgres
+    return extract_all(
+        src, spec, config.chunk_size, ids=ids, series_keys=series, max_bytes=chunk_bytes
+    )
 
 
 @dataclass
@@ -287,7 +410,9 @@ class _Batch:
     bytes: int  # as read from Redis: what it holds of the memory budget
     largest: int  # its largest record's bytes
     mapped: pd.DataFrame
-    raw: pd.DataFrame  # the records as read, before validation rewrote any value (for rejections by Postgres)
+    raw: (
+        pd.DataFrame
+    )  # the records as read, before validation rewrote any value (for rejections by Postgres)
     start: int  # ordinal of the first mapped record in this cycle's staging
     payload: bytes
     rejected: list[pd.DataFrame]
@@ -299,15 +424,28 @@ def _prepare(spec: EntitySpec, reads: Iterator[Read], resolve, loader: Loader) -
     start = 0
     for read in reads:
         frame = read.frame
-        missing = pd.DataFrame({"_key": read.missing, "reason": NOT_WRITTEN_YET}) if read.missing else NO_WAITING
+        missing = (
+            pd.DataFrame({"_key": read.missing, "reason": NOT_WRITTEN_YET})
+            if read.missing
+            else NO_WAITING
+        )
         # Incremental records are read once: one caught half-written waits (pending) instead of being rejected.
         incomplete: list[pd.DataFrame] = [missing]
         ok, rejected = validate(spec, frame, incomplete if spec.incremental else None)
         mapped, waiting = map_parent_ids(spec, ok, resolve)
         mapped = null_non_finite_json(spec, mapped)
         waiting = pd.concat([waiting, *[w for w in incomplete if not w.empty]], ignore_index=True)
-        yield _Batch(len(frame), read.bytes, read.largest, mapped, frame, start, loader.copy_payload(mapped, start),
-                     rejected, waiting)
+        yield _Batch(
+            len(frame),
+            read.bytes,
+            read.largest,
+            mapped,
+            frame,
+            start,
+            loader.copy_payload(mapped, start),
+            rejected,
+            waiting,
+        )
         del read, frame  # the reader's references: the batch holds what is still needed
         start += len(mapped)
 
@@ -381,8 +519,14 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SECONDS:
             self.last = now
-            self.log.info("  %s: %s records, %s read so far (%.0f s, %s/s)", self.entity, f"{records:,}",
-                          human_bytes(nbytes), now - self.started, human_bytes(nbytes / (now - self.started)))
+            self.log.info(
+                "  %s: %s records, %s read so far (%.0f s, %s/s)",
+                self.entity,
+                f"{records:,}",
+                human_bytes(nbytes),
+                now - self.started,
+                human_bytes(nbytes / (now - self.started)),
+            )
 
     def finish(self, records: int, nbytes: int) -> None:
         if self.last > self.started:  # it logged progress: say where it ended
@@ -449,8 +593,9 @@ def _keep_series_waiting(series_cards: dict[str, int], waiting: pd.DataFrame) ->
         series_cards.pop(key, None)
 
 
-def changed_metric_series(src: RedisSource, book: Bookkeeping, config: SyncConfig,
-                          series_cards: dict[str, int]) -> list[str]:
+def changed_metric_series(
+    src: RedisSource, book: Bookkeeping, config: SyncConfig, series_cards: dict[str, int]
+) -> list[str]:
     """Metric series that gained points since last synced.
 
     Finding new series needs a SCAN of the whole keyspace, which costs in proportion to
@@ -459,11 +604,16 @@ def changed_metric_series(src: RedisSource, book: Bookkeeping, config: SyncConfi
     """
     known = book.series_cards()
     run_ids = src.all_ids(TRAINING_RUNS)
-    statuses = [s if isinstance(s, str) else "" for s in pipelined(
-        src.client, (("HGET", src.key(TRAINING_RUNS.key, id=i), "status") for i in run_ids))]
+    statuses = [
+        s if isinstance(s, str) else ""
+        for s in pipelined(
+            src.client, (("HGET", src.key(TRAINING_RUNS.key, id=i), "status") for i in run_ids)
+        )
+    ]
     # The generation is part of it: after a flush the same run ids and statuses are new runs.
-    signature = hashlib.md5(repr((book.generation, list(zip(run_ids, statuses)))).encode(
-        "utf-8", "surrogateescape")).hexdigest()
+    signature = hashlib.md5(
+        repr((book.generation, list(zip(run_ids, statuses)))).encode("utf-8", "surrogateescape")
+    ).hexdigest()
     active = any(status not in TERMINAL_RUN_STATUSES for status in statuses)
     last = (book.state("metric_scan") or "0|").split("|", 1)
     stale = time.time() - float(last[0]) > config.metric_rescan_seconds
@@ -472,14 +622,22 @@ def changed_metric_series(src: RedisSource, book: Bookkeeping, config: SyncConfi
         keys.update(src.scan_keys("metric:*"))
         book.set_state("metric_scan", f"{time.time()}|{signature}")
     keys = sorted(keys)
-    cards = [c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))]
+    cards = [
+        c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))
+    ]
     changed = [k for k, c in zip(keys, cards) if known.get(k) != c and c != 0]
     series_cards.update({k: c for k, c in zip(keys, cards) if k in set(changed)})
     return changed
 
 
-def sync_all(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, run_id: str = "manual",
-             logger: logging.Logger | None = None, entities: tuple[EntitySpec, ...] = ENTITIES) -> dict[str, EntityResult]:
+def sync_all(
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    run_id: str = "manual",
+    logger: logging.Logger | None = None,
+    entities: tuple[EntitySpec, ...] = ENTITIES,
+) -> dict[str, EntityResult]:
     """Every entity in dependency order (the same order the Dagster job runs them)."""
     return {spec.name: sync_entity(spec, client, conn, config, run_id, logger) for spec in entities}
 

@@ -15,10 +15,18 @@ from dataclasses import dataclass
 HASH_BY_ID = "hash_by_id"  # {key}:{id} hashes, ids from the counter and the index
 PARAMS_PER_RUN = "params_per_run"  # one hash per run, one row per field
 METRIC_SERIES = "metric_series"  # sorted sets of JSON members, found by SCAN
-MEMBERS_PER_EXPERIMENT = "members_per_experiment"  # a set of run ids per experiment, a hash per pair
+MEMBERS_PER_EXPERIMENT = (
+    "members_per_experiment"  # a set of run ids per experiment, a hash per pair
+)
 
 # Column types, as Postgres names them.
-TEXT, BIGINT, FLOAT, JSONB, TIMESTAMPTZ = "text", "bigint", "double precision", "jsonb", "timestamptz"
+TEXT, BIGINT, FLOAT, JSONB, TIMESTAMPTZ = (
+    "text",
+    "bigint",
+    "double precision",
+    "jsonb",
+    "timestamptz",
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,9 @@ class EntitySpec:
     strategy: str
     key: str  # record key pattern, relative to the key prefix
     columns: tuple[Column, ...]
-    natural_key: tuple[str, ...]  # the columns that identify a row (nullable ones compare NULL = NULL)
+    natural_key: tuple[
+        str, ...
+    ]  # the columns that identify a row (nullable ones compare NULL = NULL)
     parents: tuple[Parent, ...] = ()
     counter: str | None = None  # counter key allocating ids (HASH_BY_ID)
     index: str | None = None  # sorted set of ids (HASH_BY_ID), when there is a single one
@@ -76,7 +86,10 @@ class EntitySpec:
     @property
     def identity_sql(self) -> list[str]:
         """The identity as SQL expressions: what the unique index, ON CONFLICT and DISTINCT ON use."""
-        return [f"COALESCE({sql_name(k)}, -1)" if self.key_is_nullable(k) else sql_name(k) for k in self.natural_key]
+        return [
+            f"COALESCE({sql_name(k)}, -1)" if self.key_is_nullable(k) else sql_name(k)
+            for k in self.natural_key
+        ]
 
     @property
     def column_names(self) -> list[str]:
@@ -94,56 +107,104 @@ def sql_name(name: str) -> str:
 C = Column
 
 MODELS = EntitySpec(
-    name="models", stat="models", label="Model", strategy=HASH_BY_ID,
-    key="model:{id}", counter="counter:model", index="idx:models",
+    name="models",
+    stat="models",
+    label="Model",
+    strategy=HASH_BY_ID,
+    key="model:{id}",
+    counter="counter:model",
+    index="idx:models",
     columns=(
-        C("name", required=True), C("description"), C("architecture"), C("framework"),
-        C("task_type"), C("input_shape"), C("output_shape"),
-        C("created_at", TIMESTAMPTZ), C("updated_at", TIMESTAMPTZ),
+        C("name", required=True),
+        C("description"),
+        C("architecture"),
+        C("framework"),
+        C("task_type"),
+        C("input_shape"),
+        C("output_shape"),
+        C("created_at", TIMESTAMPTZ),
+        C("updated_at", TIMESTAMPTZ),
     ),
-    natural_key=("name",), log_each=True,
+    natural_key=("name",),
+    log_each=True,
 )
 
 MODEL_VERSIONS = EntitySpec(
-    name="model_versions", stat="versions", label="Version", strategy=HASH_BY_ID,
-    key="version:{id}", counter="counter:version",
+    name="model_versions",
+    stat="versions",
+    label="Version",
+    strategy=HASH_BY_ID,
+    key="version:{id}",
+    counter="counter:version",
     columns=(
-        C("version", required=True), C("checkpoint_path"), C("config", JSONB), C("status"),
+        C("version", required=True),
+        C("checkpoint_path"),
+        C("config", JSONB),
+        C("status"),
         C("created_at", TIMESTAMPTZ),
     ),
     parents=(Parent("model_id", "models", "model_id"),),
-    natural_key=("model_id", "version"), log_each=True, display="version",
+    natural_key=("model_id", "version"),
+    log_each=True,
+    display="version",
 )
 
 DATASETS = EntitySpec(
-    name="datasets", stat="datasets", label="Dataset", strategy=HASH_BY_ID,
-    key="dataset:{id}", counter="counter:dataset", index="idx:datasets",
+    name="datasets",
+    stat="datasets",
+    label="Dataset",
+    strategy=HASH_BY_ID,
+    key="dataset:{id}",
+    counter="counter:dataset",
+    index="idx:datasets",
     columns=(
-        C("name", required=True), C("description"), C("source_path"), C("format"),
-        C("size_bytes", BIGINT), C("num_samples", BIGINT),
-        C("split_info", JSONB), C("preprocessing", JSONB), C("created_at", TIMESTAMPTZ),
+        C("name", required=True),
+        C("description"),
+        C("source_path"),
+        C("format"),
+        C("size_bytes", BIGINT),
+        C("num_samples", BIGINT),
+        C("split_info", JSONB),
+        C("preprocessing", JSONB),
+        C("created_at", TIMESTAMPTZ),
     ),
-    natural_key=("name",), log_each=True,
+    natural_key=("name",),
+    log_each=True,
 )
 
 TRAINING_RUNS = EntitySpec(
-    name="training_runs", stat="runs", label="Run", strategy=HASH_BY_ID,
-    key="run:{id}", counter="counter:run", index="idx:runs",
+    name="training_runs",
+    stat="runs",
+    label="Run",
+    strategy=HASH_BY_ID,
+    key="run:{id}",
+    counter="counter:run",
+    index="idx:runs",
     columns=(
-        C("run_name"), C("status"), C("started_at", TIMESTAMPTZ, required=True),
-        C("completed_at", TIMESTAMPTZ), C("duration_seconds", FLOAT, unset="0"), C("final_loss", FLOAT, unset="0"),
-        C("best_metric_value", FLOAT, unset="0"), C("artifacts", JSONB),
+        C("run_name"),
+        C("status"),
+        C("started_at", TIMESTAMPTZ, required=True),
+        C("completed_at", TIMESTAMPTZ),
+        C("duration_seconds", FLOAT, unset="0"),
+        C("final_loss", FLOAT, unset="0"),
+        C("best_metric_value", FLOAT, unset="0"),
+        C("artifacts", JSONB),
     ),
     parents=(
         Parent("model_version_id", "model_versions", "model_version_id"),
         Parent("dataset_id", "datasets", "dataset_id", optional=True),
     ),
-    natural_key=("origin_source", "origin_redis_id", "started_at"), by_origin=True,
-    log_each=True, display="run_name",
+    natural_key=("origin_source", "origin_redis_id", "started_at"),
+    by_origin=True,
+    log_each=True,
+    display="run_name",
 )
 
 HYPERPARAMETERS = EntitySpec(
-    name="hyperparameters", stat="hyperparams", label="Hyperparameter", strategy=PARAMS_PER_RUN,
+    name="hyperparameters",
+    stat="hyperparams",
+    label="Hyperparameter",
+    strategy=PARAMS_PER_RUN,
     key="hyperparam:{id}",
     columns=(C("param_name", required=True), C("param_value")),
     parents=(Parent("training_run_id", "training_runs", "training_run_id"),),
@@ -151,31 +212,53 @@ HYPERPARAMETERS = EntitySpec(
 )
 
 METRICS = EntitySpec(
-    name="metrics", stat="metrics", label="Metric", strategy=METRIC_SERIES,
+    name="metrics",
+    stat="metrics",
+    label="Metric",
+    strategy=METRIC_SERIES,
     key="metric:{id}:*",
     columns=(
-        C("epoch", BIGINT), C("step", BIGINT), C("metric_name", required=True),
-        C("metric_value", FLOAT, required=True), C("split", required=True),
+        C("epoch", BIGINT),
+        C("step", BIGINT),
+        C("metric_name", required=True),
+        C("metric_value", FLOAT, required=True),
+        C("split", required=True),
         C("timestamp", TIMESTAMPTZ, required=True),
     ),
     parents=(Parent("training_run_id", "training_runs", "training_run_id"),),
     natural_key=("training_run_id", "metric_name", "split", "epoch", "step", "timestamp"),
-    by_origin=True, mutable=False, retention_field="timestamp",
+    by_origin=True,
+    mutable=False,
+    retention_field="timestamp",
 )
 
 EXPERIMENTS = EntitySpec(
-    name="experiments", stat="experiments", label="Experiment", strategy=HASH_BY_ID,
-    key="experiment:{id}", counter="counter:experiment", index="idx:experiments",
+    name="experiments",
+    stat="experiments",
+    label="Experiment",
+    strategy=HASH_BY_ID,
+    key="experiment:{id}",
+    counter="counter:experiment",
+    index="idx:experiments",
     columns=(
-        C("name", required=True), C("description"), C("hypothesis"), C("status"),
-        C("created_at", TIMESTAMPTZ), C("completed_at", TIMESTAMPTZ), C("results", JSONB),
+        C("name", required=True),
+        C("description"),
+        C("hypothesis"),
+        C("status"),
+        C("created_at", TIMESTAMPTZ),
+        C("completed_at", TIMESTAMPTZ),
+        C("results", JSONB),
     ),
-    natural_key=("name",), log_each=True,
+    natural_key=("name",),
+    log_each=True,
 )
 
 EXPERIMENT_RUNS = EntitySpec(
-    name="experiment_runs", stat="experiment_runs", label="Experiment run",
-    strategy=MEMBERS_PER_EXPERIMENT, key="exprun:{experiment_id}:{run_id}",
+    name="experiment_runs",
+    stat="experiment_runs",
+    label="Experiment run",
+    strategy=MEMBERS_PER_EXPERIMENT,
+    key="exprun:{experiment_id}:{run_id}",
     columns=(C("variant_name"), C("notes")),
     parents=(
         Parent("experiment_id", "experiments", "experiment_id"),
@@ -185,22 +268,39 @@ EXPERIMENT_RUNS = EntitySpec(
 )
 
 PREDICTIONS = EntitySpec(
-    name="predictions", stat="predictions", label="Prediction", strategy=HASH_BY_ID,
-    key="prediction:{id}", counter="counter:prediction",
+    name="predictions",
+    stat="predictions",
+    label="Prediction",
+    strategy=HASH_BY_ID,
+    key="prediction:{id}",
+    counter="counter:prediction",
     columns=(
-        C("input_data", JSONB, field="input"), C("output_data", JSONB, field="output"),
-        C("confidence", FLOAT, unset="0"), C("inference_time_ms", FLOAT, unset="0"),
-        C("timestamp", TIMESTAMPTZ, required=True), C("metadata", JSONB),
+        C("input_data", JSONB, field="input"),
+        C("output_data", JSONB, field="output"),
+        C("confidence", FLOAT, unset="0"),
+        C("inference_time_ms", FLOAT, unset="0"),
+        C("timestamp", TIMESTAMPTZ, required=True),
+        C("metadata", JSONB),
     ),
     parents=(Parent("model_version_id", "model_versions", "model_version_id"),),
-    natural_key=("origin_source", "origin_redis_id", "timestamp"), by_origin=True,
-    incremental=True, mutable=False, retention_field="timestamp",
+    natural_key=("origin_source", "origin_redis_id", "timestamp"),
+    by_origin=True,
+    incremental=True,
+    mutable=False,
+    retention_field="timestamp",
 )
 
 # In dependency order: every parent comes before its children.
 ENTITIES: tuple[EntitySpec, ...] = (
-    MODELS, DATASETS, EXPERIMENTS, MODEL_VERSIONS, TRAINING_RUNS,
-    HYPERPARAMETERS, METRICS, EXPERIMENT_RUNS, PREDICTIONS,
+    MODELS,
+    DATASETS,
+    EXPERIMENTS,
+    MODEL_VERSIONS,
+    TRAINING_RUNS,
+    HYPERPARAMETERS,
+    METRICS,
+    EXPERIMENT_RUNS,
+    PREDICTIONS,
 )
 BY_NAME: dict[str, EntitySpec] = {spec.name: spec for spec in ENTITIES}
 
@@ -208,5 +308,14 @@ BY_NAME: dict[str, EntitySpec] = {spec.name: spec for spec in ENTITIES}
 PARENT_ENTITIES = frozenset(p.entity for spec in ENTITIES for p in spec.parents)
 
 # The guide's statistics keys, in its order (experiment_runs is ours, reported after them).
-STAT_KEYS = ("models", "versions", "datasets", "runs", "hyperparams", "metrics",
-             "experiments", "predictions", "errors")
+STAT_KEYS = (
+    "models",
+    "versions",
+    "datasets",
+    "runs",
+    "hyperparams",
+    "metrics",
+    "experiments",
+    "predictions",
+    "errors",
+)

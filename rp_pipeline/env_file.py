@@ -37,7 +37,9 @@ def add_missing(path: Path, values: dict[str, str]) -> tuple[list[str], dict[str
         text = path.read_text()
         lines = "".join(f"{key}={_quoted(values[key])}\n" for key in missing)
         path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + lines)
-    kept = {key: present[key] or "" for key in values if key in present and present[key] != values[key]}
+    kept = {
+        key: present[key] or "" for key in values if key in present and present[key] != values[key]
+    }
     return missing, kept
 
 
@@ -67,13 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     pairs = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv))
     root = Path.cwd()
     # An exported DAGSTER_HOME is the instance this run used; else the repository's own.
-    values = {**pairs, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(ensure_instance_dir(root))}
+    values = {
+        **pairs,
+        "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(ensure_instance_dir(root)),
+    }
     added, kept = add_missing(root / ENV_FILE, values)
     if added:
         print(f"   .env: added {', '.join(added)} (mode 600)")
     for key, value in kept.items():
-        print(f"   .env: kept its {key}={redact_url(value)} (this run used {redact_url(values[key])}); "
-              f"the commands that read .env will use the kept value", file=sys.stderr)
+        print(
+            f"   .env: kept its {key}={redact_url(value)} (this run used {redact_url(values[key])}); "
+            f"the commands that read .env will use the kept value",
+            file=sys.stderr,
+        )
     if not added and not kept:
         print("   .env: already holds these settings")
     return 0

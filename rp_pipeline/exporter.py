@@ -41,26 +41,58 @@ from .writer import is_cluster_node
 log = logging.getLogger("rp_pipeline")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 9188
-READ_DEADLINE_SECONDS = 2.0  # per server; a scrape answers within about twice this, well under Prometheus's 10 s
+READ_DEADLINE_SECONDS = (
+    2.0  # per server; a scrape answers within about twice this, well under Prometheus's 10 s
+)
 OUTCOMES = ("inserted", "updated", "unchanged", "skipped", "rejected")
 LABELS = ("entity", "source")
 
 # name: (type, help, extra label names). Help texts are fixed strings: no URL, no password.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rp_pipeline_backlog_records": (
-        "gauge", "Records in Redis not yet in Postgres: ids allocated past the watermark plus records waiting "
-                 "(pending); only entities with an id counter", ()),
+        "gauge",
+        "Records in Redis not yet in Postgres: ids allocated past the watermark plus records waiting "
+        "(pending); only entities with an id counter",
+        (),
+    ),
     "rp_pipeline_lag_seconds": (
-        "gauge", "Age of the oldest record still waiting (first unsynced id's timestamp, oldest pending record); "
-                 "0 when nothing waits; only entities with an id counter", ()),
-    "rp_pipeline_last_success_timestamp_seconds": ("gauge", "Unix time the last successful sync of the entity committed", ()),
-    "rp_pipeline_last_attempt_timestamp_seconds": ("gauge", "Unix time the last sync of the entity started, successful or not", ()),
-    "rp_pipeline_sync_duration_seconds": ("gauge", "Duration of the last successful sync of the entity", ()),
-    "rp_pipeline_rows": ("counter", "Records handled by successful syncs, by outcome", ("outcome",)),
+        "gauge",
+        "Age of the oldest record still waiting (first unsynced id's timestamp, oldest pending record); "
+        "0 when nothing waits; only entities with an id counter",
+        (),
+    ),
+    "rp_pipeline_last_success_timestamp_seconds": (
+        "gauge",
+        "Unix time the last successful sync of the entity committed",
+        (),
+    ),
+    "rp_pipeline_last_attempt_timestamp_seconds": (
+        "gauge",
+        "Unix time the last sync of the entity started, successful or not",
+        (),
+    ),
+    "rp_pipeline_sync_duration_seconds": (
+        "gauge",
+        "Duration of the last successful sync of the entity",
+        (),
+    ),
+    "rp_pipeline_rows": (
+        "counter",
+        "Records handled by successful syncs, by outcome",
+        ("outcome",),
+    ),
     "rp_pipeline_sync_attempts": ("counter", "Entity syncs started", ()),
     "rp_pipeline_sync_successes": ("counter", "Entity syncs committed", ()),
-    "rp_pipeline_rejected_records": ("gauge", "Records held in the rejected-records table, as of the last sync", ()),
-    "rp_pipeline_pending_records": ("gauge", "Records waiting for a parent or for their hash, as of the last sync", ()),
+    "rp_pipeline_rejected_records": (
+        "gauge",
+        "Records held in the rejected-records table, as of the last sync",
+        (),
+    ),
+    "rp_pipeline_pending_records": (
+        "gauge",
+        "Records waiting for a parent or for their hash, as of the last sync",
+        (),
+    ),
 }
 
 
@@ -102,20 +134,31 @@ COUNTED = tuple(spec for spec in ENTITIES if spec.strategy == HASH_BY_ID and spe
 class SyncCollector:
     """Reads Postgres and Redis at each `collect()` (one at a time) and yields the metric families."""
 
-    def __init__(self, config: SyncConfig, deadline_seconds: float = READ_DEADLINE_SECONDS,
-                 sync_interval_seconds: float | None = None):
+    def __init__(
+        self,
+        config: SyncConfig,
+        deadline_seconds: float = READ_DEADLINE_SECONDS,
+        sync_interval_seconds: float | None = None,
+    ):
         self.config = config
         self.deadline = deadline_seconds
         self.sync_interval = sync_interval_seconds
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        self._options = dict(decode_responses=True, encoding_errors="surrogateescape",
-                             socket_timeout=deadline_seconds, socket_connect_timeout=deadline_seconds)
+        self._options = dict(
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            socket_timeout=deadline_seconds,
+            socket_connect_timeout=deadline_seconds,
+        )
         try:
             self._redis = redis.Redis.from_url(
-                config.redis_url, retry=Retry(NoBackoff(), 0), **self._options)  # one try: no doubled deadline
+                config.redis_url, retry=Retry(NoBackoff(), 0), **self._options
+            )  # one try: no doubled deadline
         except ValueError:
-            raise ConfigError(f"REDIS_URL is not a valid Redis URL ({redact_url(config.redis_url)})") from None
+            raise ConfigError(
+                f"REDIS_URL is not a valid Redis URL ({redact_url(config.redis_url)})"
+            ) from None
         self._is_cluster: bool | None = None  # known at the first scrape that reaches Redis
         self._last = {"postgres": Reading(), "backlog": Reading()}
         self._current: str | None = None  # origin of the data set the marker names, once known
@@ -127,9 +170,12 @@ class SyncCollector:
             url = self.config.require_postgres_url()
             ms = int(self.deadline * 1000)
             conn = WatchedConnection.connect(
-                psycopg_url(url), autocommit=True, connect_timeout=max(2, round(self.deadline)),
+                psycopg_url(url),
+                autocommit=True,
+                connect_timeout=max(2, round(self.deadline)),
                 application_name="rp_pipeline_exporter",
-                options=f"-c statement_timeout={ms} -c lock_timeout={ms}")
+                options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
+            )
             conn.deadline_seconds = self.deadline + 1  # a server that stops answering mid-query
             self._conn = conn
         return self._conn
@@ -155,21 +201,30 @@ class SyncCollector:
         marker, *values = pipe.execute(raise_on_error=False)
         counters = {}
         for spec, value in zip(COUNTED, values):
-            counters[spec.name] = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else (
-                0 if value is None else None)  # None: unreadable, reported as no sample
+            counters[spec.name] = (
+                int(value)
+                if isinstance(value, str) and value.isascii() and value.isdigit()
+                else (0 if value is None else None)
+            )  # None: unreadable, reported as no sample
         return (marker if isinstance(marker, str) else None), counters
 
     def _oldest_unsynced(self, first_ids: dict[str, int]) -> dict[str, float | None]:
         """Timestamp of the first record past each watermark: one HMGET per entity, one round trip."""
-        asked = [(BY_NAME[name], first_id) for name, first_id in first_ids.items() if created_field(BY_NAME[name])]
+        asked = [
+            (BY_NAME[name], first_id)
+            for name, first_id in first_ids.items()
+            if created_field(BY_NAME[name])
+        ]
         if not asked:
             return {}
         pipe = self._client().pipeline(transaction=False)
         for spec, first_id in asked:
             pipe.hmget(self.config.key_prefix + spec.key.format(id=first_id), [created_field(spec)])
         replies = pipe.execute(raise_on_error=False)
-        return {spec.name: timestamp_of(reply[0]) if isinstance(reply, list) else None
-                for (spec, _), reply in zip(asked, replies)}
+        return {
+            spec.name: timestamp_of(reply[0]) if isinstance(reply, list) else None
+            for (spec, _), reply in zip(asked, replies)
+        }
 
     def _label(self, labels: dict[str, str | None], source: str) -> str:
         """The `source` label: SYNC_SOURCE as the sync recorded it (else as this exporter is configured),
@@ -193,7 +248,11 @@ class SyncCollector:
                 self._current = resolved or self._current
                 # Only the data set the marker names: after a flush the previous one is history, and its
                 # frozen last success must not look like a stale sync.
-                rows = [row for row in sync_status(conn, self.config.sync_schema) if row["source"] == self._current]
+                rows = [
+                    row
+                    for row in sync_status(conn, self.config.sync_schema)
+                    if row["source"] == self._current
+                ]
                 self._set_up("postgres", True)
                 self._last["postgres"] = Reading(self._status_samples(rows, labels), now)
             except (psycopg.Error, ConfigError) as exc:
@@ -201,7 +260,9 @@ class SyncCollector:
                 self._set_up("postgres", False, exc)
             if counters is not None and rows is not None:
                 try:
-                    self._last["backlog"] = Reading(self._backlog_samples(marker, counters, rows, self._current, labels), now)
+                    self._last["backlog"] = Reading(
+                        self._backlog_samples(marker, counters, rows, self._current, labels), now
+                    )
                 except redis.RedisError as exc:
                     self._set_up("redis", False, exc)
             return self._families(now)
@@ -210,20 +271,31 @@ class SyncCollector:
         samples = []
         for row in rows:
             tags = {"entity": row["entity"], "source": self._label(labels, row["source"])}
-            for name, column in (("rp_pipeline_last_success_timestamp_seconds", "last_success"),
-                                 ("rp_pipeline_last_attempt_timestamp_seconds", "last_attempt"),
-                                 ("rp_pipeline_sync_duration_seconds", "last_duration_seconds"),
-                                 ("rp_pipeline_sync_attempts", "attempts"),
-                                 ("rp_pipeline_sync_successes", "successes"),
-                                 ("rp_pipeline_rejected_records", "rejected_held"),
-                                 ("rp_pipeline_pending_records", "pending")):
+            for name, column in (
+                ("rp_pipeline_last_success_timestamp_seconds", "last_success"),
+                ("rp_pipeline_last_attempt_timestamp_seconds", "last_attempt"),
+                ("rp_pipeline_sync_duration_seconds", "last_duration_seconds"),
+                ("rp_pipeline_sync_attempts", "attempts"),
+                ("rp_pipeline_sync_successes", "successes"),
+                ("rp_pipeline_rejected_records", "rejected_held"),
+                ("rp_pipeline_pending_records", "pending"),
+            ):
                 if row[column] is not None:
                     samples.append(Sample(name, tags, float(row[column])))
-            samples += [Sample("rp_pipeline_rows", {**tags, "outcome": o}, float(row[f"{o}_total"])) for o in OUTCOMES]
+            samples += [
+                Sample("rp_pipeline_rows", {**tags, "outcome": o}, float(row[f"{o}_total"]))
+                for o in OUTCOMES
+            ]
         return samples
 
-    def _backlog_samples(self, marker: str | None, counters: dict[str, int | None], rows: list[dict],
-                         current: str | None, labels: dict[str, str | None]) -> list[Sample]:
+    def _backlog_samples(
+        self,
+        marker: str | None,
+        counters: dict[str, int | None],
+        rows: list[dict],
+        current: str | None,
+        labels: dict[str, str | None],
+    ) -> list[Sample]:
         """Backlog and lag of the configured Redis: counter minus the watermark of its current generation
         (a watermark from before a flush counts as 0), plus the records held as pending."""
         mine = {row["entity"]: row for row in rows if row["source"] == current}
@@ -233,7 +305,11 @@ class SyncCollector:
             if counter is None:
                 continue
             row = mine.get(spec.name, {})
-            synced = int(row["last_id"]) if row.get("last_id") is not None and row.get("generation") == marker else 0
+            synced = (
+                int(row["last_id"])
+                if row.get("last_id") is not None and row.get("generation") == marker
+                else 0
+            )
             backlog[spec.name] = max(0, counter - synced) + int(row.get("pending") or 0)
             if counter > synced:
                 waiting_from[spec.name] = synced + 1
@@ -243,11 +319,15 @@ class SyncCollector:
         source = self._label(labels, current)
         for name, count in backlog.items():
             tags = {"entity": name, "source": source}
-            ages = [now - dated[name] if dated.get(name) is not None else None,
-                    mine.get(name, {}).get("oldest_pending_age")]
+            ages = [
+                now - dated[name] if dated.get(name) is not None else None,
+                mine.get(name, {}).get("oldest_pending_age"),
+            ]
             lag = max([max(0.0, float(a)) for a in ages if a is not None], default=0.0)
-            samples += [Sample("rp_pipeline_backlog_records", tags, float(count)),
-                        Sample("rp_pipeline_lag_seconds", tags, lag)]
+            samples += [
+                Sample("rp_pipeline_backlog_records", tags, float(count)),
+                Sample("rp_pipeline_lag_seconds", tags, lag),
+            ]
         return samples
 
     def _families(self, now: float) -> list[Metric]:
@@ -255,29 +335,42 @@ class SyncCollector:
         for name, (kind, help_text, extra) in METRICS.items():
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             families[name] = cls(name, help_text, labels=[*LABELS, *extra])
-        for group, reading in self._last.items():
+        for reading in self._last.values():
             fresh = reading.read_at == now
             for sample in reading.samples:
-                families[sample.name].add_metric([sample.labels[k] for k in (*LABELS, *METRICS[sample.name][2])],
-                                                 sample.value, timestamp=None if fresh else reading.read_at)
-        up = GaugeMetricFamily("rp_pipeline_up", "1 if the server answered this scrape within the deadline, else 0",
-                               labels=["target"])
+                families[sample.name].add_metric(
+                    [sample.labels[k] for k in (*LABELS, *METRICS[sample.name][2])],
+                    sample.value,
+                    timestamp=None if fresh else reading.read_at,
+                )
+        up = GaugeMetricFamily(
+            "rp_pipeline_up",
+            "1 if the server answered this scrape within the deadline, else 0",
+            labels=["target"],
+        )
         for target, ok in self._up.items():
             up.add_metric([target], 1.0 if ok else 0.0)
-        info = InfoMetricFamily("rp_pipeline_build", "Version of rp_pipeline and of Python serving these metrics")
+        info = InfoMetricFamily(
+            "rp_pipeline_build", "Version of rp_pipeline and of Python serving these metrics"
+        )
         info.add_metric([], build_info())
         result = [*families.values(), up, info]
         if self.sync_interval:
-            interval = GaugeMetricFamily("rp_pipeline_sync_interval_seconds",
-                                         "Configured seconds between syncs (for the stale-sync alert)")
+            interval = GaugeMetricFamily(
+                "rp_pipeline_sync_interval_seconds",
+                "Configured seconds between syncs (for the stale-sync alert)",
+            )
             interval.add_metric([], float(self.sync_interval))
             result.append(interval)
         return result
 
     def _set_up(self, target: str, ok: bool, exc: BaseException | None = None) -> None:
         if not ok and self._up[target] is not False:
-            log.warning("metrics: %s unreachable (%s); serving its last values with their timestamps", target,
-                        self._describe(exc))
+            log.warning(
+                "metrics: %s unreachable (%s); serving its last values with their timestamps",
+                target,
+                self._describe(exc),
+            )
         elif ok and self._up[target] is False:
             log.info("metrics: %s answers again", target)
         self._up[target] = ok
@@ -294,7 +387,7 @@ class SyncCollector:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped either way
+            except Exception:
                 pass
             self._conn = None
 
@@ -334,9 +427,13 @@ class Exporter:
         self.collector.close()
 
 
-def serve_metrics(config: SyncConfig, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                  deadline_seconds: float = READ_DEADLINE_SECONDS,
-                  sync_interval_seconds: float | None = None) -> Exporter:
+def serve_metrics(
+    config: SyncConfig,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    deadline_seconds: float = READ_DEADLINE_SECONDS,
+    sync_interval_seconds: float | None = None,
+) -> Exporter:
     """Serve `/metrics` on host:port from a background thread."""
     from prometheus_client import start_http_server
 
@@ -348,7 +445,9 @@ def serve_metrics(config: SyncConfig, host: str = DEFAULT_HOST, port: int = DEFA
     except OSError as exc:
         collector.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"cannot serve metrics on {host}:{port}: the port is already in use (another "
-                              "exporter running?); stop it or choose another port with --port") from None
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: the port is already in use (another "
+                "exporter running?); stop it or choose another port with --port"
+            ) from None
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
     return Exporter(collector, server, thread, host, server.server_port)

@@ -24,7 +24,14 @@ from redis.cluster import RedisCluster
 
 from .connections import refused_by_acl
 from .entities import (
-    EXPERIMENTS, HASH_BY_ID, JSONB, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, PARAMS_PER_RUN, TRAINING_RUNS, EntitySpec,
+    EXPERIMENTS,
+    HASH_BY_ID,
+    JSONB,
+    MEMBERS_PER_EXPERIMENT,
+    METRIC_SERIES,
+    PARAMS_PER_RUN,
+    TRAINING_RUNS,
+    EntitySpec,
 )
 
 PIPELINE_BATCH = 5_000
@@ -36,7 +43,9 @@ GENERATION_KEY = "rp_pipeline:generation"
 class RedisSource:
     client: redis.Redis
     prefix: str
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): unreadable counters, indexes
+    problems: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (key, reason): unreadable counters, indexes
 
     def key(self, pattern: str, **parts) -> str:
         return self.prefix + pattern.format(**parts)
@@ -55,7 +64,8 @@ class RedisSource:
                 raise redis.ReadOnlyError(
                     f"this Redis is a read-only replica and its data set has no marker {self.prefix}"
                     f"{GENERATION_KEY} yet: sync once from the primary (which sets it), then the replica "
-                    "can be synced") from None
+                    "can be synced"
+                ) from None
             marker = self.marker()
         return marker
 
@@ -67,7 +77,11 @@ class RedisSource:
         """Every key of the prefix matching `pattern`, by SCAN on every primary of a cluster."""
         match = self.prefix.replace("[", "\\[") + pattern
         if isinstance(self.client, RedisCluster):
-            return set(self.client.scan_iter(match=match, count=10_000, target_nodes=RedisCluster.PRIMARIES))
+            return set(
+                self.client.scan_iter(
+                    match=match, count=10_000, target_nodes=RedisCluster.PRIMARIES
+                )
+            )
         return set(self.client.scan_iter(match=match, count=10_000))
 
     def counter(self, spec: EntitySpec) -> int:
@@ -79,7 +93,9 @@ class RedisSource:
             value = self.client.get(key)
             return int(value or 0)
         except (redis.ResponseError, ValueError) as exc:
-            self.problems.append((key, f"id counter unreadable ({exc}): ids are taken from the index only"))
+            self.problems.append(
+                (key, f"id counter unreadable ({exc}): ids are taken from the index only")
+            )
             return 0
 
     def all_ids(self, spec: EntitySpec) -> list[int]:
@@ -90,7 +106,9 @@ class RedisSource:
             try:
                 members = self.client.zrange(key, 0, -1)
             except redis.ResponseError as exc:
-                self.problems.append((key, f"index unreadable ({exc}): ids are taken from the counter only"))
+                self.problems.append(
+                    (key, f"index unreadable ({exc}): ids are taken from the counter only")
+                )
                 members = []
             ids.update(int(m) for m in members if m.isascii() and m.isdigit())
         return sorted(ids)
@@ -119,9 +137,14 @@ def pipelined(client: redis.Redis, commands: Iterable[tuple]) -> Iterator:
 def raise_refusal(replies: list) -> list:
     """The replies, unless one is an ACL refusal (as redis-py's or hiredis's error object): that is raised."""
     for reply in replies:
-        if isinstance(reply, Exception) and (refused_by_acl(reply) or str(reply).startswith("NOPERM")):
-            raise reply if isinstance(reply, redis.RedisError) else redis.exceptions.NoPermissionError(
-                str(reply).removeprefix("NOPERM "))
+        if isinstance(reply, Exception) and (
+            refused_by_acl(reply) or str(reply).startswith("NOPERM")
+        ):
+            raise (
+                reply
+                if isinstance(reply, redis.RedisError)
+                else redis.exceptions.NoPermissionError(str(reply).removeprefix("NOPERM "))
+            )
     return replies
 
 
@@ -130,8 +153,9 @@ def hmget_many(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) 
     return [reply for replies, _ in hmget_stream(client, keys, fields) for reply in replies]
 
 
-def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str],
-                 window_bytes: int = 1 << 62) -> Iterator[tuple[list, list[int]]]:
+def hmget_stream(
+    client: redis.Redis, keys: Sequence[str], fields: Sequence[str], window_bytes: int = 1 << 62
+) -> Iterator[tuple[list, list[int]]]:
     """HMGET each key, pipelined on a pooled connection and parsed by hiredis directly: runs of
     consecutive replies, each run with the replies' sizes in bytes as received (to within 1 KB:
     hiredis compacts its buffer by the kilobyte).
@@ -147,20 +171,37 @@ def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]
         import hiredis
     except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
         for reply in pipelined(client, (("HMGET", k, *fields) for k in keys)):
-            yield [reply], [sum(len(v) for v in reply if isinstance(v, str)) if isinstance(reply, list) else 0]
+            yield (
+                [reply],
+                [
+                    sum(len(v) for v in reply if isinstance(v, str))
+                    if isinstance(reply, list)
+                    else 0
+                ],
+            )
         return
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (f.encode() for f in fields))
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
     conn = client.connection_pool.get_connection()
     window, largest = min(64, PIPELINE_BATCH), 1  # a first small window measures the records
     try:
-        sock = conn._sock  # redis-py has connected, authenticated and selected the db (TLS included)
+        sock = (
+            conn._sock
+        )  # redis-py has connected, authenticated and selected the db (TLS included)
         start = 0
         while start < len(keys):
-            batch = keys[start:start + window]
+            batch = keys[start : start + window]
             start += len(batch)
-            conn.send_packed_command([b"".join(
-                [head + b"$%d\r\n%s\r\n" % (len(k), k) + tail for k in (k.encode() for k in batch)])])
+            conn.send_packed_command(
+                [
+                    b"".join(
+                        [
+                            head + b"$%d\r\n%s\r\n" % (len(k), k) + tail
+                            for k in (k.encode() for k in batch)
+                        ]
+                    )
+                ]
+            )
             reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
             unread, got = 0, 0  # bytes fed to the reader and not yet parsed; replies of this window
             while got < len(batch):
@@ -185,7 +226,9 @@ def hmget_stream(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]
     except BaseException as exc:
         conn.disconnect()  # its reply stream is in an unknown state: never reuse it
         if isinstance(exc, OSError):  # a socket timeout or reset, in redis-py's terms
-            raise redis.ConnectionError(f"reading HMGET replies failed: {exc or type(exc).__name__}") from exc
+            raise redis.ConnectionError(
+                f"reading HMGET replies failed: {exc or type(exc).__name__}"
+            ) from exc
         raise
     finally:
         client.connection_pool.release(conn)
@@ -208,23 +251,33 @@ def hmget_many_on_cluster(client: RedisCluster, keys: Sequence[str], fields: Seq
     replies: list = [None] * len(keys)
     for name, positions in groups.items():
         try:
-            answers = hmget_many(client.get_redis_connection(nodes[name]), [keys[i] for i in positions], fields)
+            answers = hmget_many(
+                client.get_redis_connection(nodes[name]), [keys[i] for i in positions], fields
+            )
         except redis.ConnectionError as exc:
             client.nodes_manager.initialize()  # a failover or a removed node: the next cycle reads the new map
-            raise redis.ConnectionError(f"Redis Cluster node {name} failed while answering HMGET ({exc}): "
-                                        "a failover or a node down") from exc
+            raise redis.ConnectionError(
+                f"Redis Cluster node {name} failed while answering HMGET ({exc}): "
+                "a failover or a node down"
+            ) from exc
         for position, reply in zip(positions, answers):
             replies[position] = reply
-    redirected = [i for i, reply in enumerate(replies)
-                  if isinstance(reply, Exception) and str(reply).split(" ", 1)[0] in _REDIRECTS]
+    redirected = [
+        i
+        for i, reply in enumerate(replies)
+        if isinstance(reply, Exception) and str(reply).split(" ", 1)[0] in _REDIRECTS
+    ]
     if redirected:
-        for position, reply in zip(redirected, pipelined(client, (("HMGET", keys[i], *fields) for i in redirected))):
+        for position, reply in zip(
+            redirected, pipelined(client, (("HMGET", keys[i], *fields) for i in redirected))
+        ):
             replies[position] = reply
     return replies
 
 
-def hmget_sized(client, keys: Sequence[str], fields: Sequence[str],
-                window_bytes: int) -> Iterator[tuple[list, list[int]]]:
+def hmget_sized(
+    client, keys: Sequence[str], fields: Sequence[str], window_bytes: int
+) -> Iterator[tuple[list, list[int]]]:
     """`hmget_stream` on a single server; on a Redis Cluster, windows of keys read node by node
     (`hmget_many_on_cluster`), each window sized from the largest reply so far, replies measured
     by their values' bytes."""
@@ -233,9 +286,12 @@ def hmget_sized(client, keys: Sequence[str], fields: Sequence[str],
         return
     start, largest = 0, 1
     while start < len(keys):
-        window = keys[start:start + max(1, min(PIPELINE_BATCH, window_bytes // largest))]
+        window = keys[start : start + max(1, min(PIPELINE_BATCH, window_bytes // largest))]
         replies = hmget_many_on_cluster(client, window, fields)
-        sizes = [sum(len(v) for v in r if isinstance(v, str)) if isinstance(r, list) else 0 for r in replies]
+        sizes = [
+            sum(len(v) for v in r if isinstance(v, str)) if isinstance(r, list) else 0
+            for r in replies
+        ]
         largest = max(largest, *sizes)
         start += len(window)
         yield replies, sizes
@@ -243,8 +299,12 @@ def hmget_sized(client, keys: Sequence[str], fields: Sequence[str],
 
 def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
     """Records as a frame of strings and None (absent fields are None, never NaN)."""
-    columns = META_COLUMNS + [p.column for p in spec.parents] + spec.column_names + (
-        ["_member"] if spec.strategy == METRIC_SERIES else [])
+    columns = (
+        META_COLUMNS
+        + [p.column for p in spec.parents]
+        + spec.column_names
+        + (["_member"] if spec.strategy == METRIC_SERIES else [])
+    )
     rows = [[record.get(c) for c in columns] for record in records]
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
@@ -261,8 +321,10 @@ class Read:
 
 def _fields(spec: EntitySpec) -> tuple[list[str], list[str]]:
     """(Redis fields, frame columns) that HMGET reads for a hash entity."""
-    return ([p.field for p in spec.parents] + [c.redis_field for c in spec.columns],
-            [p.column for p in spec.parents] + spec.column_names)
+    return (
+        [p.field for p in spec.parents] + [c.redis_field for c in spec.columns],
+        [p.column for p in spec.parents] + spec.column_names,
+    )
 
 
 def _hash_keys(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> list[str]:
@@ -270,7 +332,9 @@ def _hash_keys(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> list[s
     return [f"{head}{i}{tail}" for i in ids]
 
 
-def read_hashes(src: RedisSource, spec: EntitySpec, ids: Sequence[int]) -> tuple[pd.DataFrame, list[int]]:
+def read_hashes(
+    src: RedisSource, spec: EntitySpec, ids: Sequence[int]
+) -> tuple[pd.DataFrame, list[int]]:
     """HMGET the entity's fields for these ids: (rows that exist, ids with no record)."""
     keys = _hash_keys(src, spec, ids)
     read = hmget_many_on_cluster if isinstance(src.client, RedisCluster) else hmget_many
@@ -292,8 +356,9 @@ class _KeysOf(Sequence):
         return _hash_keys(self.src, self.spec, [self.ids[index]])[0]
 
 
-def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max_records: int,
-                     max_bytes: int) -> Iterator[Read]:
+def read_hash_chunks(
+    src: RedisSource, spec: EntitySpec, ids: Sequence[int], max_records: int, max_bytes: int
+) -> Iterator[Read]:
     """HMGET these ids in chunks that close at `max_records` records or `max_bytes` bytes, whichever
     comes first; a record bigger than `max_bytes` is a chunk of its own."""
     keys = _KeysOf(src, spec, ids)
@@ -305,7 +370,9 @@ def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max
         replies, sizes = replies[count:], sizes[count:]
         if largest > MAX_VALUE_BYTES[JSONB]:
             _refuse_oversized(spec, taken)
-        frame, missing = _hash_frame(src, spec, ids[done:done + count], keys[done:done + count], taken)
+        frame, missing = _hash_frame(
+            src, spec, ids[done : done + count], keys[done : done + count], taken
+        )
         done += count
         return Read(frame, size, largest, _hash_keys(src, spec, missing))
 
@@ -313,7 +380,9 @@ def read_hash_chunks(src: RedisSource, spec: EntitySpec, ids: Sequence[int], max
         replies += more
         sizes += more_sizes
         while len(replies) >= max_records or sum(sizes) >= max_bytes:
-            yield chunk(min(max_records, bisect.bisect_left(list(accumulate(sizes)), max_bytes) + 1))
+            yield chunk(
+                min(max_records, bisect.bisect_left(list(accumulate(sizes)), max_bytes) + 1)
+            )
     if replies:
         yield chunk(len(replies))
 
@@ -330,14 +399,25 @@ def _refuse_oversized(spec: EntitySpec, replies: list) -> None:
     for i, reply in enumerate(replies):
         if not isinstance(reply, list):
             continue
-        sizes = [0 if not isinstance(v, str) else len(v) if v.isascii() else len(v.encode("utf-8", "surrogateescape"))
-                 for v in reply]
-        why = [f"field {f!r} is {n:,} bytes, more than Postgres accepts in one {t or 'text'} value "
-               f"({MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None]):,} bytes)"
-               for f, t, n in zip(fields, types, sizes) if n > MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None])]
+        sizes = [
+            0
+            if not isinstance(v, str)
+            else len(v)
+            if v.isascii()
+            else len(v.encode("utf-8", "surrogateescape"))
+            for v in reply
+        ]
+        why = [
+            f"field {f!r} is {n:,} bytes, more than Postgres accepts in one {t or 'text'} value "
+            f"({MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None]):,} bytes)"
+            for f, t, n in zip(fields, types, sizes)
+            if n > MAX_VALUE_BYTES.get(t, MAX_VALUE_BYTES[None])
+        ]
         if not why and sum(sizes) > MAX_VALUE_BYTES[None]:
-            why = [f"the record is {sum(sizes):,} bytes, more than Postgres accepts in one row "
-                   f"({MAX_VALUE_BYTES[None]:,} bytes)"]
+            why = [
+                f"the record is {sum(sizes):,} bytes, more than Postgres accepts in one row "
+                f"({MAX_VALUE_BYTES[None]:,} bytes)"
+            ]
         if why:
             replies[i] = TooLarge("; ".join(why) + "; not synced")
 
@@ -346,18 +426,26 @@ class TooLarge(Exception):
     """A record Postgres cannot take whole (in place of its HMGET reply)."""
 
 
-def _hash_frame(src: RedisSource, spec: EntitySpec, ids: Sequence[int], keys: list[str],
-                replies: list) -> tuple[pd.DataFrame, list[int]]:
+def _hash_frame(
+    src: RedisSource, spec: EntitySpec, ids: Sequence[int], keys: list[str], replies: list
+) -> tuple[pd.DataFrame, list[int]]:
     """HMGET replies as a frame: (rows that exist, ids with no record)."""
     fields, names = _fields(spec)
     width = len(fields)
     errors: list = [None] * len(replies)
-    if set(map(type, replies)) <= {list}:  # the usual case, checked in C: a record with no field is rare
-        first = list(zip(*replies))[0] if replies else ()
-        unusual = [i for i, v in enumerate(first) if v is None and replies[i].count(None) == width] \
-            if None in first else []
+    if set(map(type, replies)) <= {
+        list
+    }:  # the usual case, checked in C: a record with no field is rare
+        first = next(zip(*replies)) if replies else ()
+        unusual = (
+            [i for i, v in enumerate(first) if v is None and replies[i].count(None) == width]
+            if None in first
+            else []
+        )
     else:
-        unusual = [i for i, r in enumerate(replies) if type(r) is not list or r.count(None) == width]
+        unusual = [
+            i for i, r in enumerate(replies) if type(r) is not list or r.count(None) == width
+        ]
     missing = []
     if unusual:  # rare: records not written yet, keys of the wrong type, hashes without our fields
         empty = [i for i in unusual if not isinstance(replies[i], Exception)]
@@ -376,7 +464,11 @@ def _hash_frame(src: RedisSource, spec: EntitySpec, ids: Sequence[int], keys: li
         keep = []
         for i in unusual:
             if isinstance(replies[i], Exception):
-                errors[i] = str(replies[i]) if isinstance(replies[i], TooLarge) else f"cannot read: {replies[i]}"
+                errors[i] = (
+                    str(replies[i])
+                    if isinstance(replies[i], TooLarge)
+                    else f"cannot read: {replies[i]}"
+                )
                 replies[i] = [None] * width
             elif exists.get(i) != 1:
                 missing.append(ids[i])
@@ -388,9 +480,14 @@ def _hash_frame(src: RedisSource, spec: EntitySpec, ids: Sequence[int], keys: li
             replies, errors = [replies[i] for i in kept], [errors[i] for i in kept]
     # Column-wise construction: one transpose in C instead of a dict per record.
     columns = list(zip(*replies)) if replies else [()] * width
-    frame = pd.DataFrame({"_key": pd.Series(keys, dtype=object), "_id": pd.Series(list(ids), dtype="int64"),
-                          "_error": pd.Series(errors, dtype=object),
-                          **{name: pd.Series(values, dtype=object) for name, values in zip(names, columns)}})
+    frame = pd.DataFrame(
+        {
+            "_key": pd.Series(keys, dtype=object),
+            "_id": pd.Series(list(ids), dtype="int64"),
+            "_error": pd.Series(errors, dtype=object),
+            **{name: pd.Series(values, dtype=object) for name, values in zip(names, columns)},
+        }
+    )
     return frame, missing
 
 
@@ -398,13 +495,24 @@ def read_params(src: RedisSource, spec: EntitySpec, run_ids: Sequence[int]) -> p
     """One row per (run, parameter) from each run's hyperparameter hash."""
     keys = [src.key(spec.key, id=i) for i in run_ids]
     records = []
-    for run_id, key, reply in zip(run_ids, keys, pipelined(src.client, (("HGETALL", k) for k in keys))):
+    for run_id, key, reply in zip(
+        run_ids, keys, pipelined(src.client, (("HGETALL", k) for k in keys))
+    ):
         if isinstance(reply, Exception):
-            records.append({"_key": key, "_error": f"cannot read: {reply}", "training_run_id": str(run_id)})
+            records.append(
+                {"_key": key, "_error": f"cannot read: {reply}", "training_run_id": str(run_id)}
+            )
             continue
         for name, value in (reply or {}).items():
-            records.append({"_key": f"{key}#{name}", "_error": None, "training_run_id": str(run_id),
-                            "param_name": name, "param_value": value})
+            records.append(
+                {
+                    "_key": f"{key}#{name}",
+                    "_error": None,
+                    "training_run_id": str(run_id),
+                    "param_name": name,
+                    "param_value": value,
+                }
+            )
     return _frame(records, spec)
 
 
@@ -420,7 +528,7 @@ def _text(value) -> str | None:
 
 def metric_run_id(src: RedisSource, key: str) -> str:
     """The run id of a metric series key: the segment after 'metric:' (names may contain ':')."""
-    return key[len(src.prefix) + len("metric:"):].split(":", 1)[0]
+    return key[len(src.prefix) + len("metric:") :].split(":", 1)[0]
 
 
 def read_metric_series(src: RedisSource, spec: EntitySpec, keys: Sequence[str]) -> pd.DataFrame:
@@ -429,7 +537,9 @@ def read_metric_series(src: RedisSource, spec: EntitySpec, keys: Sequence[str]) 
     for key, reply in zip(keys, pipelined(src.client, (("ZRANGE", k, 0, -1) for k in keys))):
         run_id = metric_run_id(src, key)
         if isinstance(reply, Exception):
-            records.append({"_key": key, "_error": f"cannot read: {reply}", "training_run_id": run_id})
+            records.append(
+                {"_key": key, "_error": f"cannot read: {reply}", "training_run_id": run_id}
+            )
             continue
         for member in reply:
             record = {"_key": key, "_member": member, "_error": None, "training_run_id": run_id}
@@ -446,19 +556,29 @@ def read_metric_series(src: RedisSource, spec: EntitySpec, keys: Sequence[str]) 
     return _frame(records, spec)
 
 
-def read_memberships(src: RedisSource, spec: EntitySpec, experiment_ids: Sequence[int]) -> pd.DataFrame:
+def read_memberships(
+    src: RedisSource, spec: EntitySpec, experiment_ids: Sequence[int]
+) -> pd.DataFrame:
     """One row per (experiment, run) pair listed in the experiment's run set."""
     set_keys = [src.key("exprun:{id}:runs", id=e) for e in experiment_ids]
     pairs = []
-    for experiment_id, reply in zip(experiment_ids, pipelined(src.client, (("SMEMBERS", k) for k in set_keys))):
+    for experiment_id, reply in zip(
+        experiment_ids, pipelined(src.client, (("SMEMBERS", k) for k in set_keys))
+    ):
         if not isinstance(reply, Exception):
             pairs.extend((experiment_id, run_id) for run_id in sorted(reply))
     fields = [c.redis_field for c in spec.columns]
     keys = [src.key(spec.key, experiment_id=e, run_id=r) for e, r in pairs]
     records = []
-    for (experiment_id, run_id), key, reply in zip(pairs, keys,
-                                                   pipelined(src.client, (("HMGET", k, *fields) for k in keys))):
-        record = {"_key": key, "_error": None, "experiment_id": str(experiment_id), "training_run_id": run_id}
+    for (experiment_id, run_id), key, reply in zip(
+        pairs, keys, pipelined(src.client, (("HMGET", k, *fields) for k in keys))
+    ):
+        record = {
+            "_key": key,
+            "_error": None,
+            "experiment_id": str(experiment_id),
+            "training_run_id": run_id,
+        }
         if isinstance(reply, Exception):
             record["_error"] = f"cannot read: {reply}"
         else:
@@ -469,28 +589,46 @@ def read_memberships(src: RedisSource, spec: EntitySpec, experiment_ids: Sequenc
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def extract_all(src: RedisSource, spec: EntitySpec, chunk_size: int, ids: Sequence[int] | None = None,
-                series_keys: Sequence[str] = (), max_bytes: int = 1 << 62) -> Iterator[Read]:
+def extract_all(
+    src: RedisSource,
+    spec: EntitySpec,
+    chunk_size: int,
+    ids: Sequence[int] | None = None,
+    series_keys: Sequence[str] = (),
+    max_bytes: int = 1 << 62,
+) -> Iterator[Read]:
     """Every current record of a fully re-read entity, in chunks (not for incremental predictions).
 
     Hashes chunk on records or bytes, whichever comes first; the other layouts (parameters,
     memberships, metric points) are narrow by nature and chunk on records."""
     if spec.strategy == HASH_BY_ID:
-        yield from read_hash_chunks(src, spec, src.all_ids(spec) if ids is None else ids, chunk_size, max_bytes)
+        yield from read_hash_chunks(
+            src, spec, src.all_ids(spec) if ids is None else ids, chunk_size, max_bytes
+        )
         return
     if spec.strategy == PARAMS_PER_RUN:
-        frames = (read_params(src, spec, ids) for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20)))
+        frames = (
+            read_params(src, spec, ids)
+            for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20))
+        )
     elif spec.strategy == MEMBERS_PER_EXPERIMENT:
-        frames = (read_memberships(src, spec, ids)
-                  for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20)))
+        frames = (
+            read_memberships(src, spec, ids)
+            for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20))
+        )
     elif spec.strategy == METRIC_SERIES:
-        frames = (read_metric_series(src, spec, keys) for keys in chunks(list(series_keys), max(1, chunk_size // 100)))
+        frames = (
+            read_metric_series(src, spec, keys)
+            for keys in chunks(list(series_keys), max(1, chunk_size // 100))
+        )
     else:
         raise ValueError(f"unknown strategy {spec.strategy!r} for {spec.name}")
     for frame in frames:
-        sizes = sum((frame[c].str.len().fillna(0) for c in frame.columns if c not in ("_id", "_error")),
-                    pd.Series(0, index=frame.index))
+        sizes = sum(
+            (frame[c].str.len().fillna(0) for c in frame.columns if c not in ("_id", "_error")),
+            pd.Series(0, index=frame.index),
+        )
         yield Read(frame, int(sizes.sum()), int(sizes.max()) if len(sizes) else 0)

@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
-from .entities import PARENT_ENTITIES, TEXT, EntitySpec, sql_name as q
+from .entities import PARENT_ENTITIES, TEXT, EntitySpec
+from .entities import sql_name as q
 from .errors import first_line
-from .mapping import NON_FINITE_COLUMN, cast_sql, map_parent_ids, null_non_finite_json, raw_record, validate
+from .mapping import (
+    NON_FINITE_COLUMN,
+    cast_sql,
+    map_parent_ids,
+    null_non_finite_json,
+    raw_record,
+    validate,
+)
 from .schema import has_redis_id
 
 log = logging.getLogger(__name__)
@@ -24,7 +32,11 @@ log = logging.getLogger(__name__)
 _COPY_SPECIALS = ("\\", "\t", "\n", "\r")
 # What Postgres says about a record's own values (a value it cannot convert, a missing required one,
 # an identity too long for its index): the record is isolated and rejected, the rest loads.
-REFUSED = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+REFUSED = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 
 def copy_text(columns: list[list]) -> bytes:
@@ -36,7 +48,12 @@ def copy_text(columns: list[list]) -> bytes:
             continue
         blob = "\x00".join(values)  # validated text never holds NUL, so it can separate values
         if any(c in blob for c in _COPY_SPECIALS):
-            blob = blob.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            blob = (
+                blob.replace("\\", "\\\\")
+                .replace("\t", "\\t")
+                .replace("\n", "\\n")
+                .replace("\r", "\\r")
+            )
         escaped.append(blob.split("\x00") if values else [])
     if not escaped or not escaped[0]:
         return b""
@@ -50,7 +67,12 @@ def copy_text(columns: list[list]) -> bytes:
 
 def _escape(value: str) -> str:
     if any(c in value for c in _COPY_SPECIALS):
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
     return value
 
 
@@ -58,7 +80,11 @@ def _as_text(series: pd.Series) -> list:
     if series.dtype == object:
         return series.tolist()
     missing = series.isna()
-    text = series.astype(str).tolist() if not missing.any() else series.astype(object).astype(str).tolist()
+    text = (
+        series.astype(str).tolist()
+        if not missing.any()
+        else series.astype(object).astype(str).tolist()
+    )
     return text if not missing.any() else [None if m else t for t, m in zip(text, missing.tolist())]
 
 
@@ -71,7 +97,9 @@ class LoadResult:
     rejected: list[pd.DataFrame] = field(default_factory=list)
     loaded_keys: list[str] = field(default_factory=list)
     non_finite: int = 0  # NaN/Infinity in JSON stored as null, in the records written
-    updated_ids: list[int] = field(default_factory=list)  # rows an upsert changed (checks look at them)
+    updated_ids: list[int] = field(
+        default_factory=list
+    )  # rows an upsert changed (checks look at them)
 
 
 @dataclass
@@ -80,22 +108,38 @@ class _Chunk:
     keys: list[str]
     raw: pd.DataFrame  # the records as read from Redis, for rejections
     frame: pd.DataFrame  # the mapped records
-    payload: bytes  # COPY text: for the staging table, or for the table itself when loading directly
-    non_finite: list[int] | None = None  # per record: JSON NaN/Infinity stored as null (None: none at all)
+    payload: (
+        bytes  # COPY text: for the staging table, or for the table itself when loading directly
+    )
+    non_finite: list[int] | None = (
+        None  # per record: JSON NaN/Infinity stored as null (None: none at all)
+    )
 
 
 class Loader:
     """Loads one entity's chunks inside the caller's transaction."""
 
-    def __init__(self, conn: psycopg.Connection, spec: EntitySpec, *, schema: str, sync_schema: str,
-                 source: str, generation: str, policy: str, logger: logging.Logger | None = None):
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        spec: EntitySpec,
+        *,
+        schema: str,
+        sync_schema: str,
+        source: str,
+        generation: str,
+        policy: str,
+        logger: logging.Logger | None = None,
+    ):
         self.conn, self.spec, self.source, self.generation = conn, spec, source, generation
         self.log = logger or log
         self.table = f"{q(schema)}.{q(spec.name)}"
         self.id_map = f"{q(sync_schema)}.id_map"
         self.stage_table = q(f"rp_stage_{spec.name}")
         self.casts = {p.column: f"NULLIF(s.{q(p.column)}, '')::bigint" for p in spec.parents}
-        self.casts.update({c.name: cast_sql(c.type, f"s.{q(c.name)}", c.unset) for c in spec.columns})
+        self.casts.update(
+            {c.name: cast_sql(c.type, f"s.{q(c.name)}", c.unset) for c in spec.columns}
+        )
         self.casts["origin_source"] = "s.origin_source"
         if has_redis_id(spec):
             self.casts["origin_redis_id"] = "s._id"
@@ -113,20 +157,29 @@ class Loader:
         conn.execute(
             "SELECT set_config('TimeZone', 'UTC', true); "
             f"CREATE TEMP TABLE IF NOT EXISTS {self.stage_table} (_ord bigint, _id bigint, "
-            + ", ".join(f"{q(c)} text" for c in self.stage_columns[2:]) + ") ON COMMIT DROP"
+            + ", ".join(f"{q(c)} text" for c in self.stage_columns[2:])
+            + ") ON COMMIT DROP"
         )
 
     # -- SQL -----------------------------------------------------------------------------------
     def _upsert_sql(self) -> str:
         spec, cols = self.spec, self.columns
-        select = (f"SELECT {', '.join(f'{cast} AS {q(c)}' for c, cast in self.casts.items())}, s._ord "
-                  f"FROM {self.stage_table} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s")
+        select = (
+            f"SELECT {', '.join(f'{cast} AS {q(c)}' for c, cast in self.casts.items())}, s._ord "
+            f"FROM {self.stage_table} s WHERE s._ord BETWEEN %(lo)s AND %(hi)s"
+        )
         key = ", ".join(spec.identity_sql)
-        if spec.mutable:  # one row per identity, the latest record winning, or ON CONFLICT cannot update
-            select = (f"SELECT * FROM (SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC) d "
-                      "ORDER BY d._ord")  # new rows get Postgres ids in Redis id order
-        sql = (f"INSERT INTO {self.table} AS t ({', '.join(map(q, cols))}) "
-               f"SELECT {', '.join(map(q, cols))} FROM ({select}) v ON CONFLICT ({key})")
+        if (
+            spec.mutable
+        ):  # one row per identity, the latest record winning, or ON CONFLICT cannot update
+            select = (
+                f"SELECT * FROM (SELECT DISTINCT ON ({key}) * FROM ({select}) c ORDER BY {key}, c._ord DESC) d "
+                "ORDER BY d._ord"
+            )  # new rows get Postgres ids in Redis id order
+        sql = (
+            f"INSERT INTO {self.table} AS t ({', '.join(map(q, cols))}) "
+            f"SELECT {', '.join(map(q, cols))} FROM ({select}) v ON CONFLICT ({key})"
+        )
         if spec.key_where:
             sql += f" WHERE {spec.key_where}"
         # Append-only rows need only a count (rowcount); returning ids costs a round of 100k tuples.
@@ -142,14 +195,22 @@ class Loader:
         # create (origin NULL: the old adapter's, hand-written) are the conflict policy's.
         ours = "t.origin_source IS NOT NULL"
         if self.policy == "merge":
-            new = {c: f"CASE WHEN {ours} THEN EXCLUDED.{q(c)} ELSE {self._fill(c)} END" for c in updatable}
+            new = {
+                c: f"CASE WHEN {ours} THEN EXCLUDED.{q(c)} ELSE {self._fill(c)} END"
+                for c in updatable
+            }
         else:
             new = {c: f"EXCLUDED.{q(c)}" for c in updatable}
-        changed = (f"ROW({', '.join(f't.{q(c)}' for c in updatable)}) IS DISTINCT FROM "
-                   f"ROW({', '.join(new.values())})")
+        changed = (
+            f"ROW({', '.join(f't.{q(c)}' for c in updatable)}) IS DISTINCT FROM "
+            f"ROW({', '.join(new.values())})"
+        )
         where = f"{ours} AND {changed}" if self.policy == "skip" else changed
-        return (sql + f" DO UPDATE SET {', '.join(f'{q(c)} = {e}' for c, e in new.items())} WHERE {where}"
-                " RETURNING t.id, (t.xmax = 0) AS inserted")
+        return (
+            sql
+            + f" DO UPDATE SET {', '.join(f'{q(c)} = {e}' for c, e in new.items())} WHERE {where}"
+            " RETURNING t.id, (t.xmax = 0) AS inserted"
+        )
 
     def _fill(self, column: str) -> str:
         """Merge: the row's value, or Redis's where the row's is empty. The old sync wrote '' for NULL
@@ -165,7 +226,8 @@ class Loader:
         """Join condition: a staged record ↔ the table row with its identity."""
         return " AND ".join(
             f"t.{q(k)} {'IS NOT DISTINCT FROM' if self.spec.key_is_nullable(k) else '='} {self.casts[k]}"
-            for k in self.spec.natural_key)
+            for k in self.spec.natural_key
+        )
 
     # -- loading -------------------------------------------------------------------------------
     def copy_payload(self, frame: pd.DataFrame, start: int = 0) -> bytes:
@@ -193,11 +255,15 @@ class Loader:
         """The staging rows as COPY text of raw strings, numbered from `start`."""
         columns = [list(map(str, range(start, start + len(frame)))), _as_text(frame["_id"])]
         for c in self.stage_columns[2:]:
-            columns.append([self.source] * len(frame) if c == "origin_source" else _as_text(frame[c]))
+            columns.append(
+                [self.source] * len(frame) if c == "origin_source" else _as_text(frame[c])
+            )
         return copy_text(columns)
 
     def _copy(self, cur, payload: bytes) -> None:
-        with cur.copy(f"COPY {self.stage_table} ({', '.join(map(q, self.stage_columns))}) FROM STDIN") as copy:
+        with cur.copy(
+            f"COPY {self.stage_table} ({', '.join(map(q, self.stage_columns))}) FROM STDIN"
+        ) as copy:
             copy.write(payload)
 
     def find_existing(self, frame: pd.DataFrame, exact: bool = False) -> list[bool]:
@@ -207,18 +273,28 @@ class Loader:
         same = ""
         if exact:
             columns = [c for c in self.columns if not c.startswith("origin_")]
-            same = (f" AND ROW({', '.join(f't.{q(c)}' for c in columns)}) IS NOT DISTINCT FROM "
-                    f"ROW({', '.join(self.casts[c] for c in columns)})")
+            same = (
+                f" AND ROW({', '.join(f't.{q(c)}' for c in columns)}) IS NOT DISTINCT FROM "
+                f"ROW({', '.join(self.casts[c] for c in columns)})"
+            )
         with self.conn.cursor() as cur:
             cur.execute(f"TRUNCATE {self.stage_table}")
             self._copy(cur, self._stage_payload(frame, 0))
-            cur.execute(f"SELECT DISTINCT s._ord FROM {self.stage_table} s JOIN {self.table} t ON {self._match()}{same}",
-                        {"source": self.source})
+            cur.execute(
+                f"SELECT DISTINCT s._ord FROM {self.stage_table} s JOIN {self.table} t ON {self._match()}{same}",
+                {"source": self.source},
+            )
             found = {row[0] for row in cur.fetchall()}
             cur.execute(f"TRUNCATE {self.stage_table}")
         return [i in found for i in range(len(frame))]
 
-    def stage(self, frame: pd.DataFrame, raw: pd.DataFrame, payload: bytes | None = None, start: int | None = None):
+    def stage(
+        self,
+        frame: pd.DataFrame,
+        raw: pd.DataFrame,
+        payload: bytes | None = None,
+        start: int | None = None,
+    ):
         """Add a mapped chunk to the staging table; `raw` holds the same records as read (for rejections)."""
         if frame.empty:
             return
@@ -230,8 +306,13 @@ class Loader:
         if not self.direct:
             with self.conn.cursor() as cur:
                 self._copy(cur, payload)
-            frame, payload = frame.iloc[:0], b""  # in the staging table now: keep only what rejections need
-        self._chunks.append(_Chunk(self._next_ord, keys, raw.loc[index], frame, payload, non_finite))
+            frame, payload = (
+                frame.iloc[:0],
+                b"",
+            )  # in the staging table now: keep only what rejections need
+        self._chunks.append(
+            _Chunk(self._next_ord, keys, raw.loc[index], frame, payload, non_finite)
+        )
         self._next_ord += count
 
     def flush(self) -> LoadResult:
@@ -249,7 +330,9 @@ class Loader:
                 try:
                     with self.conn.transaction():
                         for chunk in self._chunks:
-                            with cur.copy(f"COPY {self.table} ({', '.join(map(q, self.columns))}) FROM STDIN") as cp:
+                            with cur.copy(
+                                f"COPY {self.table} ({', '.join(map(q, self.columns))}) FROM STDIN"
+                            ) as cp:
                                 cp.write(chunk.payload)
                             result.inserted += max(cur.rowcount, 0)
                     result.loaded_keys = [key for chunk in self._chunks for key in chunk.keys]
@@ -261,25 +344,35 @@ class Loader:
                     for chunk in self._chunks:
                         self._copy(cur, self._stage_payload(chunk.frame, chunk.start))
             if self.spec.mutable and self.policy == "skip" and not self.spec.by_origin:
-                cur.execute(f"SELECT count(DISTINCT t.id) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
-                            "WHERE t.origin_source IS NULL")
+                cur.execute(
+                    f"SELECT count(DISTINCT t.id) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
+                    "WHERE t.origin_source IS NULL"
+                )
                 result.skipped = cur.fetchone()[0]
             returned: list[tuple[int, bool]] = []
             bad: list[tuple[int, str]] = []
             inserted_count = self._insert_range(cur, lo, hi, returned, bad)
             if bad:
                 result.rejected.append(self._rejected(bad))
-                cur.execute(f"DELETE FROM {self.stage_table} WHERE _ord = ANY(%s)", ([o for o, _ in bad],))
+                cur.execute(
+                    f"DELETE FROM {self.stage_table} WHERE _ord = ANY(%s)", ([o for o, _ in bad],)
+                )
             if self.returns_rows:
                 result.inserted = sum(1 for _, ins in returned if ins)
                 result.updated = len(returned) - result.inserted
                 result.updated_ids = [pg_id for pg_id, ins in returned if not ins]
             else:
                 result.inserted = inserted_count
-            result.unchanged = max(0, hi - lo + 1 - len(bad) - result.inserted - result.updated - result.skipped)
+            result.unchanged = max(
+                0, hi - lo + 1 - len(bad) - result.inserted - result.updated - result.skipped
+            )
             bad_ords = {o for o, _ in bad}
-            result.loaded_keys = [key for chunk in self._chunks for i, key in enumerate(chunk.keys, chunk.start)
-                                  if i not in bad_ords]
+            result.loaded_keys = [
+                key
+                for chunk in self._chunks
+                for i, key in enumerate(chunk.keys, chunk.start)
+                if i not in bad_ords
+            ]
             result.non_finite = self._non_finite_written(cur, returned, bad_ords)
             if self.spec.name in PARENT_ENTITIES:
                 self._record_ids(cur)
@@ -316,8 +409,9 @@ class Loader:
                 bad.append((lo, self._reason(cur, lo, exc)))
                 return 0
             mid = (lo + hi) // 2
-            return (self._insert_range(cur, lo, mid, returned, bad)
-                    + self._insert_range(cur, mid + 1, hi, returned, bad))
+            return self._insert_range(cur, lo, mid, returned, bad) + self._insert_range(
+                cur, mid + 1, hi, returned, bad
+            )
 
     def _reason(self, cur, ordinal: int, exc: Exception) -> str:
         """Name the field Postgres refused, by converting each field of the record on its own."""
@@ -326,23 +420,33 @@ class Loader:
                 continue
             try:
                 with self.conn.transaction():
-                    cur.execute(f"SELECT {self.casts[spec_column.name]} FROM {self.stage_table} s WHERE s._ord = %s",
-                                (ordinal,))
+                    cur.execute(
+                        f"SELECT {self.casts[spec_column.name]} FROM {self.stage_table} s WHERE s._ord = %s",
+                        (ordinal,),
+                    )
             except psycopg.errors.DataError as field_exc:
                 return f"field {spec_column.redis_field!r}: {first_line(field_exc)}"
         return first_line(exc)
 
     def _non_finite_written(self, cur, returned: list[tuple[int, bool]], bad_ords: set[int]) -> int:
         """JSON values nulled in the staged records that were written (costs a query only when there are some)."""
-        counts = {chunk.start + i: n for chunk in self._chunks if chunk.non_finite
-                  for i, n in enumerate(chunk.non_finite) if n and chunk.start + i not in bad_ords}
+        counts = {
+            chunk.start + i: n
+            for chunk in self._chunks
+            if chunk.non_finite
+            for i, n in enumerate(chunk.non_finite)
+            if n and chunk.start + i not in bad_ords
+        }
         if not counts or not self.returns_rows:
             return sum(counts.values())  # append-only: every record not refused is new
         if not returned:
             return 0
         # The rows inserted or updated, each by the latest staged record of its identity.
-        cur.execute(f"SELECT max(s._ord) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
-                    "WHERE t.id = ANY(%(ids)s) GROUP BY t.id", {"ids": [pg_id for pg_id, _ in returned]})
+        cur.execute(
+            f"SELECT max(s._ord) FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} "
+            "WHERE t.id = ANY(%(ids)s) GROUP BY t.id",
+            {"ids": [pg_id for pg_id, _ in returned]},
+        )
         return sum(counts.get(row[0], 0) for row in cur.fetchall())
 
     def _record_ids(self, cur) -> None:
@@ -364,11 +468,26 @@ class Loader:
             {"ids": pg_ids, "source": self.source},
         )
         for redis_id, pg_id, display in cur.fetchall():
-            self.log.info("  %s synced: %s (Redis ID %s → Pg ID %s)", self.spec.label, display, redis_id, pg_id)
+            self.log.info(
+                "  %s synced: %s (Redis ID %s → Pg ID %s)",
+                self.spec.label,
+                display,
+                redis_id,
+                pg_id,
+            )
 
 
-def find_in_postgres(conn: psycopg.Connection, spec: EntitySpec, frame: pd.DataFrame, *, schema: str,
-                     sync_schema: str, source: str, generation: str, exact: bool = False):
+def find_in_postgres(
+    conn: psycopg.Connection,
+    spec: EntitySpec,
+    frame: pd.DataFrame,
+    *,
+    schema: str,
+    sync_schema: str,
+    source: str,
+    generation: str,
+    exact: bool = False,
+):
     """Validate and map records as the sync would, then say which ones Postgres holds (by identity, or
     with every value when `exact`). Returns (mapped records, found flags, invalid frames, waiting frame).
     Used by the reconciliation check and by retention; runs in the caller's transaction."""
@@ -378,6 +497,13 @@ def find_in_postgres(conn: psycopg.Connection, spec: EntitySpec, frame: pd.DataF
     book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
     mapped, waiting = map_parent_ids(spec, ok, book.resolve)
     mapped = null_non_finite_json(spec, mapped).reset_index(drop=True)
-    loader = Loader(conn, spec, schema=schema, sync_schema=sync_schema, source=source, generation=generation,
-                    policy="skip")
+    loader = Loader(
+        conn,
+        spec,
+        schema=schema,
+        sync_schema=sync_schema,
+        source=source,
+        generation=generation,
+        policy="skip",
+    )
     return mapped, loader.find_existing(mapped, exact=exact), invalid, waiting

@@ -38,8 +38,10 @@ _ID_COLUMN = re.compile("[0-9]{1,18}(?:\x01[0-9]{1,18})*")
 # so that a word or '2025-13-45' is rejected before the load; Postgres still refuses February 30.
 _MONTH, _DAY = "(?:0[1-9]|1[0-2])", "(?:0[1-9]|[12][0-9]|3[01])"
 _HOUR, _MIN, _SEC = "(?:[01][0-9]|2[0-4])", "[0-5][0-9]", "(?:[0-5][0-9]|60)"
-_PG_ISO_TEXT = (f"[0-9]{{4}}-{_MONTH}-{_DAY}(?:[Tt ]{_HOUR}:{_MIN}(?::{_SEC}(?:\\.[0-9]+)?)?"
-                f"(?:[Zz]|[+-](?:0[0-9]|1[0-5])(?::?{_MIN})?)?)?")
+_PG_ISO_TEXT = (
+    f"[0-9]{{4}}-{_MONTH}-{_DAY}(?:[Tt ]{_HOUR}:{_MIN}(?::{_SEC}(?:\\.[0-9]+)?)?"
+    f"(?:[Zz]|[+-](?:0[0-9]|1[0-5])(?::?{_MIN})?)?)?"
+)
 _PG_ISO = re.compile(_PG_ISO_TEXT, re.ASCII)
 _PG_ISO_COLUMN = re.compile(f"{_PG_ISO_TEXT}(?:\x01{_PG_ISO_TEXT})*", re.ASCII)
 # Every other ISO-8601 form of a date with an optional time of day and offset: basic format, week and
@@ -51,7 +53,8 @@ _ISO_ANY = re.compile(
     r"(?:[Tt ](?P<hour>[0-9]{2})(?::?(?P<minute>[0-9]{2})(?::?(?P<second>[0-9]{2}))?)?(?:[.,](?P<fraction>[0-9]+))?"
     r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<oh>[0-9]{2})"
     r"(?::?(?P<om>[0-9]{2})(?::?(?P<os>[0-9]{2})(?:[.,](?P<of>[0-9]+))?)?)?)?)?",
-    re.ASCII)
+    re.ASCII,
+)
 
 # Python's json.dumps writes these for non-finite floats; JSON (and jsonb) has no such tokens. A JSON
 # string is matched whole first, so "NaN" inside a string is never touched.
@@ -64,12 +67,18 @@ def raw_record(row: pd.Series, spec: EntitySpec) -> str:
     """The record as read from Redis, by Redis field name, for the rejected-records table (escaped, not altered)."""
     if "_member" in row and isinstance(row["_member"], str):
         return json.dumps({"member": row["_member"]}, ensure_ascii=True)
-    names = {p.column: p.field for p in spec.parents} | {c.name: c.redis_field for c in spec.columns}
-    data = {names.get(k, k): v for k, v in row.items() if not k.startswith("_") and isinstance(v, str)}
+    names = {p.column: p.field for p in spec.parents} | {
+        c.name: c.redis_field for c in spec.columns
+    }
+    data = {
+        names.get(k, k): v for k, v in row.items() if not k.startswith("_") and isinstance(v, str)
+    }
     return json.dumps(data, ensure_ascii=True)
 
 
-def _reject(spec: EntitySpec, frame: pd.DataFrame, mask: pd.Series, reason) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _reject(
+    spec: EntitySpec, frame: pd.DataFrame, mask: pd.Series, reason
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split rows off with a reason each: (kept, rejected[_key, raw, reason]).
 
     `reason` is a string, or a function of the rejected rows returning one reason per row.
@@ -77,17 +86,24 @@ def _reject(spec: EntitySpec, frame: pd.DataFrame, mask: pd.Series, reason) -> t
     if not mask.any():
         return frame, _empty_rejected()
     bad = frame[mask]
-    rejected = pd.DataFrame({
-        "_key": bad["_key"].to_numpy(),
-        "raw": [raw_record(row, spec) for _, row in bad.iterrows()],
-        "reason": list(reason(bad)) if callable(reason) else reason,
-    })
+    rejected = pd.DataFrame(
+        {
+            "_key": bad["_key"].to_numpy(),
+            "raw": [raw_record(row, spec) for _, row in bad.iterrows()],
+            "reason": list(reason(bad)) if callable(reason) else reason,
+        }
+    )
     return frame[~mask], rejected
 
 
 def _empty_rejected() -> pd.DataFrame:
-    return pd.DataFrame({"_key": pd.Series(dtype=object), "raw": pd.Series(dtype=object),
-                         "reason": pd.Series(dtype=object)})
+    return pd.DataFrame(
+        {
+            "_key": pd.Series(dtype=object),
+            "raw": pd.Series(dtype=object),
+            "reason": pd.Series(dtype=object),
+        }
+    )
 
 
 def _has_bad_text(values: pd.Series) -> pd.Series:
@@ -127,16 +143,29 @@ def parse_timestamp(text: str) -> datetime | None:
             if day.year != year:
                 return None
         hour, minute, second = int(g["hour"] or 0), int(g["minute"] or 0), int(g["second"] or 0)
-        if hour > 24 or minute > 59 or second > 60 or (hour == 24 and (minute or second or g["fraction"])):
+        if (
+            hour > 24
+            or minute > 59
+            or second > 60
+            or (hour == 24 and (minute or second or g["fraction"]))
+        ):
             return None
         # The fraction belongs to the last unit written: 10.5 is 10:30, 10:30.5 is 10:30:30.
         unit = 1 if g["second"] else 60 if g["minute"] else 3600
         seconds = hour * 3600 + minute * 60 + second + Decimal(f"0.{g['fraction'] or 0}") * unit
         moment = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(
-            microseconds=int((seconds * 1_000_000).to_integral_value(ROUND_HALF_EVEN)))
+            microseconds=int((seconds * 1_000_000).to_integral_value(ROUND_HALF_EVEN))
+        )
         if g["sign"]:
-            offset = int(g["oh"]) * 3600 + int(g["om"] or 0) * 60 + int(g["os"] or 0) + Decimal(f"0.{g['of'] or 0}")
-            moment -= timedelta(microseconds=int(offset * 1_000_000) * (1 if g["sign"] == "+" else -1))
+            offset = (
+                int(g["oh"]) * 3600
+                + int(g["om"] or 0) * 60
+                + int(g["os"] or 0)
+                + Decimal(f"0.{g['of'] or 0}")
+            )
+            moment -= timedelta(
+                microseconds=int(offset * 1_000_000) * (1 if g["sign"] == "+" else -1)
+            )
         return moment if 1 <= moment.year <= 9999 else None
     except (ValueError, OverflowError):
         return None
@@ -158,7 +187,9 @@ def _not_a_timestamp(values: pd.Series) -> pd.Series | None:
     blob = "\x01".join(filter(None, values.tolist()))
     if not blob or _PG_ISO_COLUMN.fullmatch(blob):
         return None
-    return values.map(lambda v: isinstance(v, str) and v != "" and _timestamp_for_postgres(v) is None)
+    return values.map(
+        lambda v: isinstance(v, str) and v != "" and _timestamp_for_postgres(v) is None
+    )
 
 
 def _not_an_id(values: pd.Series) -> pd.Series:
@@ -169,8 +200,9 @@ def _not_an_id(values: pd.Series) -> pd.Series:
     return values.map(lambda v: isinstance(v, str) and not _ID.fullmatch(v))
 
 
-def validate(spec: EntitySpec, frame: pd.DataFrame,
-             incomplete: list[pd.DataFrame] | None = None) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+def validate(
+    spec: EntitySpec, frame: pd.DataFrame, incomplete: list[pd.DataFrame] | None = None
+) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """Drop records that cannot load, each with a reason naming the field.
 
     With `incomplete` given, records missing a required field go there (_key, reason) instead of
@@ -183,23 +215,36 @@ def validate(spec: EntitySpec, frame: pd.DataFrame,
         nonlocal frame
         frame, bad = _reject(spec, frame, mask, reason)
         (incomplete if waits and incomplete is not None else rejected).append(
-            bad[["_key", "reason"]] if waits and incomplete is not None else bad)
+            bad[["_key", "reason"]] if waits and incomplete is not None else bad
+        )
 
     reject(frame["_error"].notna(), lambda bad: bad["_error"])
     for column in spec.columns:
         name, field = column.name, column.redis_field
         if column.required:
             reject(frame[name].isna() | (frame[name] == ""), f"missing field {field!r}", waits=True)
-        reject(_has_bad_text(frame[name]), f"field {field!r} is not valid UTF-8 text (or contains a NUL byte)")
+        reject(
+            _has_bad_text(frame[name]),
+            f"field {field!r} is not valid UTF-8 text (or contains a NUL byte)",
+        )
         if column.type in (BIGINT, FLOAT):
-            reject(_not_a_number(frame[name]),
-                   lambda bad, name=name, field=field: [f"field {field!r} is not a number: {v!r:.80}" for v in bad[name]])
+            reject(
+                _not_a_number(frame[name]),
+                lambda bad, name=name, field=field: [
+                    f"field {field!r} is not a number: {v!r:.80}" for v in bad[name]
+                ],
+            )
         elif column.type == TIMESTAMPTZ:
             not_iso = _not_a_timestamp(frame[name])
             if not_iso is not None:
                 rewrite.append(name)
-                reject(not_iso, lambda bad, name=name, field=field: [
-                    f"field {field!r} is not an ISO-8601 timestamp: {v!r:.80}" for v in bad[name]])
+                reject(
+                    not_iso,
+                    lambda bad, name=name, field=field: [
+                        f"field {field!r} is not an ISO-8601 timestamp: {v!r:.80}"
+                        for v in bad[name]
+                    ],
+                )
     for parent in spec.parents:
         values = frame[parent.column]
         absent = values.isna() | (values == "")
@@ -211,12 +256,18 @@ def validate(spec: EntitySpec, frame: pd.DataFrame,
             absent = pd.Series(False, index=frame.index)
         reject(~absent & _not_an_id(values), f"field {parent.field!r} is not an id")
     if rewrite and len(frame):  # last, so every rejected record keeps its values as read
-        frame = frame.assign(**{name: frame[name].map(lambda v: _timestamp_for_postgres(v) if v else v)
-                                for name in rewrite})
+        frame = frame.assign(
+            **{
+                name: frame[name].map(lambda v: _timestamp_for_postgres(v) if v else v)
+                for name in rewrite
+            }
+        )
     return frame, rejected
 
 
-def map_parent_ids(spec: EntitySpec, frame: pd.DataFrame, resolve: Resolver) -> tuple[pd.DataFrame, pd.DataFrame]:
+def map_parent_ids(
+    spec: EntitySpec, frame: pd.DataFrame, resolve: Resolver
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Replace each parent's Redis id by its Postgres id; rows whose parent is unknown wait."""
     waiting = []
     frame = frame.copy()
@@ -228,18 +279,30 @@ def map_parent_ids(spec: EntitySpec, frame: pd.DataFrame, resolve: Resolver) -> 
         pg_ids = redis_ids.map(known, na_action="ignore").astype("Int64")
         unknown = given & pg_ids.isna()
         if unknown.any():
-            waiting.append(pd.DataFrame({
-                "_key": frame.loc[unknown, "_key"].to_numpy(),
-                "reason": [f"{parent.entity} Redis id {int(i)} is not in Postgres" for i in redis_ids[unknown]],
-            }))
+            waiting.append(
+                pd.DataFrame(
+                    {
+                        "_key": frame.loc[unknown, "_key"].to_numpy(),
+                        "reason": [
+                            f"{parent.entity} Redis id {int(i)} is not in Postgres"
+                            for i in redis_ids[unknown]
+                        ],
+                    }
+                )
+            )
         frame[parent.column] = pg_ids
         frame = frame[~unknown]
-    waiting_frame = pd.concat(waiting, ignore_index=True) if waiting else pd.DataFrame(
-        {"_key": pd.Series(dtype=object), "reason": pd.Series(dtype=object)})
+    waiting_frame = (
+        pd.concat(waiting, ignore_index=True)
+        if waiting
+        else pd.DataFrame({"_key": pd.Series(dtype=object), "reason": pd.Series(dtype=object)})
+    )
     return frame, waiting_frame
 
 
-NON_FINITE_COLUMN = "_non_finite"  # per record: JSON numbers stored as null (present only when some were)
+NON_FINITE_COLUMN = (
+    "_non_finite"  # per record: JSON numbers stored as null (present only when some were)
+)
 
 
 def null_non_finite_json(spec: EntitySpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -255,16 +318,22 @@ def null_non_finite_json(spec: EntitySpec, frame: pd.DataFrame) -> pd.DataFrame:
         values = frame[column.name]
         blob = "\x01".join(filter(None, values.tolist()))
         if "NaN" in blob or "Infinity" in blob:
-            rewritten = [_null_non_finite(v) if v and ("NaN" in v or "Infinity" in v) else (v, 0)
-                         for v in values.tolist()]
+            rewritten = [
+                _null_non_finite(v) if v and ("NaN" in v or "Infinity" in v) else (v, 0)
+                for v in values.tolist()
+            ]
             counts = pd.Series([n for _, n in rewritten], index=frame.index)
             if counts.any():
                 changed[column.name] = [v for v, _ in rewritten]
                 non_finite = counts if non_finite is None else non_finite + counts
     if not changed and non_finite is None:
         return frame
-    frame = frame.assign(**{name: pd.Series(values, index=frame.index, dtype=object)
-                            for name, values in changed.items()})
+    frame = frame.assign(
+        **{
+            name: pd.Series(values, index=frame.index, dtype=object)
+            for name, values in changed.items()
+        }
+    )
     if non_finite is not None:
         frame[NON_FINITE_COLUMN] = non_finite
     return frame
@@ -291,7 +360,9 @@ def cast_sql(column_type: str, ref: str, unset: str | None = None) -> str:
         value = f"NULLIF({value}, '{unset}')"
     if column_type == TEXT:
         return value
-    if column_type == TIMESTAMPTZ:  # offsets are honoured; a naive timestamp is read in TimeZone, UTC here
+    if (
+        column_type == TIMESTAMPTZ
+    ):  # offsets are honoured; a naive timestamp is read in TimeZone, UTC here
         return f"{value}::timestamptz"
     if column_type == FLOAT and unset is not None:
         # '0', '0.0' and '0e0' all mean "not given"

@@ -15,9 +15,23 @@ import pandas as pd
 import psycopg
 import redis
 
-from .entities import EXPERIMENTS, HASH_BY_ID, MEMBERS_PER_EXPERIMENT, METRIC_SERIES, TRAINING_RUNS, EntitySpec
-from .extract import RedisSource, pipelined, read_hash_chunks, read_memberships, read_metric_series, read_params
+from .entities import (
+    EXPERIMENTS,
+    HASH_BY_ID,
+    MEMBERS_PER_EXPERIMENT,
+    METRIC_SERIES,
+    TRAINING_RUNS,
+    EntitySpec,
+)
 from .entities import sql_name as q
+from .extract import (
+    RedisSource,
+    pipelined,
+    read_hash_chunks,
+    read_memberships,
+    read_metric_series,
+    read_params,
+)
 from .load import find_in_postgres
 from .settings import SyncConfig
 from .sources import Origin, resolve_origin
@@ -40,7 +54,8 @@ class Reconciliation:
 def _last_ids(conn: psycopg.Connection, config: SyncConfig, entity: str, origin: Origin) -> int:
     row = conn.execute(
         f"SELECT last_id, generation FROM {q(config.sync_schema)}.watermarks WHERE source = %s AND entity = %s",
-        (origin.name, entity)).fetchone()
+        (origin.name, entity),
+    ).fetchone()
     return int(row[0]) if row and row[1] == origin.generation else 0
 
 
@@ -48,8 +63,13 @@ def _sample(ids: range, size: int) -> list[int]:
     return sorted(random.sample(ids, min(size, len(ids))))
 
 
-def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig,
-              sample_size: int = 2_000) -> Reconciliation:
+def reconcile(
+    spec: EntitySpec,
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    sample_size: int = 2_000,
+) -> Reconciliation:
     """Sample up to `sample_size` source records (or parents, for per-run entities) and account for each."""
     src = RedisSource(client, config.key_prefix)
     result = Reconciliation(spec.name)
@@ -58,20 +78,39 @@ def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, c
         last = _last_ids(conn, config, spec.name, origin)
         if spec.strategy == HASH_BY_ID:
             # A chunk at a time, within the sync's memory budget: sampled records can be wide.
-            frames = (read.frame for read in read_hash_chunks(src, spec, _sample(range(1, last + 1), sample_size),
-                                                               sample_size, max(1, config.memory_budget_bytes // 8)))
+            frames = (
+                read.frame
+                for read in read_hash_chunks(
+                    src,
+                    spec,
+                    _sample(range(1, last + 1), sample_size),
+                    sample_size,
+                    max(1, config.memory_budget_bytes // 8),
+                )
+            )
         elif spec.strategy == METRIC_SERIES:
-            cards = dict(conn.execute(
-                f"SELECT redis_key, card FROM {q(config.sync_schema)}.metric_series WHERE source = %s "
-                "AND generation = %s", (origin.name, origin.generation)).fetchall())
+            cards = dict(
+                conn.execute(
+                    f"SELECT redis_key, card FROM {q(config.sync_schema)}.metric_series WHERE source = %s "
+                    "AND generation = %s",
+                    (origin.name, origin.generation),
+                ).fetchall()
+            )
             keys = random.sample(sorted(cards), min(len(cards), max(1, sample_size // 100)))
-            current = [c if isinstance(c, int) else -1 for c in pipelined(client, (("ZCARD", k) for k in keys))]
+            current = [
+                c if isinstance(c, int) else -1
+                for c in pipelined(client, (("ZCARD", k) for k in keys))
+            ]
             # Series that grew since the sync are the next cycle's work, not a loss.
-            frames = [read_metric_series(src, spec, [k for k, c in zip(keys, current) if c == cards[k]])]
+            frames = [
+                read_metric_series(src, spec, [k for k, c in zip(keys, current) if c == cards[k]])
+            ]
         else:
             parent = TRAINING_RUNS if spec.strategy != MEMBERS_PER_EXPERIMENT else EXPERIMENTS
-            parents = _sample(range(1, _last_ids(conn, config, parent.name, origin) + 1),
-                              max(1, sample_size // 20))
+            parents = _sample(
+                range(1, _last_ids(conn, config, parent.name, origin) + 1),
+                max(1, sample_size // 20),
+            )
             reader = read_memberships if spec.strategy == MEMBERS_PER_EXPERIMENT else read_params
             frames = [reader(src, spec, parents)]
         for frame in frames:
@@ -81,24 +120,45 @@ def reconcile(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, c
     return result
 
 
-def _account(spec: EntitySpec, frame: pd.DataFrame, conn: psycopg.Connection, config: SyncConfig, origin: Origin,
-             result: Reconciliation) -> None:
+def _account(
+    spec: EntitySpec,
+    frame: pd.DataFrame,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    origin: Origin,
+    result: Reconciliation,
+) -> None:
     """Add the sampled records of `frame` to `result`: in Postgres, rejected, pending, or missing."""
     result.checked += len(frame)
     s = q(config.sync_schema)
-    rejected = {r[0] for r in conn.execute(
-        f"SELECT DISTINCT redis_key FROM {s}.rejected_records WHERE source = %s AND entity = %s "
-        "AND redis_key = ANY(%s)", (origin.name, spec.name, frame["_key"].tolist())).fetchall()}
-    pending = {r[0] for r in conn.execute(
-        f"SELECT redis_key FROM {s}.pending WHERE source = %s AND entity = %s AND redis_key = ANY(%s)",
-        (origin.name, spec.name, frame["_key"].tolist())).fetchall()}
+    rejected = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT DISTINCT redis_key FROM {s}.rejected_records WHERE source = %s AND entity = %s "
+            "AND redis_key = ANY(%s)",
+            (origin.name, spec.name, frame["_key"].tolist()),
+        ).fetchall()
+    }
+    pending = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT redis_key FROM {s}.pending WHERE source = %s AND entity = %s AND redis_key = ANY(%s)",
+            (origin.name, spec.name, frame["_key"].tolist()),
+        ).fetchall()
+    }
     accounted = frame["_key"].isin(rejected | pending)
     result.rejected += int(frame["_key"].isin(rejected).sum())
     result.pending += int((frame["_key"].isin(pending) & ~frame["_key"].isin(rejected)).sum())
     frame = frame[~accounted]
     mapped, found, invalid, waiting = find_in_postgres(
-        conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema, source=origin.name,
-        generation=origin.generation)
+        conn,
+        spec,
+        frame,
+        schema=config.schema,
+        sync_schema=config.sync_schema,
+        source=origin.name,
+        generation=origin.generation,
+    )
     result.in_postgres += sum(found)
     lost = [k for k, hit in zip(mapped["_key"], found) if not hit]
     lost += [k for r in invalid for k in r["_key"]] + waiting["_key"].tolist()
@@ -106,6 +166,14 @@ def _account(spec: EntitySpec, frame: pd.DataFrame, conn: psycopg.Connection, co
 
 
 def reconciliation_table(result: Reconciliation) -> pd.DataFrame:
-    return pd.DataFrame([{"checked": result.checked, "in_postgres": result.in_postgres,
-                          "rejected": result.rejected, "pending": result.pending,
-                          "missing": len(result.missing_keys)}])
+    return pd.DataFrame(
+        [
+            {
+                "checked": result.checked,
+                "in_postgres": result.in_postgres,
+                "rejected": result.rejected,
+                "pending": result.pending,
+                "missing": len(result.missing_keys),
+            }
+        ]
+    )

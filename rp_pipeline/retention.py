@@ -21,7 +21,14 @@ from redis.cluster import RedisCluster
 
 from .bookkeeping import Bookkeeping
 from .entities import METRICS, MODEL_VERSIONS, PREDICTIONS, EntitySpec
-from .extract import RedisSource, chunks, pipelined, raise_refusal, read_hash_chunks, read_metric_series
+from .extract import (
+    RedisSource,
+    chunks,
+    pipelined,
+    raise_refusal,
+    read_hash_chunks,
+    read_metric_series,
+)
 from .load import find_in_postgres
 from .mapping import parse_timestamp
 from .settings import SyncConfig
@@ -43,12 +50,16 @@ return 1
 # deleted (if unchanged) by a one-key script first, then its index entry. Hash first, so a concurrent write is
 # never lost; a failure in between leaves an index member without its hash, which readers already meet (an id
 # allocated whose record is not written yet) and which the next retention pass removes (old, synced, no hash).
-_DELETE_HASH_IF_UNCHANGED = _DELETE_IF_UNCHANGED.replace("redis.call('ZREM', KEYS[2], ARGV[1])\n", "")
+_DELETE_HASH_IF_UNCHANGED = _DELETE_IF_UNCHANGED.replace(
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n", ""
+)
 
 BATCH = 5_000
 
 
-def apply_retention(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig) -> int:
+def apply_retention(
+    spec: EntitySpec, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig
+) -> int:
     """Delete this entity's synced records older than its retention; returns how many were deleted."""
     hours = config.retention_hours.get(spec.name)
     if hours is None:
@@ -62,16 +73,31 @@ def apply_retention(spec: EntitySpec, client: redis.Redis, conn: psycopg.Connect
     raise ValueError(f"retention is not supported for {spec.name}")
 
 
-def _confirmed(spec: EntitySpec, frame: pd.DataFrame, conn: psycopg.Connection, config: SyncConfig,
-               origin: Origin) -> pd.DataFrame:
+def _confirmed(
+    spec: EntitySpec,
+    frame: pd.DataFrame,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    origin: Origin,
+) -> pd.DataFrame:
     """The records of `frame` that Postgres holds with exactly these values."""
     with conn.transaction():
-        mapped, found, _, _ = find_in_postgres(conn, spec, frame, schema=config.schema, sync_schema=config.sync_schema,
-                                               source=origin.name, generation=origin.generation, exact=True)
+        mapped, found, _, _ = find_in_postgres(
+            conn,
+            spec,
+            frame,
+            schema=config.schema,
+            sync_schema=config.sync_schema,
+            source=origin.name,
+            generation=origin.generation,
+            exact=True,
+        )
     return mapped[pd.Series(found, dtype=bool)] if len(mapped) else mapped
 
 
-def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float) -> int:
+def _expire_predictions(
+    src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float
+) -> int:
     origin = resolve_origin(src, conn, config)
     book = Bookkeeping(conn, config.sync_schema, origin.name, PREDICTIONS.name, origin.generation)
     with conn.transaction():
@@ -81,21 +107,30 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
     version_ids = src.all_ids(MODEL_VERSIONS)
     index_keys = [src.key("idx:predictions:{id}", id=v) for v in version_ids]
     # Index scores are minus the logging time: old records have scores above -cutoff.
-    for index_key, members in zip(index_keys, pipelined(
-            src.client, (("ZRANGEBYSCORE", k, f"({-cutoff}", "+inf") for k in index_keys))):
+    for index_key, members in zip(
+        index_keys,
+        pipelined(src.client, (("ZRANGEBYSCORE", k, f"({-cutoff}", "+inf") for k in index_keys)),
+    ):
         if isinstance(members, Exception):
             continue
-        candidates += [(int(m), index_key) for m in members if m.isdigit() and int(m) <= synced_up_to]
+        candidates += [
+            (int(m), index_key) for m in members if m.isdigit() and int(m) <= synced_up_to
+        ]
     deleted = 0
     on_cluster = isinstance(src.client, RedisCluster)
-    delete = _delete_hash_if_unchanged(src.client) if on_cluster else _delete_if_unchanged(src.client)
+    delete = (
+        _delete_hash_if_unchanged(src.client) if on_cluster else _delete_if_unchanged(src.client)
+    )
     fields = [p.field for p in PREDICTIONS.parents] + [c.redis_field for c in PREDICTIONS.columns]
     index_of = dict(candidates)
     # One chunk at a time, closing on records or bytes: the records, their values again as the
     # script's arguments and the confirmed frame are alive together, so about a quarter of the budget.
-    for read in read_hash_chunks(src, PREDICTIONS, [i for i, _ in candidates], BATCH,
-                                 max(1, config.memory_budget_bytes // 8)):
-        if on_cluster and read.missing:  # old, synced, hash already deleted: a pass interrupted between its steps
+    for read in read_hash_chunks(
+        src, PREDICTIONS, [i for i, _ in candidates], BATCH, max(1, config.memory_budget_bytes // 8)
+    ):
+        if (
+            on_cluster and read.missing
+        ):  # old, synced, hash already deleted: a pass interrupted between its steps
             pipe = src.client.pipeline(transaction=False)
             for key in read.missing:
                 record_id = int(key.rsplit(":", 1)[1])
@@ -104,7 +139,10 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
         frame = read.frame[~read.frame["_key"].isin(waiting) & read.frame["_error"].isna()]
         if frame.empty:
             continue
-        raw = {row[0]: row[1:] for row in frame[["_id", *_raw_columns(PREDICTIONS)]].itertuples(index=False)}
+        raw = {
+            row[0]: row[1:]
+            for row in frame[["_id", *_raw_columns(PREDICTIONS)]].itertuples(index=False)
+        }
         confirmed = _confirmed(PREDICTIONS, frame, conn, config, origin)
         pipe = src.client.pipeline(transaction=False)
         for record_id, key in zip(confirmed["_id"].tolist(), confirmed["_key"].tolist()):
@@ -112,8 +150,13 @@ def _expire_predictions(src: RedisSource, conn: psycopg.Connection, config: Sync
             for name, value in zip(fields, raw[record_id]):
                 args += [name, "" if value is None else value]
             delete(pipe, key, index_of[record_id], args)
-        done = [i for i, r in zip(confirmed["_id"].tolist(), raise_refusal(pipe.execute(raise_on_error=False)))
-                if r == 1]
+        done = [
+            i
+            for i, r in zip(
+                confirmed["_id"].tolist(), raise_refusal(pipe.execute(raise_on_error=False))
+            )
+            if r == 1
+        ]
         if on_cluster and done:
             pipe = src.client.pipeline(transaction=False)
             for record_id in done:
@@ -140,7 +183,9 @@ def _raw_columns(spec: EntitySpec) -> list[str]:
     return [p.column for p in spec.parents] + spec.column_names
 
 
-def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float) -> int:
+def _expire_metric_points(
+    src: RedisSource, conn: psycopg.Connection, config: SyncConfig, cutoff: float
+) -> int:
     origin = resolve_origin(src, conn, config)
     book = Bookkeeping(conn, config.sync_schema, origin.name, METRICS.name, origin.generation)
     with conn.transaction():
@@ -156,9 +201,16 @@ def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: Sy
         confirmed = _confirmed(METRICS, old, conn, config, origin)
         pipe = src.client.pipeline(transaction=False)
         for key, member in zip(confirmed["_key"], confirmed["_member"]):
-            pipe.zrem(key, member)  # the member is the point itself: removing it cannot lose a newer write
-        deleted += sum(r for r in raise_refusal(pipe.execute(raise_on_error=False)) if isinstance(r, int))
-        cards = [c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))]
+            pipe.zrem(
+                key, member
+            )  # the member is the point itself: removing it cannot lose a newer write
+        deleted += sum(
+            r for r in raise_refusal(pipe.execute(raise_on_error=False)) if isinstance(r, int)
+        )
+        cards = [
+            c if isinstance(c, int) else -1
+            for c in pipelined(src.client, (("ZCARD", k) for k in keys))
+        ]
         with conn.transaction():
             book.set_series_cards(dict(zip(keys, cards)))
     return deleted
@@ -166,8 +218,9 @@ def _expire_metric_points(src: RedisSource, conn: psycopg.Connection, config: Sy
 
 def _before(cutoff: datetime):
     """Whether a point's ISO-8601 timestamp (any form; naive is UTC) is older than the cutoff."""
+
     def before(value: str) -> bool:
         moment = parse_timestamp(value)
         return moment is not None and moment < cutoff
-    return before
 
+    return before

@@ -1,6 +1,5 @@
 """The sync job, the schedule that runs it every SYNC_INTERVAL seconds (default 300), and the backlog sensor."""
 
-
 import os
 import time
 from typing import TYPE_CHECKING
@@ -32,7 +31,9 @@ redis_to_postgres_sync_job = dg.define_asset_job(
 
 def run_in_flight(instance: dg.DagsterInstance) -> str | None:
     """The id of a sync run queued or running, if there is one."""
-    records = instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT), limit=1)
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT), limit=1
+    )
     return records[0].dagster_run.run_id if records else None
 
 
@@ -49,16 +50,26 @@ def cron_for(seconds: int) -> str:
 def build_sync_schedule(seconds: int) -> dg.ScheduleDefinition:
     cron = cron_for(seconds)
 
-    @dg.schedule(name="redis_to_postgres_sync_schedule", cron_schedule=cron, job=redis_to_postgres_sync_job,
-                 default_status=dg.DefaultScheduleStatus.RUNNING,
-                 description=f"Runs {JOB_NAME} every {seconds} s; skips while a run is still going.")
+    @dg.schedule(
+        name="redis_to_postgres_sync_schedule",
+        cron_schedule=cron,
+        job=redis_to_postgres_sync_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Runs {JOB_NAME} every {seconds} s; skips while a run is still going.",
+    )
     def sync_schedule(context: dg.ScheduleEvaluationContext):
         in_flight = run_in_flight(context.instance)
         if in_flight:
             return dg.SkipReason(f"run {in_flight} is still in progress")
-        if cron == "* * * * *" and seconds > 60:  # the interval is not a cron step: check elapsed time
+        if (
+            cron == "* * * * *" and seconds > 60
+        ):  # the interval is not a cron step: check elapsed time
             last = context.instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME), limit=1)
-            if last and last[0].create_timestamp and time.time() - last[0].create_timestamp.timestamp() < seconds - 30:
+            if (
+                last
+                and last[0].create_timestamp
+                and time.time() - last[0].create_timestamp.timestamp() < seconds - 30
+            ):
                 return dg.SkipReason(f"last run started less than {seconds} s ago")
         return dg.RunRequest()
 
@@ -74,10 +85,14 @@ def backlog_trigger() -> int:
     try:
         return int(float(raw))
     except ValueError:
-        raise ConfigError(f"SYNC_BACKLOG_TRIGGER must be a number of records, got {raw!r}") from None
+        raise ConfigError(
+            f"SYNC_BACKLOG_TRIGGER must be a number of records, got {raw!r}"
+        ) from None
 
 
-COUNTED = [spec for spec in ENTITIES if spec.counter]  # entities whose ids a Redis counter allocates
+COUNTED = [
+    spec for spec in ENTITIES if spec.counter
+]  # entities whose ids a Redis counter allocates
 
 
 _clients: dict[str, "redis_py.Redis"] = {}
@@ -92,8 +107,9 @@ def _counter_client(url: str) -> "redis_py.Redis":
 
         from .writer import is_cluster_node
 
-        client = redis_py.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, lib_name=None,
-                                         lib_version=None)
+        client = redis_py.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=10, lib_name=None, lib_version=None
+        )
         if is_cluster_node(client):
             client.close()
             client = RedisCluster.from_url(url, socket_connect_timeout=5, socket_timeout=10)
@@ -106,34 +122,53 @@ def records_waiting(redis: RedisResource, synced_up_to: dict[str, int]) -> int:
     cluster)."""
     client = _counter_client(redis.url)
     keys = [f"{redis.key_prefix}{spec.counter}" for spec in COUNTED]
-    counters = client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
-    return sum(max(0, int(value or 0) - synced_up_to.get(spec.name, 0)) for spec, value in zip(COUNTED, counters))
+    counters = (
+        client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
+    )
+    return sum(
+        max(0, int(value or 0) - synced_up_to.get(spec.name, 0))
+        for spec, value in zip(COUNTED, counters)
+    )
 
 
 def synced_up_to(instance: dg.DagsterInstance) -> dict[str, int]:
     """Per table, the highest Redis id its last materialization reached (its `watermark` metadata)."""
-    events = instance.get_latest_materialization_events([dg.AssetKey(spec.name) for spec in COUNTED])
+    events = instance.get_latest_materialization_events(
+        [dg.AssetKey(spec.name) for spec in COUNTED]
+    )
     found = {}
     for key, event in events.items():
-        watermark = event.asset_materialization.metadata.get("watermark") if event and event.asset_materialization else None
+        watermark = (
+            event.asset_materialization.metadata.get("watermark")
+            if event and event.asset_materialization
+            else None
+        )
         if watermark is not None:
             found[key.to_user_string()] = int(watermark.value)
     return found
 
 
 def build_backlog_sensor(trigger: int) -> dg.SensorDefinition:
-    @dg.sensor(name="redis_backlog_sensor", job=redis_to_postgres_sync_job, minimum_interval_seconds=30,
-               default_status=dg.DefaultSensorStatus.STOPPED,
-               description=f"Starts {JOB_NAME} before the next tick when more than {trigger:,} records wait in "
-                           "Redis (SYNC_BACKLOG_TRIGGER); never while a sync is queued or running. Off by default.")
+    @dg.sensor(
+        name="redis_backlog_sensor",
+        job=redis_to_postgres_sync_job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Starts {JOB_NAME} before the next tick when more than {trigger:,} records wait in "
+        "Redis (SYNC_BACKLOG_TRIGGER); never while a sync is queued or running. Off by default.",
+    )
     def redis_backlog_sensor(context: dg.SensorEvaluationContext, redis: RedisResource):
         in_flight = run_in_flight(context.instance)
         if in_flight:
             return dg.SkipReason(f"run {in_flight} is still in progress")
         waiting = records_waiting(redis, synced_up_to(context.instance))
         if waiting <= trigger:
-            return dg.SkipReason(f"{waiting:,} records wait in Redis (trigger: more than {trigger:,})")
-        return dg.RunRequest(tags={"rp_pipeline/trigger": "backlog", "rp_pipeline/backlog": str(waiting)})
+            return dg.SkipReason(
+                f"{waiting:,} records wait in Redis (trigger: more than {trigger:,})"
+            )
+        return dg.RunRequest(
+            tags={"rp_pipeline/trigger": "backlog", "rp_pipeline/backlog": str(waiting)}
+        )
 
     return redis_backlog_sensor
 

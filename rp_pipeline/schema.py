@@ -29,7 +29,9 @@ def identity_index_name(spec: EntitySpec) -> str:
     return f"uq_{spec.name}_identity"
 
 
-INSUFFICIENT_PRIVILEGE = "42501"  # a role without the grant (README, Security): explained, not a traceback
+INSUFFICIENT_PRIVILEGE = (
+    "42501"  # a role without the grant (README, Security): explained, not a traceback
+)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -46,20 +48,28 @@ def ensure_schema(config: SyncConfig) -> None:
 
 def migrate(config: SyncConfig, revision: str = "head") -> None:
     """Create or upgrade every table to `revision` (the newest by default); safe to call on every cycle."""
-    engine = sa.create_engine(sqlalchemy_url(config.require_postgres_url()), poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        sqlalchemy_url(config.require_postgres_url()), poolclass=sa.pool.NullPool
+    )
     try:
         with engine.begin() as conn:
             # One migrator at a time per target; others wait here, then find nothing to do.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                         {"k": f"rp_pipeline.migrate/{config.schema}/{config.sync_schema}"})
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                {"k": f"rp_pipeline.migrate/{config.schema}/{config.sync_schema}"},
+            )
             for schema in (config.sync_schema, config.schema):
                 # Checked first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
                 # schema exists, a right a least-privilege role (README) does not have.
-                if not conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first():
+                if not conn.execute(
+                    sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+                ).first():
                     conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-            cfg.attributes.update(connection=conn, schema=config.schema, sync_schema=config.sync_schema)
+            cfg.attributes.update(
+                connection=conn, schema=config.schema, sync_schema=config.sync_schema
+            )
             command.upgrade(cfg, revision)
     except sa.exc.DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from .entities import BY_NAME
 
@@ -32,7 +32,9 @@ def interval_seconds() -> int:
     except ValueError:
         raise ConfigError(f"SYNC_INTERVAL must be a number of seconds, got {raw!r}") from None
     if seconds < 60:
-        raise ConfigError(f"SYNC_INTERVAL must be at least 60 seconds (a schedule ticks once a minute), got {seconds}")
+        raise ConfigError(
+            f"SYNC_INTERVAL must be at least 60 seconds (a schedule ticks once a minute), got {seconds}"
+        )
     return seconds
 
 
@@ -45,35 +47,55 @@ class SyncConfig:
     key_prefix: str = DEFAULT_KEY_PREFIX
     schema: str = "public"  # analytics tables
     sync_schema: str = "rp_sync"  # bookkeeping: watermarks, id map, rejected records, history
-    source: str | None = None  # SYNC_SOURCE: a label for this Redis in rp_sync.sources, never its identity
+    source: str | None = (
+        None  # SYNC_SOURCE: a label for this Redis in rp_sync.sources, never its identity
+    )
     conflict: dict[str, str] = field(default_factory=dict)  # entity -> skip | overwrite | merge
-    pending_max_age_seconds: float = 3600.0  # a child waits this long for its parent, then is rejected
-    chunk_size: int = 20_000  # records per chunk at most; the memory budget may close a chunk sooner
-    memory_budget_mb: float = 256.0  # what one sync holds in flight: chunks being read, prepared and loaded
+    pending_max_age_seconds: float = (
+        3600.0  # a child waits this long for its parent, then is rejected
+    )
+    chunk_size: int = (
+        20_000  # records per chunk at most; the memory budget may close a chunk sooner
+    )
+    memory_budget_mb: float = (
+        256.0  # what one sync holds in flight: chunks being read, prepared and loaded
+    )
     statement_timeout_ms: int = 300_000
     lock_timeout_ms: int = 60_000
     metric_rescan_seconds: float = 3600.0  # full SCAN for new metric series at least this often
-    retention_hours: dict[str, float] = field(default_factory=dict)  # entity -> delete from Redis after
+    retention_hours: dict[str, float] = field(
+        default_factory=dict
+    )  # entity -> delete from Redis after
 
     def __post_init__(self) -> None:
         for name in (self.schema, self.sync_schema):
             if not _IDENTIFIER.match(name):
-                raise ConfigError(f"schema name {name!r} is not a plain SQL identifier (letters, digits, _)")
+                raise ConfigError(
+                    f"schema name {name!r} is not a plain SQL identifier (letters, digits, _)"
+                )
         if self.schema == self.sync_schema:
             raise ConfigError("the sync's bookkeeping schema must differ from the analytics schema")
         for entity, policy in self.conflict.items():
             if entity not in BY_NAME:
-                raise ConfigError(f"unknown entity {entity!r} in conflict policy; known: {', '.join(BY_NAME)}")
+                raise ConfigError(
+                    f"unknown entity {entity!r} in conflict policy; known: {', '.join(BY_NAME)}"
+                )
             if policy not in CONFLICT_POLICIES:
-                raise ConfigError(f"conflict policy for {entity} must be one of {CONFLICT_POLICIES}, not {policy!r}")
+                raise ConfigError(
+                    f"conflict policy for {entity} must be one of {CONFLICT_POLICIES}, not {policy!r}"
+                )
         for entity in self.retention_hours:
             if entity not in ("predictions", "metrics"):
-                raise ConfigError(f"retention is supported for predictions and metrics, not {entity!r}")
+                raise ConfigError(
+                    f"retention is supported for predictions and metrics, not {entity!r}"
+                )
         if self.chunk_size < 1:
             raise ConfigError("chunk size must be at least 1")
         check_redis_url(self.redis_url)
         if not self.memory_budget_mb > 0:
-            raise ConfigError(f"the memory budget must be a positive number of MB, not {self.memory_budget_mb!r}")
+            raise ConfigError(
+                f"the memory budget must be a positive number of MB, not {self.memory_budget_mb!r}"
+            )
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -98,7 +120,7 @@ class SyncConfig:
         return self.postgres_url
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "SyncConfig":
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> SyncConfig:
         """Build from REDIS_URL, POSTGRES_URL, REDIS_KEY_PREFIX and the SYNC_* variables."""
         env = os.environ if env is None else env
         values: dict = {
@@ -111,7 +133,9 @@ class SyncConfig:
             "conflict": parse_mapping(env.get("SYNC_CONFLICT_POLICY", ""), "SYNC_CONFLICT_POLICY"),
             "retention_hours": {
                 k: _number(v, "SYNC_RETENTION_HOURS")
-                for k, v in parse_mapping(env.get("SYNC_RETENTION_HOURS", ""), "SYNC_RETENTION_HOURS").items()
+                for k, v in parse_mapping(
+                    env.get("SYNC_RETENTION_HOURS", ""), "SYNC_RETENTION_HOURS"
+                ).items()
             },
         }
         for name, key, cast in (
@@ -128,9 +152,11 @@ class SyncConfig:
         return cls(**values)
 
     def describe(self) -> str:
-        return (f"Redis {redact_url(self.redis_url)} (prefix {self.key_prefix!r}) → "
-                f"Postgres {redact_url(self.postgres_url or '(not set)')} "
-                f"(schema {self.schema}, bookkeeping {self.sync_schema})")
+        return (
+            f"Redis {redact_url(self.redis_url)} (prefix {self.key_prefix!r}) → "
+            f"Postgres {redact_url(self.postgres_url or '(not set)')} "
+            f"(schema {self.schema}, bookkeeping {self.sync_schema})"
+        )
 
 
 def parse_mapping(text: str, what: str) -> dict[str, str]:
@@ -139,7 +165,9 @@ def parse_mapping(text: str, what: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"{what}: expected entity=value pairs separated by commas, got {item!r}")
+            raise ConfigError(
+                f"{what}: expected entity=value pairs separated by commas, got {item!r}"
+            )
         result[key.strip()] = value.strip()
     return result
 
@@ -167,12 +195,19 @@ def split_url(url: str) -> UrlParts:
     if not sep:
         rest = url
     at = rest.rfind("@")
-    userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else ("", rest)
+    userinfo, hostpart = (rest[:at], rest[at + 1 :]) if at >= 0 else ("", rest)
     user, colon, password = userinfo.partition(":")
     match = re.match(r"(\[[^\]]*\]|[^/?#:,]*)(?::(\d+))?[^/?#]*(?:/([^?#]*))?", hostpart)
-    host, port, path = (match.group(1), match.group(2), match.group(3)) if match else ("", None, None)
-    return UrlParts(user or None, password if colon else None, host.strip("[]") or "localhost",
-                    int(port) if port else None, path or "")
+    host, port, path = (
+        (match.group(1), match.group(2), match.group(3)) if match else ("", None, None)
+    )
+    return UrlParts(
+        user or None,
+        password if colon else None,
+        host.strip("[]") or "localhost",
+        int(port) if port else None,
+        path or "",
+    )
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -186,20 +221,26 @@ def check_redis_url(url: str) -> None:
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in REDIS_SCHEMES:
-        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// ({redact_url(url)}): "
-                          "write it as redis://[user:password@]host:port/db")
-    hostpart = rest[rest.rfind("@") + 1:]
+        raise ConfigError(
+            f"REDIS_URL must start with redis://, rediss:// or unix:// ({redact_url(url)}): "
+            "write it as redis://[user:password@]host:port/db"
+        )
+    hostpart = rest[rest.rfind("@") + 1 :]
     if "://" in rest or "," in hostpart:
-        raise ConfigError(f"REDIS_URL holds more than one address ({redact_url(url)}): syncing several Redis "
-                          "sources at once is not supported yet; run one sync per source, each with one URL "
-                          "(a Redis Cluster needs only one of its nodes: the sync finds the others)")
+        raise ConfigError(
+            f"REDIS_URL holds more than one address ({redact_url(url)}): syncing several Redis "
+            "sources at once is not supported yet; run one sync per source, each with one URL "
+            "(a Redis Cluster needs only one of its nodes: the sync finds the others)"
+        )
     location, _, query = hostpart.partition("?")
     dbs = [location.partition("/")[2]] if scheme.lower() != "unix" else []
     dbs += [value for name, value in parse_qsl(query) if name == "db"]
     db = next((d for d in dbs if d and not (d.isascii() and d.isdigit())), None)
     if db is not None:
-        raise ConfigError(f"REDIS_URL's database {db!r} is not a number ({redact_url(url)}): write the db "
-                          "number after the port, e.g. redis://host:6379/0")
+        raise ConfigError(
+            f"REDIS_URL's database {db!r} is not a number ({redact_url(url)}): write the db "
+            "number after the port, e.g. redis://host:6379/0"
+        )
 
 
 def redact_url(url: str) -> str:
@@ -212,7 +253,7 @@ def redact_url(url: str) -> str:
     if not sep or at < 0 or ":" not in rest[:at]:
         return url
     user = rest[:at].partition(":")[0]
-    return f"{scheme}://{user}:***@{rest[at + 1:]}"
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
 def psycopg_url(url: str) -> str:

@@ -36,8 +36,20 @@ from .bookkeeping import Bookkeeping
 from .connections import connect_postgres, connect_redis
 from .engine import lock_key, prefetched
 from .entities import (
-    BIGINT, BY_NAME, ENTITIES, FLOAT, JSONB, PARENT_ENTITIES, PREDICTIONS, TIMESTAMPTZ, TRAINING_RUNS, Column,
-    EntitySpec, sql_name as q,
+    BIGINT,
+    BY_NAME,
+    ENTITIES,
+    FLOAT,
+    JSONB,
+    PARENT_ENTITIES,
+    PREDICTIONS,
+    TIMESTAMPTZ,
+    TRAINING_RUNS,
+    Column,
+    EntitySpec,
+)
+from .entities import (
+    sql_name as q,
 )
 from .errors import SyncFailed, first_line
 from .extract import GENERATION_KEY, RedisSource, read_hashes
@@ -98,19 +110,28 @@ class WarmOptions:
     def __post_init__(self) -> None:
         unknown = [e for e in self.entities if e not in BY_NAME]
         if unknown:
-            raise ConfigError(f"cannot warm {', '.join(map(repr, unknown))}: known entities are {', '.join(WARMABLE)}")
+            raise ConfigError(
+                f"cannot warm {', '.join(map(repr, unknown))}: known entities are {', '.join(WARMABLE)}"
+            )
         parts = [e for e in self.entities if e in RUN_PARTS]
         if parts and "training_runs" not in self.entities:
-            raise ConfigError(f"{', '.join(parts)} are warmed with their runs: add training_runs to the entities")
+            raise ConfigError(
+                f"{', '.join(parts)} are warmed with their runs: add training_runs to the entities"
+            )
         if self.runs_days < 0 or self.predictions_hours < 0:
-            raise ConfigError("warm windows must be zero or more (WARM_RUNS_DAYS, WARM_PREDICTIONS_HOURS)")
+            raise ConfigError(
+                "warm windows must be zero or more (WARM_RUNS_DAYS, WARM_PREDICTIONS_HOURS)"
+            )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> WarmOptions:
         """WARM_RUNS_DAYS and WARM_PREDICTIONS_HOURS, overridden by the given (not None) values."""
         env = os.environ if env is None else env
         values: dict = {}
-        for name, key in (("runs_days", "WARM_RUNS_DAYS"), ("predictions_hours", "WARM_PREDICTIONS_HOURS")):
+        for name, key in (
+            ("runs_days", "WARM_RUNS_DAYS"),
+            ("predictions_hours", "WARM_PREDICTIONS_HOURS"),
+        ):
             if env.get(key):
                 try:
                     values[name] = float(env[key])
@@ -125,16 +146,24 @@ def parse_entities(text: str) -> tuple[str, ...]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if "training_runs" in names and not set(names) & set(RUN_PARTS):
         names += RUN_PARTS
-    return tuple(spec.name for spec in ENTITIES if spec.name in names) + tuple(n for n in names if n not in BY_NAME)
+    return tuple(spec.name for spec in ENTITIES if spec.name in names) + tuple(
+        n for n in names if n not in BY_NAME
+    )
 
 
 @dataclass
 class WarmResult:
     """What one warm did, per entity (metrics count points)."""
 
-    written: dict[str, int] = field(default_factory=dict)  # records written into Redis (or that would be)
-    reused: dict[str, int] = field(default_factory=dict)  # already in this Redis (re-created by the application)
-    skipped: dict[str, int] = field(default_factory=dict)  # left out: a parent they point at is not in Redis
+    written: dict[str, int] = field(
+        default_factory=dict
+    )  # records written into Redis (or that would be)
+    reused: dict[str, int] = field(
+        default_factory=dict
+    )  # already in this Redis (re-created by the application)
+    skipped: dict[str, int] = field(
+        default_factory=dict
+    )  # left out: a parent they point at is not in Redis
     notes: list[str] = field(default_factory=list)  # windows clamped to retention, repairs
     seconds: float = 0.0
     dry_run: bool = False
@@ -146,19 +175,29 @@ class WarmResult:
 def warm_windows(config: SyncConfig, options: WarmOptions) -> tuple[dict[str, float], list[str]]:
     """Seconds back from now per windowed entity, never past a retention window of the same entity:
     retention would otherwise delete what the warm writes back, and the next warm write it again."""
-    windows = {"training_runs": options.runs_days * 86400, "metrics": options.runs_days * 86400,
-               "predictions": options.predictions_hours * 3600}
+    windows = {
+        "training_runs": options.runs_days * 86400,
+        "metrics": options.runs_days * 86400,
+        "predictions": options.predictions_hours * 3600,
+    }
     notes = []
     for entity, hours in config.retention_hours.items():
         if entity in windows and windows[entity] > hours * 3600:
-            notes.append(f"{entity}: warm window clamped from {windows[entity] / 3600:g} h to the retention window "
-                         f"of {hours:g} h (SYNC_RETENTION_HOURS)")
+            notes.append(
+                f"{entity}: warm window clamped from {windows[entity] / 3600:g} h to the retention window "
+                f"of {hours:g} h (SYNC_RETENTION_HOURS)"
+            )
             windows[entity] = hours * 3600
     return windows, notes
 
 
-def warm(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, options: WarmOptions = WarmOptions(),
-         logger: logging.Logger | None = None) -> WarmResult:
+def warm(
+    client: redis.Redis,
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    options: WarmOptions = WarmOptions(),
+    logger: logging.Logger | None = None,
+) -> WarmResult:
     """Write the selected Postgres rows into Redis; returns what was written per entity.
 
     `conn` must be in autocommit mode (each batch commits on its own); the tables must exist
@@ -168,20 +207,27 @@ def warm(client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, opti
     if isinstance(client, RedisCluster):
         # Checked before anything is allocated or committed: each record is written by one script over
         # its hash, indexes and name map, keys a cluster keeps in different slots.
-        raise ConfigError("the cache warm writes each record (hash, index entries, name map) with one script, "
-                          "which a Redis Cluster cannot run across slots; it is not supported on a cluster yet")
+        raise ConfigError(
+            "the cache warm writes each record (hash, index entries, name map) with one script, "
+            "which a Redis Cluster cannot run across slots; it is not supported on a cluster yet"
+        )
     try:
         return _Warm(client, conn, config, options, logger or log).run()
     except psycopg.OperationalError as exc:
-        raise SyncFailed(f"warm: Postgres failed ({first_line(exc)}); run the warm again, "
-                         "it completes what was started") from None
+        raise SyncFailed(
+            f"warm: Postgres failed ({first_line(exc)}); run the warm again, "
+            "it completes what was started"
+        ) from None
     except redis.RedisError as exc:
-        raise SyncFailed(f"warm: Redis failed ({first_line(exc)}); run the warm again, "
-                         "it completes what was started") from None
+        raise SyncFailed(
+            f"warm: Redis failed ({first_line(exc)}); run the warm again, "
+            "it completes what was started"
+        ) from None
 
 
-def run_warm(config: SyncConfig, options: WarmOptions = WarmOptions(),
-             logger: logging.Logger | None = None) -> WarmResult:
+def run_warm(
+    config: SyncConfig, options: WarmOptions = WarmOptions(), logger: logging.Logger | None = None
+) -> WarmResult:
     """Migrate if needed, open connections, warm, close: what the API, the CLI and the asset run."""
     from .schema import ensure_schema
 
@@ -194,8 +240,13 @@ def run_warm(config: SyncConfig, options: WarmOptions = WarmOptions(),
         client.close()
         conn.close()
     written = ", ".join(f"{k} {v}" for k, v in result.counts().items() if v) or "nothing"
-    logger.info("=== Warm %s in %.2fs: %s%s ===", "planned" if options.dry_run else "complete", result.seconds,
-                written, f"; reused {result.reused}" if result.reused else "")
+    logger.info(
+        "=== Warm %s in %.2fs: %s%s ===",
+        "planned" if options.dry_run else "complete",
+        result.seconds,
+        written,
+        f"; reused {result.reused}" if result.reused else "",
+    )
     return result
 
 
@@ -203,14 +254,28 @@ def run_warm(config: SyncConfig, options: WarmOptions = WarmOptions(),
 class _Batch:
     spec: EntitySpec
     rows: list[tuple]  # (pg id, redis id or None, *layout field texts, index score text)
-    parts: dict[int, dict] = field(default_factory=dict)  # runs: pg id → parameters, series, memberships
+    parts: dict[int, dict] = field(
+        default_factory=dict
+    )  # runs: pg id → parameters, series, memberships
     skipped: int = 0
 
 
 class _Warm:
-    def __init__(self, client: redis.Redis, conn: psycopg.Connection, config: SyncConfig, options: WarmOptions,
-                 logger: logging.Logger):
-        self.client, self.conn, self.config, self.options, self.log = client, conn, config, options, logger
+    def __init__(
+        self,
+        client: redis.Redis,
+        conn: psycopg.Connection,
+        config: SyncConfig,
+        options: WarmOptions,
+        logger: logging.Logger,
+    ):
+        self.client, self.conn, self.config, self.options, self.log = (
+            client,
+            conn,
+            config,
+            options,
+            logger,
+        )
         self.src = RedisSource(client, config.key_prefix)
         self.result = WarmResult(dry_run=options.dry_run)
         self.windows, notes = warm_windows(config, options)
@@ -227,8 +292,15 @@ class _Warm:
         for note in self.result.notes:
             self.log.warning("  warm: %s", note)
         self.origin = resolve_origin(self.src, self.conn, self.config, self.log)
-        self.params = {"source": self.origin.name, "generation": self.origin.generation, "lo": None, "hi": None}
-        self.sender = _ScriptCalls(self.client, self.src.prefix + GENERATION_KEY, self.origin.generation)
+        self.params = {
+            "source": self.origin.name,
+            "generation": self.origin.generation,
+            "lo": None,
+            "hi": None,
+        }
+        self.sender = _ScriptCalls(
+            self.client, self.src.prefix + GENERATION_KEY, self.origin.generation
+        )
         self.reader = connect_postgres(self.config, autocommit=False)
         try:
             self.reader.execute("SET TimeZone = 'UTC'")
@@ -246,14 +318,18 @@ class _Warm:
         return self.result
 
     def _book(self, spec: EntitySpec) -> Bookkeeping:
-        return Bookkeeping(self.conn, self.config.sync_schema, self.origin.name, spec.name, self.origin.generation)
+        return Bookkeeping(
+            self.conn, self.config.sync_schema, self.origin.name, spec.name, self.origin.generation
+        )
 
     def _complete_interrupted(self) -> None:
         """Blocks an interrupted warm committed but may not have written: write them now (idempotent)."""
         with self.conn.transaction():
             ranges = self._book(TRAINING_RUNS).warm_ranges()
         if ranges:
-            self.log.info("  warm: completing %d block(s) an interrupted warm committed", len(ranges))
+            self.log.info(
+                "  warm: completing %d block(s) an interrupted warm committed", len(ranges)
+            )
             self.result.notes.append(f"completed {len(ranges)} block(s) of an interrupted warm")
         for entity, lo, hi in ranges:
             spec = BY_NAME[entity]
@@ -266,12 +342,19 @@ class _Warm:
         if reused:
             self.result.reused[name] = reused
         where, params = self._new_where(spec)
-        total = self.reader.execute(f"SELECT count(*) FROM {self.schema}.{q(name)} t WHERE {where}",
-                                    {**self.params, **params}).fetchone()[0]
+        total = self.reader.execute(
+            f"SELECT count(*) FROM {self.schema}.{q(name)} t WHERE {where}",
+            {**self.params, **params},
+        ).fetchone()[0]
         self.reader.commit()
         if self.options.dry_run or not total:
             self.result.written[name] = total
-            self.log.info("  warm %s: %d to write%s", name, total, " (dry run)" if self.options.dry_run else "")
+            self.log.info(
+                "  warm %s: %d to write%s",
+                name,
+                total,
+                " (dry run)" if self.options.dry_run else "",
+            )
             return
         self.log.info("  warm %s: %d row(s) to write", name, total)
         clock, shown, done = time.monotonic(), time.monotonic(), 0
@@ -287,43 +370,60 @@ class _Warm:
                 done += len(batch.rows) + batch.skipped
                 if time.monotonic() - shown > PROGRESS_SECONDS:
                     shown = time.monotonic()
-                    self.log.info("  warm %s: %d/%d (%.0f rows/s)", name, done, total, done / (shown - clock))
+                    self.log.info(
+                        "  warm %s: %d/%d (%.0f rows/s)", name, done, total, done / (shown - clock)
+                    )
         finally:
             writes.close()  # every committed batch is written (or the first failure raised) before going on
         self.reader.commit()
         if self.result.skipped.get(name):
-            self.log.warning("  warm %s: %d row(s) left out, their parent is not in Redis (warm it too)",
-                             name, self.result.skipped[name])
+            self.log.warning(
+                "  warm %s: %d row(s) left out, their parent is not in Redis (warm it too)",
+                name,
+                self.result.skipped[name],
+            )
 
     # -- selection -------------------------------------------------------------------------------
     def _new_where(self, spec: EntitySpec) -> tuple[str, dict]:
         """Rows this Redis does not hold yet: by the id map (catalog), or by origin within a window."""
         if has_redis_id(spec):
-            return (f"t.origin_source IS DISTINCT FROM %(source)s AND t.{q(WINDOW_COLUMN[spec.name])} "
-                    "> now() - make_interval(secs => %(window)s)", {"window": self.windows[spec.name]})
-        return (f"NOT EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-                f"%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)", {"entity": spec.name})
+            return (
+                f"t.origin_source IS DISTINCT FROM %(source)s AND t.{q(WINDOW_COLUMN[spec.name])} "
+                "> now() - make_interval(secs => %(window)s)",
+                {"window": self.windows[spec.name]},
+            )
+        return (
+            f"NOT EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
+            f"%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)",
+            {"entity": spec.name},
+        )
 
     def _repair_where(self, spec: EntitySpec) -> str:
         """Rows of one block an interrupted warm allocated (its ids, so nothing else, are in the block)."""
         if has_redis_id(spec):
             return "t.origin_source = %(source)s AND t.origin_redis_id BETWEEN %(lo)s AND %(hi)s"
-        return (f"EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = '{spec.name}' "
-                "AND m.generation = %(generation)s AND m.pg_id = t.id AND m.redis_id BETWEEN %(lo)s AND %(hi)s)")
+        return (
+            f"EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = '{spec.name}' "
+            "AND m.generation = %(generation)s AND m.pg_id = t.id AND m.redis_id BETWEEN %(lo)s AND %(hi)s)"
+        )
 
     def _redis_id_sql(self, spec: EntitySpec) -> str:
         if has_redis_id(spec):
             return "CASE WHEN t.origin_source = %(source)s THEN t.origin_redis_id END"
         # When completing a block, its own id: the row may also map from a record the application made.
-        return (f"(SELECT max(m.redis_id) FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-                f"'{spec.name}' AND m.generation = %(generation)s AND m.pg_id = t.id "
-                "AND (%(lo)s::bigint IS NULL OR m.redis_id BETWEEN %(lo)s AND %(hi)s))")
+        return (
+            f"(SELECT max(m.redis_id) FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
+            f"'{spec.name}' AND m.generation = %(generation)s AND m.pg_id = t.id "
+            "AND (%(lo)s::bigint IS NULL OR m.redis_id BETWEEN %(lo)s AND %(hi)s))"
+        )
 
     def _parent_join(self, column: str, entity: str) -> str:
         """The Redis id of each parent row in this data set (the latest, when two carry one name)."""
-        return (f"LEFT JOIN (SELECT pg_id, max(redis_id) AS redis_id FROM {self.s}.id_map WHERE source = %(source)s "
-                f"AND entity = '{entity}' AND generation = %(generation)s GROUP BY pg_id) {q('p_' + column)} "
-                f"ON {q('p_' + column)}.pg_id = t.{q(column)}")
+        return (
+            f"LEFT JOIN (SELECT pg_id, max(redis_id) AS redis_id FROM {self.s}.id_map WHERE source = %(source)s "
+            f"AND entity = '{entity}' AND generation = %(generation)s GROUP BY pg_id) {q('p_' + column)} "
+            f"ON {q('p_' + column)}.pg_id = t.{q(column)}"
+        )
 
     def _select_sql(self, spec: EntitySpec, where: str) -> str:
         """Each row as the layout's strings, in the layout's field order, plus its index score."""
@@ -336,12 +436,17 @@ class _Warm:
                 parent = parents[name]
                 ref = f"{q('p_' + parent.column)}.redis_id::text"
                 # A row without the optional parent says 0; one whose parent is not in Redis is left out.
-                select.append(f"CASE WHEN t.{q(parent.column)} IS NULL THEN '0' ELSE {ref} END"
-                              if parent.optional else ref)
+                select.append(
+                    f"CASE WHEN t.{q(parent.column)} IS NULL THEN '0' ELSE {ref} END"
+                    if parent.optional
+                    else ref
+                )
             else:
                 select.append(text_sql(columns[name], f"t.{q(columns[name].name)}"))
         # The layout scores prediction indexes by minus the logging time, every other index by the id.
-        select.append("(-extract(epoch FROM t.\"timestamp\"))::text" if spec is PREDICTIONS else "NULL")
+        select.append(
+            '(-extract(epoch FROM t."timestamp"))::text' if spec is PREDICTIONS else "NULL"
+        )
         joins = " ".join(self._parent_join(p.column, p.entity) for p in spec.parents)
         return f"SELECT {', '.join(select)} FROM {self.schema}.{q(spec.name)} t {joins} WHERE {where} ORDER BY t.id"
 
@@ -353,7 +458,9 @@ class _Warm:
             cur.execute(self._select_sql(spec, where), {**self.params, **params})
             batch, size = _Batch(spec, []), 0
             for row in cur:
-                if None in row[2:-1]:  # a parent that is not in Redis (every other field is a string)
+                if (
+                    None in row[2:-1]
+                ):  # a parent that is not in Redis (every other field is a string)
                     batch.skipped += 1
                     continue
                 batch.rows.append(row)
@@ -373,26 +480,40 @@ class _Warm:
         wanted = self.options.entities
         if "hyperparameters" in wanted:
             for run, name, value in self.reader.execute(
-                    f"SELECT training_run_id, param_name, COALESCE(param_value, '') FROM {self.schema}.hyperparameters "
-                    "WHERE training_run_id = ANY(%s) ORDER BY training_run_id, param_name", (ids,)):
+                f"SELECT training_run_id, param_name, COALESCE(param_value, '') FROM {self.schema}.hyperparameters "
+                "WHERE training_run_id = ANY(%s) ORDER BY training_run_id, param_name",
+                (ids,),
+            ):
                 parts[run]["params"] += (name, value)
         if "metrics" in wanted:
             ts = text_sql(Column("timestamp", TIMESTAMPTZ), '"timestamp"')
             for run, name, split, epoch, step, value, stamp in self.reader.execute(
-                    f"SELECT training_run_id, metric_name, split, epoch, step, metric_value, {ts} FROM "
-                    f"{self.schema}.metrics WHERE training_run_id = ANY(%s) AND \"timestamp\" > now() - "
-                    "make_interval(secs => %s) ORDER BY id", (ids, self.windows["metrics"])):
-                point = {"epoch": epoch, "step": step, "metric_name": name, "metric_value": value, "split": split,
-                         "timestamp": stamp}
+                f"SELECT training_run_id, metric_name, split, epoch, step, metric_value, {ts} FROM "
+                f'{self.schema}.metrics WHERE training_run_id = ANY(%s) AND "timestamp" > now() - '
+                "make_interval(secs => %s) ORDER BY id",
+                (ids, self.windows["metrics"]),
+            ):
+                point = {
+                    "epoch": epoch,
+                    "step": step,
+                    "metric_name": name,
+                    "metric_value": value,
+                    "split": split,
+                    "timestamp": stamp,
+                }
                 score = epoch if epoch is not None else step if step is not None else 0
-                parts[run]["series"].setdefault(f"{name}:{split}", []).append((str(score), json.dumps(point, default=str)))
+                parts[run]["series"].setdefault(f"{name}:{split}", []).append(
+                    (str(score), json.dumps(point, default=str))
+                )
         if "experiment_runs" in wanted:
             for run, experiment, variant, notes in self.reader.execute(
-                    f"SELECT r.training_run_id, e.redis_id, COALESCE(r.variant_name, ''), COALESCE(r.notes, '') "
-                    f"FROM {self.schema}.experiment_runs r JOIN (SELECT pg_id, max(redis_id) AS redis_id FROM "
-                    f"{self.s}.id_map WHERE source = %(source)s AND entity = 'experiments' AND generation = "
-                    "%(generation)s GROUP BY pg_id) e ON e.pg_id = r.experiment_id WHERE r.training_run_id = ANY(%(ids)s) "
-                    "ORDER BY r.id", {**self.params, "ids": ids}):
+                f"SELECT r.training_run_id, e.redis_id, COALESCE(r.variant_name, ''), COALESCE(r.notes, '') "
+                f"FROM {self.schema}.experiment_runs r JOIN (SELECT pg_id, max(redis_id) AS redis_id FROM "
+                f"{self.s}.id_map WHERE source = %(source)s AND entity = 'experiments' AND generation = "
+                "%(generation)s GROUP BY pg_id) e ON e.pg_id = r.experiment_id WHERE r.training_run_id = ANY(%(ids)s) "
+                "ORDER BY r.id",
+                {**self.params, "ids": ids},
+            ):
                 parts[run]["members"].append((str(experiment), variant, notes))
         batch.parts = parts
         return batch
@@ -408,23 +529,36 @@ class _Warm:
             values = frame[column]
             parent = next((p for p in spec.parents if p.column == column), None)
             if parent is not None:  # a parent's Redis id, as its Postgres id
-                raw = [int(v) if isinstance(v, str) and v.isascii() and v.isdigit() else None for v in values]
+                raw = [
+                    int(v) if isinstance(v, str) and v.isascii() and v.isdigit() else None
+                    for v in values
+                ]
                 with self.conn.transaction():
                     known = book.resolve(parent.entity, {r for r in raw if r is not None})
                 values = [known.get(r) for r in raw]
             keys[column] = list(values)
-        found = [(rid, *vals) for rid, *vals in zip(frame["_id"].tolist(), *keys.values()) if None not in vals]
+        found = [
+            (rid, *vals)
+            for rid, *vals in zip(frame["_id"].tolist(), *keys.values())
+            if None not in vals
+        ]
         if not found:
             return 0
         types = ["bigint" if any(p.column == k for p in spec.parents) else "text" for k in keys]
         unnest = ", ".join(f"%(k{i})s::{t}[]" for i, t in enumerate(types))
         match = " AND ".join(f"t.{q(k)} = k.k{i}" for i, k in enumerate(keys))
-        params = {**self.params, "entity": spec.name, "ids": [f[0] for f in found],
-                  **{f"k{i}": [f[i + 1] for f in found] for i in range(len(keys))}}
-        pairs_sql = (f"SELECT k.redis_id, t.id FROM unnest(%(ids)s::bigint[], {unnest}) AS k(redis_id, "
-                     f"{', '.join(f'k{i}' for i in range(len(keys)))}) JOIN {self.schema}.{q(spec.name)} t ON {match} "
-                     f"WHERE NOT EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-                     "%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)")
+        params = {
+            **self.params,
+            "entity": spec.name,
+            "ids": [f[0] for f in found],
+            **{f"k{i}": [f[i + 1] for f in found] for i in range(len(keys))},
+        }
+        pairs_sql = (
+            f"SELECT k.redis_id, t.id FROM unnest(%(ids)s::bigint[], {unnest}) AS k(redis_id, "
+            f"{', '.join(f'k{i}' for i in range(len(keys)))}) JOIN {self.schema}.{q(spec.name)} t ON {match} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
+            "%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)"
+        )
         with self.conn.transaction():
             pairs = self.conn.execute(pairs_sql, params).fetchall()
             if pairs and not self.options.dry_run:
@@ -444,11 +578,15 @@ class _Warm:
         pg_ids = [row[0] for row in batch.rows]
         book = self._book(spec)
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                              (str(self.config.lock_timeout_ms), str(self.config.statement_timeout_ms)))
+            self.conn.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                (str(self.config.lock_timeout_ms), str(self.config.statement_timeout_ms)),
+            )
             # Takes turns with a forward sync of the same entity, as two syncs do.
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                              (lock_key(self.config, self.origin, spec.name),))
+            self.conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (lock_key(self.config, self.origin, spec.name),),
+            )
             if spec.name in PARENT_ENTITIES:
                 book.map_ids(spec.name, ids, pg_ids)
             self._rehome(spec, pg_ids, ids if has_redis_id(spec) else None)
@@ -456,32 +594,58 @@ class _Warm:
                 for part in ("hyperparameters", "experiment_runs"):
                     if part in self.options.entities:
                         self._rehome(BY_NAME[part], pg_ids, by="training_run_id")
-                cards = {self._key("metric:{id}:", id=i) + name: len(points)
-                         for i, pg in zip(ids, pg_ids) for name, points in batch.parts[pg]["series"].items()}
-                Bookkeeping(self.conn, self.config.sync_schema, self.origin.name, "metrics",
-                            self.origin.generation).set_series_cards(cards)
+                cards = {
+                    self._key("metric:{id}:", id=i) + name: len(points)
+                    for i, pg in zip(ids, pg_ids)
+                    for name, points in batch.parts[pg]["series"].items()
+                }
+                Bookkeeping(
+                    self.conn,
+                    self.config.sync_schema,
+                    self.origin.name,
+                    "metrics",
+                    self.origin.generation,
+                ).set_series_cards(cards)
             if spec is PREDICTIONS and book.watermark() == ids[0] - 1:
                 # Everything below the block was synced: the sync need not read the block back.
                 book.set_watermark(ids[-1])
             book.note_warm_range(spec.name, ids[0], ids[-1])
             if self.src.marker() != self.origin.generation:
-                raise SyncFailed("warm: Redis was flushed or restarted during the warm (its marker "
-                                 f"{self.src.prefix}{GENERATION_KEY} changed); nothing of this batch committed, "
-                                 "run the warm again")
+                raise SyncFailed(
+                    "warm: Redis was flushed or restarted during the warm (its marker "
+                    f"{self.src.prefix}{GENERATION_KEY} changed); nothing of this batch committed, "
+                    "run the warm again"
+                )
 
-    def _rehome(self, spec: EntitySpec, pg_ids: list[int], redis_ids: list[int] | None = None,
-                by: str = "id") -> None:
+    def _rehome(
+        self,
+        spec: EntitySpec,
+        pg_ids: list[int],
+        redis_ids: list[int] | None = None,
+        by: str = "id",
+    ) -> None:
         """The rows now belong to the data set they are written into, so its changes update them."""
         table = f"{self.schema}.{q(spec.name)}"
         if redis_ids is not None:
             # The id range keeps the planner on the primary key: without it, it hashes the whole table per batch.
-            self.conn.execute(f"UPDATE {table} t SET origin_source = %(source)s, origin_redis_id = u.r FROM "
-                              "unnest(%(pg)s::bigint[], %(redis)s::bigint[]) AS u(p, r) WHERE t.id = u.p "
-                              "AND t.id BETWEEN %(lo)s AND %(hi)s",
-                              {**self.params, "pg": pg_ids, "redis": redis_ids, "lo": min(pg_ids), "hi": max(pg_ids)})
+            self.conn.execute(
+                f"UPDATE {table} t SET origin_source = %(source)s, origin_redis_id = u.r FROM "
+                "unnest(%(pg)s::bigint[], %(redis)s::bigint[]) AS u(p, r) WHERE t.id = u.p "
+                "AND t.id BETWEEN %(lo)s AND %(hi)s",
+                {
+                    **self.params,
+                    "pg": pg_ids,
+                    "redis": redis_ids,
+                    "lo": min(pg_ids),
+                    "hi": max(pg_ids),
+                },
+            )
         else:
-            self.conn.execute(f"UPDATE {table} SET origin_source = %(source)s WHERE {q(by)} = ANY(%(pg)s) "
-                              "AND origin_source IS DISTINCT FROM %(source)s", {**self.params, "pg": pg_ids})
+            self.conn.execute(
+                f"UPDATE {table} SET origin_source = %(source)s WHERE {q(by)} = ANY(%(pg)s) "
+                "AND origin_source IS DISTINCT FROM %(source)s",
+                {**self.params, "pg": pg_ids},
+            )
 
     def _key(self, pattern: str, **parts) -> str:
         return self.config.key_prefix + pattern.format(**parts)
@@ -496,7 +660,10 @@ class _Warm:
         for name, value in zip(layout.fields, values):
             hash_args += (name, value)
         parent = values[0] if "{parent}" in layout.index else None
-        commands = [hash_args, ["ZADD", self._key(layout.index.format(parent=parent)), row[-1] or rid, rid]]
+        commands = [
+            hash_args,
+            ["ZADD", self._key(layout.index.format(parent=parent)), row[-1] or rid, rid],
+        ]
         guards = [key]
         if layout.name_map:  # the application's own model of that name keeps the name
             commands.append(["HSETNX", self._key(layout.name_map), values[0], rid])
@@ -504,17 +671,33 @@ class _Warm:
             if parts["params"]:
                 guards.append(self._key("hyperparam:{id}", id=rid))
                 for start in range(0, len(parts["params"]), SCRIPT_ARGS):
-                    commands.append(["HSET", guards[-1], *parts["params"][start:start + SCRIPT_ARGS]])
+                    commands.append(
+                        ["HSET", guards[-1], *parts["params"][start : start + SCRIPT_ARGS]]
+                    )
             for name, points in parts["series"].items():
-                series = self._key("metric:{id}:", id=rid) + name  # a name may hold braces: not a pattern
+                series = (
+                    self._key("metric:{id}:", id=rid) + name
+                )  # a name may hold braces: not a pattern
                 flat = [v for point in points for v in point]
                 for start in range(0, len(flat), SCRIPT_ARGS):
-                    commands.append(["ZADD", series, *flat[start:start + SCRIPT_ARGS]])
+                    commands.append(["ZADD", series, *flat[start : start + SCRIPT_ARGS]])
             for experiment, variant, notes in parts["members"]:
                 member = self._key("exprun:{e}:{r}", e=experiment, r=rid)
                 guards.append(member)
-                commands.append(["HSET", member, "experiment_id", experiment, "training_run_id", rid,
-                                 "variant_name", variant, "notes", notes])
+                commands.append(
+                    [
+                        "HSET",
+                        member,
+                        "experiment_id",
+                        experiment,
+                        "training_run_id",
+                        rid,
+                        "variant_name",
+                        variant,
+                        "notes",
+                        notes,
+                    ]
+                )
                 commands.append(["SADD", self._key("exprun:{e}:runs", e=experiment), rid])
         args = [str(len(guards)), *guards, str(len(commands))]
         for command in commands:
@@ -528,7 +711,9 @@ class _Warm:
         layout, (template, _) = LAYOUT[spec.name], self._template(spec)
         rid, values = str(redis_id), row[2:-1]
         key = self.config.key_prefix + layout.record + rid
-        index = self._key(layout.index.format(parent=values[0] if "{parent}" in layout.index else ""))
+        index = self._key(
+            layout.index.format(parent=values[0] if "{parent}" in layout.index else "")
+        )
         variables = [key, key, rid, *values, index, row[-1] or rid, rid]
         if layout.name_map:
             variables += (values[0], rid)
@@ -540,8 +725,10 @@ class _Warm:
         if spec.name in self._templates:
             return self._templates[spec.name]
         layout, slot = LAYOUT[spec.name], None
-        commands = [["HSET", slot, "id", slot, *[a for name in layout.fields for a in (name, slot)]],
-                    ["ZADD", slot, slot, slot]]
+        commands = [
+            ["HSET", slot, "id", slot, *[a for name in layout.fields for a in (name, slot)]],
+            ["ZADD", slot, slot, slot],
+        ]
         if layout.name_map:
             commands.append(["HSETNX", self._key(layout.name_map), slot, slot])
         args = ["1", slot, str(len(commands))]
@@ -557,7 +744,9 @@ class _Warm:
         calls = []
         for start in range(0, len(batch.rows), SCRIPT_RECORDS):
             count, packed = 0, []
-            for row, rid in zip(batch.rows[start:start + SCRIPT_RECORDS], ids[start:start + SCRIPT_RECORDS]):
+            for row, rid in zip(
+                batch.rows[start : start + SCRIPT_RECORDS], ids[start : start + SCRIPT_RECORDS]
+            ):
                 parts = batch.parts.get(row[0])
                 if parts is None:
                     packed.append(self._packed(spec, row, rid))
@@ -569,8 +758,10 @@ class _Warm:
             calls.append((count, b"".join(packed)))
         replies = self.sender.call(calls)
         if any(not isinstance(r, list) for r in replies):
-            raise SyncFailed("warm: Redis was flushed or restarted during the warm (its marker "
-                             f"{self.src.prefix}{GENERATION_KEY} changed); run the warm again")
+            raise SyncFailed(
+                "warm: Redis was flushed or restarted during the warm (its marker "
+                f"{self.src.prefix}{GENERATION_KEY} changed); run the warm again"
+            )
         fresh = [flag for reply in replies for flag in reply]
         self.result.written[spec.name] = self.result.written.get(spec.name, 0) + sum(fresh)
         if spec is TRAINING_RUNS:
@@ -598,11 +789,17 @@ class _ScriptCalls:
 
     def call(self, calls: list[tuple[int, bytes]]) -> list:
         """One script call per (argument count, packed arguments); the replies in order."""
-        packed = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n" % (5 + count, self.sha.encode())
-                  + self.head + args for count, args in calls]
+        packed = [
+            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n" % (5 + count, self.sha.encode())
+            + self.head
+            + args
+            for count, args in calls
+        ]
         try:
             return self._send(packed)
-        except redis.exceptions.NoScriptError:  # Redis restarted meanwhile: the marker check then refuses
+        except (
+            redis.exceptions.NoScriptError
+        ):  # Redis restarted meanwhile: the marker check then refuses
             self.sha = self.client.script_load(_WRITE_IF_ABSENT)
             return self.call(calls)
 
@@ -635,7 +832,9 @@ class _InOrder:
     def __init__(self, depth: int = 2):
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
         self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._work, name="rp_pipeline-warm-write", daemon=True)
+        self.thread = threading.Thread(
+            target=self._work, name="rp_pipeline-warm-write", daemon=True
+        )
         self.thread.start()
 
     def _work(self) -> None:
@@ -646,7 +845,7 @@ class _InOrder:
             if self.failure is None:
                 try:
                     job()
-                except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                except BaseException as exc:
                     self.failure = exc
 
     def submit(self, job) -> None:
@@ -668,12 +867,12 @@ def text_sql(column: Column, ref: str) -> str:
     """SQL giving a column's value as the layout's string: NULL as the "not set" value (or ''),
     timestamps as naive UTC ISO-8601 the way Python's isoformat() writes them, JSON as JSON text."""
     if column.type == TIMESTAMPTZ:
-        value = (f"regexp_replace(to_char({ref} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), "
-                 "'\\.000000$', '')")
+        value = (
+            f"regexp_replace(to_char({ref} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), "
+            "'\\.000000$', '')"
+        )
     elif column.type in (JSONB, FLOAT, BIGINT):
         value = f"{ref}::text"
     else:
         value = ref
     return f"COALESCE({value}, '{column.unset or ''}')"
-
-

@@ -25,17 +25,38 @@ Connections: REDIS_URL, POSTGRES_URL, REDIS_KEY_PREFIX, POSTGRES_SCHEMA, SYNC_SC
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    prog = "rp-pipeline warm" if Path(sys.argv[0]).name == "rp-pipeline" else "python -m rp_pipeline warm"
+    prog = (
+        "rp-pipeline warm"
+        if Path(sys.argv[0]).name == "rp-pipeline"
+        else "python -m rp_pipeline warm"
+    )
     parser = argparse.ArgumentParser(
-        prog=prog, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog,
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Warm Redis from Postgres: write the rows back in the aidb layout, so applications find "
-                    "them after a flush or a restart, without the next sync adding them again.")
-    parser.add_argument("--entities", metavar="LIST",
-                        help=f"comma-separated, from: {', '.join(s.name for s in ENTITIES)} (default: all)")
-    parser.add_argument("--runs-days", type=float, metavar="N", help="runs started in the last N days (WARM_RUNS_DAYS)")
-    parser.add_argument("--predictions-hours", type=float, metavar="N",
-                        help="predictions of the last N hours (WARM_PREDICTIONS_HOURS; 0: none)")
-    parser.add_argument("--dry-run", action="store_true", help="count what would be written; write nothing")
+        "them after a flush or a restart, without the next sync adding them again.",
+    )
+    parser.add_argument(
+        "--entities",
+        metavar="LIST",
+        help=f"comma-separated, from: {', '.join(s.name for s in ENTITIES)} (default: all)",
+    )
+    parser.add_argument(
+        "--runs-days",
+        type=float,
+        metavar="N",
+        help="runs started in the last N days (WARM_RUNS_DAYS)",
+    )
+    parser.add_argument(
+        "--predictions-hours",
+        type=float,
+        metavar="N",
+        help="predictions of the last N hours (WARM_PREDICTIONS_HOURS; 0: none)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count what would be written; write nothing"
+    )
     parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
     parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
     parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
@@ -51,14 +72,21 @@ def main(argv: list[str]) -> int:
         from .errors import SyncFailed
         from .warm import WarmOptions, parse_entities, run_warm
 
-        config = SyncConfig.from_env(redis_url=args.redis_url, postgres_url=args.postgres_url,
-                                     key_prefix=args.key_prefix)
-        options = WarmOptions.from_env(entities=parse_entities(args.entities) if args.entities else None,
-                                       runs_days=args.runs_days, predictions_hours=args.predictions_hours,
-                                       dry_run=args.dry_run)
+        config = SyncConfig.from_env(
+            redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix
+        )
+        options = WarmOptions.from_env(
+            entities=parse_entities(args.entities) if args.entities else None,
+            runs_days=args.runs_days,
+            predictions_hours=args.predictions_hours,
+            dry_run=args.dry_run,
+        )
         check_servers(config)
-        logger.info("=== Warming Redis from PostgreSQL%s: %s ===", " (dry run)" if args.dry_run else "",
-                    config.describe())
+        logger.info(
+            "=== Warming Redis from PostgreSQL%s: %s ===",
+            " (dry run)" if args.dry_run else "",
+            config.describe(),
+        )
         try:
             result = run_warm(config, options, logger)
         except SyncFailed as exc:
@@ -68,10 +96,18 @@ def main(argv: list[str]) -> int:
             logger.warning("Warm aborted; run it again to complete it.")
             return EXIT_ABORTED
         for name, count in result.counts().items():
-            extra = [f"{result.reused[name]} reused" if result.reused.get(name) else "",
-                     f"{result.skipped[name]} left out (parent not in Redis)" if result.skipped.get(name) else ""]
-            logger.info("  %s: %d%s", name.replace("_", " ").capitalize(), count,
-                        "".join(f", {e}" for e in extra if e))
+            extra = [
+                f"{result.reused[name]} reused" if result.reused.get(name) else "",
+                f"{result.skipped[name]} left out (parent not in Redis)"
+                if result.skipped.get(name)
+                else "",
+            ]
+            logger.info(
+                "  %s: %d%s",
+                name.replace("_", " ").capitalize(),
+                count,
+                "".join(f", {e}" for e in extra if e),
+            )
         for note in result.notes:
             logger.info("  note: %s", note)
         return EXIT_OK

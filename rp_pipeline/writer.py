@@ -160,14 +160,35 @@ _PREDICTION = _Entity(
     "counter:prediction",
     "prediction:",
     "idx:predictions:{parent}",
-    ("model_version_id", "input", "output", "confidence", "inference_time_ms", "timestamp", "metadata"),
+    (
+        "model_version_id",
+        "input",
+        "output",
+        "confidence",
+        "inference_time_ms",
+        "timestamp",
+        "metadata",
+    ),
 )
 
 # Each table's layout, for code that writes existing rows back (the cache warm, warm.py).
-LAYOUT: dict[str, _Entity] = {"models": _MODEL, "model_versions": _VERSION, "datasets": _DATASET,
-                              "training_runs": _RUN, "experiments": _EXPERIMENT, "predictions": _PREDICTION}
+LAYOUT: dict[str, _Entity] = {
+    "models": _MODEL,
+    "model_versions": _VERSION,
+    "datasets": _DATASET,
+    "training_runs": _RUN,
+    "experiments": _EXPERIMENT,
+    "predictions": _PREDICTION,
+}
 
-_RUN_UPDATABLE = ("status", "completed_at", "duration_seconds", "final_loss", "best_metric_value", "artifacts")
+_RUN_UPDATABLE = (
+    "status",
+    "completed_at",
+    "duration_seconds",
+    "final_loss",
+    "best_metric_value",
+    "artifacts",
+)
 
 
 class RedisWriter:
@@ -176,7 +197,9 @@ class RedisWriter:
     def __init__(self, client: redis.Redis, key_prefix: str = "aidb:"):
         self.client = client
         self.key_prefix = key_prefix
-        self.on_cluster = isinstance(client, RedisCluster)  # ordered single-key writes, see the module docstring
+        self.on_cluster = isinstance(
+            client, RedisCluster
+        )  # ordered single-key writes, see the module docstring
         self._insert = client.register_script(_INSERT_RECORDS)
         self._update = client.register_script(_UPDATE_EXISTING)
         # The constant head of the script's ARGV, per entity.
@@ -224,7 +247,17 @@ class RedisWriter:
     ) -> int:
         """Register a model and point `model:name_to_id` at it; returns its id."""
         now = _utc_now()
-        values = (name, description, architecture, framework, task_type, input_shape, output_shape, now, now)
+        values = (
+            name,
+            description,
+            architecture,
+            framework,
+            task_type,
+            input_shape,
+            output_shape,
+            now,
+            now,
+        )
         return self._insert_one(_MODEL, values)
 
     def create_model_version(
@@ -272,7 +305,18 @@ class RedisWriter:
         status: str = "started",
     ) -> int:
         """Start a training run (completed_at '', numbers 0 until update_training_run); returns its id."""
-        values = (model_version_id, dataset_id or 0, run_name, status, _utc_now(), "", 0, 0, 0, "{}")
+        values = (
+            model_version_id,
+            dataset_id or 0,
+            run_name,
+            status,
+            _utc_now(),
+            "",
+            0,
+            0,
+            0,
+            "{}",
+        )
         return self._insert_one(_RUN, values)
 
     def create_experiment(
@@ -298,7 +342,13 @@ class RedisWriter:
         """Log one prediction; returns its id."""
         score, timestamp = _logging_time()
         values = _prediction_values(
-            model_version_id, input_data, output_data, confidence, inference_time_ms, metadata, timestamp
+            model_version_id,
+            input_data,
+            output_data,
+            confidence,
+            inference_time_ms,
+            metadata,
+            timestamp,
         )
         return self._insert_one(_PREDICTION, values, parent=model_version_id, score=score)
 
@@ -361,7 +411,10 @@ class RedisWriter:
     def log_hyperparameters(self, training_run_id: int, params: Mapping[str, Any]) -> None:
         """Add or overwrite hyperparameters of a run, each stored as str(value)."""
         if params:
-            self.client.hset(self._key(f"hyperparam:{training_run_id}"), mapping={k: str(v) for k, v in params.items()})
+            self.client.hset(
+                self._key(f"hyperparam:{training_run_id}"),
+                mapping={k: str(v) for k, v in params.items()},
+            )
 
     def log_metric(
         self,
@@ -382,7 +435,9 @@ class RedisWriter:
             "timestamp": _utc_now(),
         }
         score = epoch if epoch is not None else step if step is not None else 0
-        self.client.zadd(self._key(f"metric:{training_run_id}:{metric_name}:{split}"), {_json(point): score})
+        self.client.zadd(
+            self._key(f"metric:{training_run_id}:{metric_name}:{split}"), {_json(point): score}
+        )
 
     def add_experiment_run(
         self, experiment_id: int, training_run_id: int, variant_name: str = "", notes: str = ""
@@ -394,7 +449,9 @@ class RedisWriter:
             "variant_name": _scalar(variant_name),
             "notes": _scalar(notes),
         }
-        if self.on_cluster:  # two slots: the hash first, so the run set never names a membership not written
+        if (
+            self.on_cluster
+        ):  # two slots: the hash first, so the run set never names a membership not written
             self.client.hset(self._key(f"exprun:{experiment_id}:{training_run_id}"), mapping=fields)
             self.client.sadd(self._key(f"exprun:{experiment_id}:runs"), training_run_id)
             return
@@ -428,7 +485,9 @@ class RedisWriter:
             "model_versions": int(versions or 0),
             "datasets": datasets,
             "training_runs": runs,
-            "completed_runs": sum(1 for status in statuses if status is not None and _text(status) == "completed"),
+            "completed_runs": sum(
+                1 for status in statuses if status is not None and _text(status) == "completed"
+            ),
             "experiments": experiments,
             "predictions": int(predictions or 0),
         }
@@ -438,7 +497,9 @@ class RedisWriter:
     def _key(self, suffix: str) -> str:
         return self.key_prefix + suffix
 
-    def _insert_one(self, entity: _Entity, values: tuple, parent: Any = None, score: str = "") -> int:
+    def _insert_one(
+        self, entity: _Entity, values: tuple, parent: Any = None, score: str = ""
+    ) -> int:
         return self._insert_many(entity, [(parent, score, values)])[0]
 
     def _insert_many(self, entity: _Entity, rows: list[tuple[Any, str, tuple]]) -> list[int]:
@@ -457,18 +518,23 @@ class RedisWriter:
         first = int(self._insert(keys=keys, args=args))
         return list(range(first, first + len(rows)))
 
-
-    def _insert_many_in_order(self, entity: _Entity, rows: list[tuple[Any, str, tuple]]) -> list[int]:
+    def _insert_many_in_order(
+        self, entity: _Entity, rows: list[tuple[Any, str, tuple]]
+    ) -> list[int]:
         """The cluster's way (module docstring): counter, then every hash, then the index entries."""
         first = int(self.client.incrby(self._key(entity.counter), len(rows))) - len(rows) + 1
         ids = list(range(first, first + len(rows)))
         pipe = self.client.pipeline(transaction=False)  # grouped by node, one round trip per node
         for record_id, (_, _, values) in zip(ids, rows):
-            pipe.hset(self._key(f"{entity.record}{record_id}"),
-                      mapping={"id": record_id, **dict(zip(entity.fields, map(_scalar, values)))})
+            pipe.hset(
+                self._key(f"{entity.record}{record_id}"),
+                mapping={"id": record_id, **dict(zip(entity.fields, map(_scalar, values)))},
+            )
         pipe.execute()
         for record_id, (parent, score, values) in zip(ids, rows):
-            pipe.zadd(self._key(entity.index.format(parent=parent)), {str(record_id): score or record_id})
+            pipe.zadd(
+                self._key(entity.index.format(parent=parent)), {str(record_id): score or record_id}
+            )
             if entity.name_map:
                 pipe.hset(self._key(entity.name_map), _scalar(values[0]), record_id)
         pipe.execute()
@@ -483,7 +549,9 @@ def is_cluster_node(client: redis.Redis) -> bool:
     server, a cluster yields a fraction of the data set and no error."""
     try:
         hello = client.execute_command("HELLO")
-    except redis.ResponseError:  # a server older than 6.2 (HELLO needs a protocol version there): no cluster mode
+    except (
+        redis.ResponseError
+    ):  # a server older than 6.2 (HELLO needs a protocol version there): no cluster mode
         return False
     if isinstance(hello, list):
         hello = dict(zip(hello[::2], hello[1::2]))

@@ -17,8 +17,12 @@ README = (REPO / "README.md").read_text()
 
 def readme_acl_line(user: str, first_rule: str) -> str:
     """The README's `ACL SETUSER <user> <first_rule> ...` line, exactly one, as written."""
-    lines = [line for line in README.splitlines() if line.startswith(f"ACL SETUSER {user} {first_rule} ")]
-    assert len(lines) == 1, f"README should have one 'ACL SETUSER {user} {first_rule} ...' line, has {len(lines)}"
+    lines = [
+        line for line in README.splitlines() if line.startswith(f"ACL SETUSER {user} {first_rule} ")
+    ]
+    assert len(lines) == 1, (
+        f"README should have one 'ACL SETUSER {user} {first_rule} ...' line, has {len(lines)}"
+    )
     return lines[0]
 
 

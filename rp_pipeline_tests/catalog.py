@@ -26,13 +26,17 @@ def _read(rows) -> dict[str, list[list]]:
         "columns": rows(
             "SELECT table_schema, table_name, column_name, ordinal_position, data_type, is_nullable, "
             "column_default, is_identity, identity_generation FROM information_schema.columns "
-            "WHERE table_schema = ANY(%s)"),
-        "indexes": rows("SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
-                        "WHERE schemaname = ANY(%s)"),
+            "WHERE table_schema = ANY(%s)"
+        ),
+        "indexes": rows(
+            "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = ANY(%s)"
+        ),
         "constraints": rows(
             "SELECT n.nspname, t.relname, c.conname, c.contype::text, pg_get_constraintdef(c.oid) "
             "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace JOIN pg_class t ON t.oid = c.conrelid "
-            "WHERE n.nspname = ANY(%s)"),
+            "WHERE n.nspname = ANY(%s)"
+        ),
     }
 
 

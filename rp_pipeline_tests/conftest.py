@@ -18,7 +18,9 @@ import pytest
 import redis
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _worker_index() -> int:
@@ -101,8 +103,13 @@ def sync_config(redis_url, key_prefix, postgres_url, pg_schemas):
     from rp_pipeline.settings import SyncConfig
 
     schema, sync_schema = pg_schemas
-    return SyncConfig(postgres_url=postgres_url, redis_url=redis_url, key_prefix=key_prefix,
-                      schema=schema, sync_schema=sync_schema)
+    return SyncConfig(
+        postgres_url=postgres_url,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        schema=schema,
+        sync_schema=sync_schema,
+    )
 
 
 @pytest.fixture

@@ -31,8 +31,17 @@ import psycopg
 import redis
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent / "rp_pipeline")
-TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics",
-          "experiments", "experiment_runs", "predictions")
+TABLES = (
+    "models",
+    "model_versions",
+    "datasets",
+    "training_runs",
+    "hyperparameters",
+    "metrics",
+    "experiments",
+    "experiment_runs",
+    "predictions",
+)
 FOREIGN_KEYS = (  # child table, column, parent table
     ("model_versions", "model_id", "models"),
     ("training_runs", "model_version_id", "model_versions"),
@@ -60,6 +69,7 @@ def import_without_dagster() -> None:
 
 # -- a TCP proxy that can die ------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     """A port nothing listens on (bound and released at once)."""
     with socket.socket() as s:
@@ -86,7 +96,9 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int, record: bool = False):
         self.target = (target_host, target_port)
         self.record = record
-        self.recorded: list[bytearray] = []  # client→server bytes, one buffer per connection (if `record`)
+        self.recorded: list[
+            bytearray
+        ] = []  # client→server bytes, one buffer per connection (if `record`)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.killed = threading.Event()
@@ -101,11 +113,11 @@ class TcpProxy:
         threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
 
     @classmethod
-    def to(cls, url: str, default_port: int, record: bool = False) -> "TcpProxy":
+    def to(cls, url: str, default_port: int, record: bool = False) -> TcpProxy:
         parts = urlsplit(url)
         return cls(parts.hostname or "127.0.0.1", parts.port or default_port, record)
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -131,10 +143,12 @@ class TcpProxy:
             sockets, self._sockets = [self.listener, *self._sockets], []
         for sock in sockets:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
             except OSError:
                 pass
-            for action in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+            for action in (lambda sock=sock: sock.shutdown(socket.SHUT_RDWR), sock.close):
                 try:
                     action()
                 except OSError:
@@ -157,8 +171,12 @@ class TcpProxy:
                 tape = bytearray() if self.record else None
                 if tape is not None:
                     self.recorded.append(tape)
-            threading.Thread(target=self._pump, args=(client, upstream, True, tape), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False, None), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(client, upstream, True, tape), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, False, None), daemon=True
+            ).start()
 
     def _tripped(self, data: bytes) -> bool:
         with self._lock:
@@ -166,11 +184,15 @@ class TcpProxy:
                 return False
             pattern, occurrence = self._trigger
             window = self._tail + data
-            self._seen += window.count(pattern)  # the tail is shorter than the pattern: no double count
-            self._tail = window[-(len(pattern) - 1):] if len(pattern) > 1 else b""
+            self._seen += window.count(
+                pattern
+            )  # the tail is shorter than the pattern: no double count
+            self._tail = window[-(len(pattern) - 1) :] if len(pattern) > 1 else b""
             return self._seen >= occurrence
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool, tape: bytearray | None) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, upstream: bool, tape: bytearray | None
+    ) -> None:
         try:
             while not self.killed.is_set():
                 data = source.recv(1 << 16)
@@ -204,20 +226,26 @@ def postgres_frontend_messages(stream: bytes) -> list[tuple[str, bytes]]:
     The untyped opening packets (SSLRequest, GSSENCRequest, StartupMessage) come back as type "".
     """
     messages, pos = [], 0
-    while pos + 8 <= len(stream):  # untyped packets: length, then a request code or the protocol version
-        length, code = int.from_bytes(stream[pos:pos + 4], "big"), int.from_bytes(stream[pos + 4:pos + 8], "big")
+    while pos + 8 <= len(
+        stream
+    ):  # untyped packets: length, then a request code or the protocol version
+        length, code = (
+            int.from_bytes(stream[pos : pos + 4], "big"),
+            int.from_bytes(stream[pos + 4 : pos + 8], "big"),
+        )
         if code not in (80877103, 80877104, 196608):
             break
-        messages.append(("", bytes(stream[pos + 8:pos + length])))
+        messages.append(("", bytes(stream[pos + 8 : pos + length])))
         pos += length
     while pos + 5 <= len(stream):
-        kind, length = chr(stream[pos]), int.from_bytes(stream[pos + 1:pos + 5], "big")
-        messages.append((kind, bytes(stream[pos + 5:pos + 1 + length])))
+        kind, length = chr(stream[pos]), int.from_bytes(stream[pos + 1 : pos + 5], "big")
+        messages.append((kind, bytes(stream[pos + 5 : pos + 1 + length])))
         pos += 1 + length
     return messages
 
 
 # -- the truth: each table as a multiset of identities ------------------------------------------------------------
+
 
 def iso(moment: datetime | None) -> str | None:
     """A Postgres timestamptz as the naive UTC ISO string the aidb layout writes."""
@@ -242,7 +270,9 @@ def json_value(text: str | None):
             return ("number", Decimal(value).normalize() if isinstance(value, Decimal) else value)
         return ("string", value)
 
-    return freeze(json.loads(text, parse_float=Decimal, parse_constant=lambda name: None))  # NaN is stored as null
+    return freeze(
+        json.loads(text, parse_float=Decimal, parse_constant=lambda name: None)
+    )  # NaN is stored as null
 
 
 def _float(text: str | None) -> float | None:
@@ -253,7 +283,7 @@ def _hgetall_many(client: redis.Redis, keys: list[str]) -> list[dict]:
     out: list[dict] = []
     for start in range(0, len(keys), 2000):
         pipe = client.pipeline(transaction=False)
-        for key in keys[start:start + 2000]:
+        for key in keys[start : start + 2000]:
             pipe.hgetall(key)
         out += pipe.execute()
     return out
@@ -273,16 +303,24 @@ def redis_truth(client: redis.Redis, prefix: str) -> dict[str, Counter]:
     (duplicates collapse, the highest id winning, as the layout's name map does);
     Redis ids identify runs and predictions (their origin in Postgres).
     """
+
     def records(entity: str, index: str | None) -> dict[int, dict]:
         ids = _ids(client, prefix, entity, index)
-        return {i: h for i, h in zip(ids, _hgetall_many(client, [f"{prefix}{entity}:{i}" for i in ids])) if h}
+        return {
+            i: h
+            for i, h in zip(ids, _hgetall_many(client, [f"{prefix}{entity}:{i}" for i in ids]))
+            if h
+        }
 
     models, versions = records("model", "idx:models"), records("version", None)
     datasets, runs = records("dataset", "idx:datasets"), records("run", "idx:runs")
     experiments = records("experiment", "idx:experiments")
     model_name = {i: h["name"] for i, h in models.items()}
-    version_of = {i: (model_name[int(h["model_id"])], h["version"]) for i, h in versions.items()
-                  if int(h["model_id"]) in model_name}
+    version_of = {
+        i: (model_name[int(h["model_id"])], h["version"])
+        for i, h in versions.items()
+        if int(h["model_id"]) in model_name
+    }
     dataset_name = {i: h["name"] for i, h in datasets.items()}
     truth: dict[str, Counter] = {t: Counter() for t in TABLES}
     truth["models"] = Counter({(name,): 1 for name in model_name.values()})
@@ -291,8 +329,16 @@ def redis_truth(client: redis.Redis, prefix: str) -> dict[str, Counter]:
     truth["experiments"] = Counter({(h["name"],): 1 for h in experiments.values()})
     for i, h in runs.items():
         dataset = int(h.get("dataset_id") or 0)
-        truth["training_runs"][(i, h["run_name"], h["status"], *version_of[int(h["model_version_id"])],
-                                dataset_name.get(dataset) if dataset else None, h["started_at"])] += 1
+        truth["training_runs"][
+            (
+                i,
+                h["run_name"],
+                h["status"],
+                *version_of[int(h["model_version_id"])],
+                dataset_name.get(dataset) if dataset else None,
+                h["started_at"],
+            )
+        ] += 1
     params = _hgetall_many(client, [f"{prefix}hyperparam:{i}" for i in runs])
     for run_id, hash_ in zip(runs, params):
         for name, value in hash_.items():
@@ -302,22 +348,44 @@ def redis_truth(client: redis.Redis, prefix: str) -> dict[str, Counter]:
     for key in metric_keys:
         pipe.zrange(key, 0, -1)
     for key, members in zip(metric_keys, pipe.execute()):
-        run_id = int(key[len(prefix) + len("metric:"):].split(":", 1)[0])
+        run_id = int(key[len(prefix) + len("metric:") :].split(":", 1)[0])
         for member in members:
             p = json.loads(member)
-            truth["metrics"][(run_id, p["metric_name"], p["split"], p["epoch"], p["step"],
-                              float(p["metric_value"]), p["timestamp"])] += 1
+            truth["metrics"][
+                (
+                    run_id,
+                    p["metric_name"],
+                    p["split"],
+                    p["epoch"],
+                    p["step"],
+                    float(p["metric_value"]),
+                    p["timestamp"],
+                )
+            ] += 1
     experiment_name = {i: h["name"] for i, h in experiments.items()}
     for e in experiments:
         for r in sorted(client.smembers(f"{prefix}exprun:{e}:runs")):
             member = client.hgetall(f"{prefix}exprun:{e}:{r}")
-            truth["experiment_runs"][(experiment_name[e], int(r), member.get("variant_name") or None,
-                                      member.get("notes") or None)] += 1  # '' is NULL
+            truth["experiment_runs"][
+                (
+                    experiment_name[e],
+                    int(r),
+                    member.get("variant_name") or None,
+                    member.get("notes") or None,
+                )
+            ] += 1  # '' is NULL
     ids = list(range(1, int(client.get(f"{prefix}counter:prediction") or 0) + 1))
     for i, h in zip(ids, _hgetall_many(client, [f"{prefix}prediction:{i}" for i in ids])):
         if h:
-            truth["predictions"][(i, *version_of[int(h["model_version_id"])], h["timestamp"],
-                                  json_value(h["input"]), json_value(h["output"]))] += 1
+            truth["predictions"][
+                (
+                    i,
+                    *version_of[int(h["model_version_id"])],
+                    h["timestamp"],
+                    json_value(h["input"]),
+                    json_value(h["output"]),
+                )
+            ] += 1
     return truth
 
 
@@ -330,30 +398,48 @@ def postgres_truth(conn: psycopg.Connection, schema: str) -> dict[str, Counter]:
 
     truth: dict[str, Counter] = {}
     truth["models"] = Counter((n,) for (n,) in query("SELECT name FROM {s}.models"))
-    truth["model_versions"] = Counter(query(
-        "SELECT m.name, v.version FROM {s}.model_versions v JOIN {s}.models m ON m.id = v.model_id"))
+    truth["model_versions"] = Counter(
+        query(
+            "SELECT m.name, v.version FROM {s}.model_versions v JOIN {s}.models m ON m.id = v.model_id"
+        )
+    )
     truth["datasets"] = Counter((n,) for (n,) in query("SELECT name FROM {s}.datasets"))
     truth["experiments"] = Counter((n,) for (n,) in query("SELECT name FROM {s}.experiments"))
     truth["training_runs"] = Counter(
-        (r, name, status, model, version, dataset, iso(started)) for r, name, status, model, version, dataset, started
-        in query("SELECT r.origin_redis_id, r.run_name, r.status, m.name, v.version, d.name, r.started_at "
-                 "FROM {s}.training_runs r JOIN {s}.model_versions v ON v.id = r.model_version_id "
-                 "JOIN {s}.models m ON m.id = v.model_id LEFT JOIN {s}.datasets d ON d.id = r.dataset_id"))
-    truth["hyperparameters"] = Counter(query(
-        "SELECT r.origin_redis_id, h.param_name, h.param_value FROM {s}.hyperparameters h "
-        "JOIN {s}.training_runs r ON r.id = h.training_run_id"))
+        (r, name, status, model, version, dataset, iso(started))
+        for r, name, status, model, version, dataset, started in query(
+            "SELECT r.origin_redis_id, r.run_name, r.status, m.name, v.version, d.name, r.started_at "
+            "FROM {s}.training_runs r JOIN {s}.model_versions v ON v.id = r.model_version_id "
+            "JOIN {s}.models m ON m.id = v.model_id LEFT JOIN {s}.datasets d ON d.id = r.dataset_id"
+        )
+    )
+    truth["hyperparameters"] = Counter(
+        query(
+            "SELECT r.origin_redis_id, h.param_name, h.param_value FROM {s}.hyperparameters h "
+            "JOIN {s}.training_runs r ON r.id = h.training_run_id"
+        )
+    )
     truth["metrics"] = Counter(
-        (r, name, split, epoch, step, value, iso(ts)) for r, name, split, epoch, step, value, ts
-        in query('SELECT r.origin_redis_id, x.metric_name, x.split, x.epoch, x.step, x.metric_value, x."timestamp" '
-                 "FROM {s}.metrics x JOIN {s}.training_runs r ON r.id = x.training_run_id"))
-    truth["experiment_runs"] = Counter(query(
-        "SELECT e.name, r.origin_redis_id, x.variant_name, x.notes FROM {s}.experiment_runs x "
-        "JOIN {s}.experiments e ON e.id = x.experiment_id JOIN {s}.training_runs r ON r.id = x.training_run_id"))
+        (r, name, split, epoch, step, value, iso(ts))
+        for r, name, split, epoch, step, value, ts in query(
+            'SELECT r.origin_redis_id, x.metric_name, x.split, x.epoch, x.step, x.metric_value, x."timestamp" '
+            "FROM {s}.metrics x JOIN {s}.training_runs r ON r.id = x.training_run_id"
+        )
+    )
+    truth["experiment_runs"] = Counter(
+        query(
+            "SELECT e.name, r.origin_redis_id, x.variant_name, x.notes FROM {s}.experiment_runs x "
+            "JOIN {s}.experiments e ON e.id = x.experiment_id JOIN {s}.training_runs r ON r.id = x.training_run_id"
+        )
+    )
     truth["predictions"] = Counter(
-        (r, model, version, iso(ts), json_value(i), json_value(o)) for r, model, version, ts, i, o
-        in query('SELECT p.origin_redis_id, m.name, v.version, p."timestamp", p.input_data::text, '
-                 "p.output_data::text FROM {s}.predictions p JOIN {s}.model_versions v ON v.id = p.model_version_id "
-                 "JOIN {s}.models m ON m.id = v.model_id"))
+        (r, model, version, iso(ts), json_value(i), json_value(o))
+        for r, model, version, ts, i, o in query(
+            'SELECT p.origin_redis_id, m.name, v.version, p."timestamp", p.input_data::text, '
+            "p.output_data::text FROM {s}.predictions p JOIN {s}.model_versions v ON v.id = p.model_version_id "
+            "JOIN {s}.models m ON m.id = v.model_id"
+        )
+    )
     return truth
 
 
@@ -364,12 +450,18 @@ def table_counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
 def dangling_foreign_keys(conn: psycopg.Connection, schema: str) -> dict[str, int]:
     """Rows whose foreign key points at no row, per child.column (all zero when consistent)."""
     s = f'"{schema}"'
-    return {f"{child}.{column}": conn.execute(
-        f"SELECT count(*) FROM {s}.{child} c LEFT JOIN {s}.{parent} p ON p.id = c.{column} "
-        f"WHERE c.{column} IS NOT NULL AND p.id IS NULL").fetchone()[0] for child, column, parent in FOREIGN_KEYS}
+    return {
+        f"{child}.{column}": conn.execute(
+            f"SELECT count(*) FROM {s}.{child} c LEFT JOIN {s}.{parent} p ON p.id = c.{column} "
+            f"WHERE c.{column} IS NOT NULL AND p.id IS NULL"
+        ).fetchone()[0]
+        for child, column, parent in FOREIGN_KEYS
+    }
 
 
-def differences(expected: dict[str, Counter], actual: dict[str, Counter], examples: int = 3) -> dict[str, dict]:
+def differences(
+    expected: dict[str, Counter], actual: dict[str, Counter], examples: int = 3
+) -> dict[str, dict]:
     """Per table: how many identities are missing, duplicated or unexpected (empty when equal)."""
     diff = {}
     for table in TABLES:
@@ -377,15 +469,22 @@ def differences(expected: dict[str, Counter], actual: dict[str, Counter], exampl
         missing, extra = want - have, have - want
         duplicated = {k: n for k, n in have.items() if n > 1}
         if missing or extra or duplicated:
-            diff[table] = {"expected": sum(want.values()), "found": sum(have.values()),
-                           "missing": sum(missing.values()), "unexpected": sum(extra.values()),
-                           "duplicated": len(duplicated), "e.g. missing": list(missing)[:examples],
-                           "e.g. unexpected": list(extra)[:examples]}
+            diff[table] = {
+                "expected": sum(want.values()),
+                "found": sum(have.values()),
+                "missing": sum(missing.values()),
+                "unexpected": sum(extra.values()),
+                "duplicated": len(duplicated),
+                "e.g. missing": list(missing)[:examples],
+                "e.g. unexpected": list(extra)[:examples],
+            }
     return diff
 
 
 def watermark(conn: psycopg.Connection, sync_schema: str, entity: str) -> int | None:
-    row = conn.execute(f'SELECT last_id FROM "{sync_schema}".watermarks WHERE entity = %s', (entity,)).fetchone()
+    row = conn.execute(
+        f'SELECT last_id FROM "{sync_schema}".watermarks WHERE entity = %s', (entity,)
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -395,8 +494,16 @@ def bookkeeping_count(conn: psycopg.Connection, sync_schema: str, table: str) ->
 
 # -- data ------------------------------------------------------------------------------------------------
 
-def fill(writer, *, models: int = 3, runs_per_version: int = 2, points: int = 10, predictions: int = 1000,
-         tag: str = "") -> dict[str, list[int]]:
+
+def fill(
+    writer,
+    *,
+    models: int = 3,
+    runs_per_version: int = 2,
+    points: int = 10,
+    predictions: int = 1000,
+    tag: str = "",
+) -> dict[str, list[int]]:
     """A little of every entity through the hot-path writer; returns the version and run ids."""
     experiment = writer.create_experiment(f"exp{tag}")
     dataset = writer.create_dataset(f"data{tag}", size_bytes=150_000_000_000)
@@ -406,8 +513,9 @@ def fill(writer, *, models: int = 3, runs_per_version: int = 2, points: int = 10
         version = writer.create_model_version(model, "1.0")
         versions.append(version)
         for r in range(runs_per_version):
-            run = writer.create_training_run(version, dataset_id=dataset if r % 2 else None,
-                                             run_name=f"run{tag}-{m}-{r}")
+            run = writer.create_training_run(
+                version, dataset_id=dataset if r % 2 else None, run_name=f"run{tag}-{m}-{r}"
+            )
             runs.append(run)
             writer.log_hyperparameters(run, {"lr": 0.01 * (r + 1), "seed": r})
             for step in range(points):
@@ -418,13 +526,22 @@ def fill(writer, *, models: int = 3, runs_per_version: int = 2, points: int = 10
     return {"versions": versions, "runs": runs}
 
 
-def log_predictions(writer, versions: list[int], count: int, tag: str = "", batch: int = 500) -> list[int]:
+def log_predictions(
+    writer, versions: list[int], count: int, tag: str = "", batch: int = 500
+) -> list[int]:
     ids = []
     for start in range(0, count, batch):
-        ids += writer.log_predictions([
-            {"model_version_id": versions[i % len(versions)], "input_data": {"i": i, "tag": tag, "x": [i * 0.5, -i]},
-             "output_data": {"label": i % 7, "p": 0.125 * (i % 8)}, "confidence": 0.9}
-            for i in range(start, min(count, start + batch))])
+        ids += writer.log_predictions(
+            [
+                {
+                    "model_version_id": versions[i % len(versions)],
+                    "input_data": {"i": i, "tag": tag, "x": [i * 0.5, -i]},
+                    "output_data": {"label": i % 7, "p": 0.125 * (i % 8)},
+                    "confidence": 0.9,
+                }
+                for i in range(start, min(count, start + batch))
+            ]
+        )
     return ids
 
 
@@ -432,16 +549,30 @@ def utc_iso(unix_time: float) -> str:
     return datetime.fromtimestamp(unix_time, timezone.utc).replace(tzinfo=None).isoformat()
 
 
-def write_prediction_by_hand(client: redis.Redis, prefix: str, version_id: int, logged_at: float | None = None,
-                             pause: float = 0.0, **fields) -> int:
+def write_prediction_by_hand(
+    client: redis.Redis,
+    prefix: str,
+    version_id: int,
+    logged_at: float | None = None,
+    pause: float = 0.0,
+    **fields,
+) -> int:
     """A prediction in the old adapter's order: INCR the counter, (pause,) then HSET the hash and ZADD its index."""
     logged_at = time.time() if logged_at is None else logged_at
     new_id = client.incr(f"{prefix}counter:prediction")
     if pause:
         time.sleep(pause)
-    record = {"id": new_id, "model_version_id": version_id, "input": json.dumps({"n": new_id}),
-              "output": json.dumps({"data": new_id % 3}), "confidence": "0.5", "inference_time_ms": "3.5",
-              "timestamp": utc_iso(logged_at), "metadata": "{}", **fields}
+    record = {
+        "id": new_id,
+        "model_version_id": version_id,
+        "input": json.dumps({"n": new_id}),
+        "output": json.dumps({"data": new_id % 3}),
+        "confidence": "0.5",
+        "inference_time_ms": "3.5",
+        "timestamp": utc_iso(logged_at),
+        "metadata": "{}",
+        **fields,
+    }
     pipe = client.pipeline(transaction=False)
     pipe.hset(f"{prefix}prediction:{new_id}", mapping=record)
     pipe.zadd(f"{prefix}idx:predictions:{version_id}", {new_id: -logged_at})
@@ -451,8 +582,17 @@ def write_prediction_by_hand(client: redis.Redis, prefix: str, version_id: int, 
 
 # -- writer processes (multiprocessing targets; module level so that spawn can import them) --------------------
 
-def atomic_writer_process(redis_url: str, prefix: str, seed: int, seconds: float, rate: float,
-                          versions: list[int], runs: list[int], out) -> None:
+
+def atomic_writer_process(
+    redis_url: str,
+    prefix: str,
+    seed: int,
+    seconds: float,
+    rate: float,
+    versions: list[int],
+    runs: list[int],
+    out,
+) -> None:
     """Log predictions (batches) and metric points at about `rate` records/s with the hot-path RedisWriter.
 
     Midway it starts a run of its own and logs hyperparameters and metrics for it,
@@ -471,9 +611,17 @@ def atomic_writer_process(redis_url: str, prefix: str, seed: int, seconds: float
     deadline = start + seconds
     while time.monotonic() < deadline:
         tick += 1
-        predictions += writer.log_predictions([
-            {"model_version_id": rng.choice(versions), "input_data": {"w": seed, "t": tick, "k": k},
-             "output_data": rng.random(), "confidence": rng.random() or 0.5} for k in range(batch)])
+        predictions += writer.log_predictions(
+            [
+                {
+                    "model_version_id": rng.choice(versions),
+                    "input_data": {"w": seed, "t": tick, "k": k},
+                    "output_data": rng.random(),
+                    "confidence": rng.random() or 0.5,
+                }
+                for k in range(batch)
+            ]
+        )
         if tick == 40:
             run = writer.create_training_run(rng.choice(versions), run_name=f"w{seed}-live")
             writer.log_hyperparameters(run, {"lr": 0.001, "writer": seed})
@@ -487,11 +635,20 @@ def atomic_writer_process(redis_url: str, prefix: str, seed: int, seconds: float
         if ahead > 0:
             time.sleep(ahead)
     writer.close()
-    out.put({"kind": "atomic", "seed": seed, "predictions": predictions, "points": points, "runs": own_runs})
+    out.put(
+        {
+            "kind": "atomic",
+            "seed": seed,
+            "predictions": predictions,
+            "points": points,
+            "runs": own_runs,
+        }
+    )
 
 
-def old_adapter_writer_process(redis_url: str, prefix: str, seed: int, seconds: float, versions: list[int],
-                               out) -> None:
+def old_adapter_writer_process(
+    redis_url: str, prefix: str, seed: int, seconds: float, versions: list[int], out
+) -> None:
     """The old adapter's non-atomic order: INCR, a few ms later HSET + ZADD; sometimes a run the same way."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     rng = random.Random(seed)
@@ -501,16 +658,30 @@ def old_adapter_writer_process(redis_url: str, prefix: str, seed: int, seconds: 
     while time.monotonic() < deadline:
         # Long enough that a cycle often reads the counter, then the id, inside the gap (the sync
         # re-reads an empty id once, a few ms later, before it decides the record is not written yet).
-        predictions.append(write_prediction_by_hand(client, prefix, rng.choice(versions),
-                                                    pause=rng.uniform(0.01, 0.04)))
+        predictions.append(
+            write_prediction_by_hand(
+                client, prefix, rng.choice(versions), pause=rng.uniform(0.01, 0.04)
+            )
+        )
         if len(predictions) % 100 == 0:
             run_id = client.incr(f"{prefix}counter:run")
             time.sleep(rng.uniform(0.01, 0.04))
-            client.hset(f"{prefix}run:{run_id}", mapping={
-                "id": run_id, "model_version_id": rng.choice(versions), "dataset_id": 0,
-                "run_name": f"old-{run_id}", "status": "started", "started_at": utc_iso(time.time()),
-                "completed_at": "", "duration_seconds": 0, "final_loss": 0, "best_metric_value": 0,
-                "artifacts": "{}"})
+            client.hset(
+                f"{prefix}run:{run_id}",
+                mapping={
+                    "id": run_id,
+                    "model_version_id": rng.choice(versions),
+                    "dataset_id": 0,
+                    "run_name": f"old-{run_id}",
+                    "status": "started",
+                    "started_at": utc_iso(time.time()),
+                    "completed_at": "",
+                    "duration_seconds": 0,
+                    "final_loss": 0,
+                    "best_metric_value": 0,
+                    "artifacts": "{}",
+                },
+            )
             client.zadd(f"{prefix}idx:runs", {run_id: run_id})
             runs.append(run_id)
     client.close()

@@ -17,13 +17,27 @@ from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import sync_all
 from rp_pipeline.schema import migrate
 
-TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics",
-          "experiments", "experiment_runs", "predictions")
+TABLES = (
+    "models",
+    "model_versions",
+    "datasets",
+    "training_runs",
+    "hyperparameters",
+    "metrics",
+    "experiments",
+    "experiment_runs",
+    "predictions",
+)
 IDENTITY = {  # what makes a row unique for a user looking for duplicates
-    "models": "name", "model_versions": "model_id, version", "datasets": "name",
-    "training_runs": "origin_redis_id", "hyperparameters": "training_run_id, param_name",
-    "metrics": "training_run_id, metric_name, split, epoch, step, timestamp", "experiments": "name",
-    "experiment_runs": "experiment_id, training_run_id", "predictions": "origin_redis_id",
+    "models": "name",
+    "model_versions": "model_id, version",
+    "datasets": "name",
+    "training_runs": "origin_redis_id",
+    "hyperparameters": "training_run_id, param_name",
+    "metrics": "training_run_id, metric_name, split, epoch, step, timestamp",
+    "experiments": "name",
+    "experiment_runs": "experiment_id, training_run_id",
+    "predictions": "origin_redis_id",
 }
 
 
@@ -36,7 +50,9 @@ def counts(conn) -> dict[str, int]:
     return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
 
 
-def fill(writer, models: int = 4, runs_per_model: int = 3, predictions: int = 300) -> dict[str, int]:
+def fill(
+    writer, models: int = 4, runs_per_model: int = 3, predictions: int = 300
+) -> dict[str, int]:
     versions = []
     experiment = writer.create_experiment("ablation")
     dataset = writer.create_dataset("imagenet", size_bytes=150_000_000_000)
@@ -50,12 +66,28 @@ def fill(writer, models: int = 4, runs_per_model: int = 3, predictions: int = 30
             for epoch in range(1, 4):
                 writer.log_metric(run, "loss", 1.0 / epoch, epoch=epoch)
             writer.add_experiment_run(experiment, run, variant_name=f"v{r}")
-    writer.log_predictions([{"model_version_id": versions[i % len(versions)], "input_data": {"i": i},
-                             "output_data": i} for i in range(predictions)])
+    writer.log_predictions(
+        [
+            {
+                "model_version_id": versions[i % len(versions)],
+                "input_data": {"i": i},
+                "output_data": i,
+            }
+            for i in range(predictions)
+        ]
+    )
     runs = models * runs_per_model
-    return {"models": models, "model_versions": models, "datasets": 1, "training_runs": runs,
-            "hyperparameters": runs * 2, "metrics": runs * 3, "experiments": 1, "experiment_runs": runs,
-            "predictions": predictions}
+    return {
+        "models": models,
+        "model_versions": models,
+        "datasets": 1,
+        "training_runs": runs,
+        "hyperparameters": runs * 2,
+        "metrics": runs * 3,
+        "experiments": 1,
+        "experiment_runs": runs,
+        "predictions": predictions,
+    }
 
 
 def run_at_once(config, syncs: int = 2) -> list[dict]:
@@ -73,7 +105,7 @@ def run_at_once(config, syncs: int = 2) -> list[dict]:
             finally:
                 client.close()
                 conn.close()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(syncs)]
@@ -89,7 +121,10 @@ def run_at_once(config, syncs: int = 2) -> list[dict]:
 
 def assert_no_duplicates(conn) -> None:
     for table, key in IDENTITY.items():
-        assert rows(conn, f"SELECT {key}, count(*) FROM {table} GROUP BY {key} HAVING count(*) > 1") == [], table
+        assert (
+            rows(conn, f"SELECT {key}, count(*) FROM {table} GROUP BY {key} HAVING count(*) > 1")
+            == []
+        ), table
 
 
 @pytest.fixture
@@ -109,7 +144,9 @@ def test_two_syncs_at_once_create_no_duplicates_and_lose_nothing(migrated, write
     assert sum(first[t].rejected + second[t].rejected for t in TABLES) == 0
 
 
-def test_syncs_at_once_while_the_writer_keeps_writing_lose_nothing(migrated, writer, pg_conn, run_sync):
+def test_syncs_at_once_while_the_writer_keeps_writing_lose_nothing(
+    migrated, writer, pg_conn, run_sync
+):
     expected = fill(writer, models=2, predictions=100)
     version = 1  # the first model's version, written by fill()
     stop = threading.Event()

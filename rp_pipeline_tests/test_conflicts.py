@@ -18,7 +18,9 @@ from psycopg.rows import dict_row
 from rp_pipeline.engine import stats_from_results
 from rp_pipeline.schema import migrate
 
-MODEL_COLUMNS = "name, description, architecture, framework, task_type, input_shape, output_shape, created_at"
+MODEL_COLUMNS = (
+    "name, description, architecture, framework, task_type, input_shape, output_shape, created_at"
+)
 HAND_CREATED = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
@@ -31,15 +33,22 @@ def rows(conn, sql: str, *params) -> list[dict]:
 def hand_model(sync_config, pg_conn):
     """An analyst's row, inserted before any sync: some columns set, some NULL."""
     migrate(sync_config)
-    pg_conn.execute("INSERT INTO models (name, description, framework, created_at) VALUES (%s, %s, %s, %s)",
-                    ("resnet", "curated by hand", "tensorflow", HAND_CREATED))
+    pg_conn.execute(
+        "INSERT INTO models (name, description, framework, created_at) VALUES (%s, %s, %s, %s)",
+        ("resnet", "curated by hand", "tensorflow", HAND_CREATED),
+    )
     return rows(pg_conn, "SELECT * FROM models")[0]
 
 
 @pytest.fixture
 def redis_model(writer):
-    model = writer.create_model("resnet", description="from redis", architecture="ResNet-50", framework="pytorch",
-                                task_type="classification")
+    model = writer.create_model(
+        "resnet",
+        description="from redis",
+        architecture="ResNet-50",
+        framework="pytorch",
+        task_type="classification",
+    )
     writer.create_model_version(model, "1.0")
     return model
 
@@ -49,21 +58,29 @@ def test_hand_inserted_model_is_skipped_by_default(hand_model, redis_model, run_
 
     assert rows(pg_conn, "SELECT * FROM models") == [hand_model]
     assert hand_model["origin_source"] is None
-    assert (results["models"].inserted, results["models"].updated, results["models"].skipped) == (0, 0, 1)
+    assert (results["models"].inserted, results["models"].updated, results["models"].skipped) == (
+        0,
+        0,
+        1,
+    )
     assert stats_from_results(results.values())["models"] == 0
     assert stats_from_results(results.values())["errors"] == 0
 
 
-def test_children_of_a_skipped_model_attach_to_the_existing_row(hand_model, redis_model, run_sync, pg_conn):
+def test_children_of_a_skipped_model_attach_to_the_existing_row(
+    hand_model, redis_model, run_sync, pg_conn
+):
     results = run_sync()
 
     assert rows(pg_conn, "SELECT model_id, version FROM model_versions") == [
-        {"model_id": hand_model["id"], "version": "1.0"}]
+        {"model_id": hand_model["id"], "version": "1.0"}
+    ]
     assert stats_from_results(results.values())["versions"] == 1
 
 
-def test_skipped_model_stays_untouched_on_later_cycles(hand_model, redis_model, redis_client, key_prefix, run_sync,
-                                                       pg_conn):
+def test_skipped_model_stays_untouched_on_later_cycles(
+    hand_model, redis_model, redis_client, key_prefix, run_sync, pg_conn
+):
     run_sync()
     redis_client.hset(f"{key_prefix}model:{redis_model}", "description", "changed in redis")
 
@@ -73,14 +90,27 @@ def test_skipped_model_stays_untouched_on_later_cycles(hand_model, redis_model, 
     assert results["models"].skipped == 1
 
 
-def test_overwrite_policy_replaces_the_hand_inserted_values(hand_model, redis_model, run_sync, pg_conn):
+def test_overwrite_policy_replaces_the_hand_inserted_values(
+    hand_model, redis_model, run_sync, pg_conn
+):
     results = run_sync(conflict={"models": "overwrite"})
 
-    assert rows(pg_conn, f"SELECT id, {MODEL_COLUMNS} FROM models") == [{
-        "id": hand_model["id"], "name": "resnet", "description": "from redis", "architecture": "ResNet-50",
-        "framework": "pytorch", "task_type": "classification", "input_shape": None, "output_shape": None,
-        "created_at": rows(pg_conn, "SELECT created_at FROM models")[0]["created_at"]}]
-    assert rows(pg_conn, "SELECT created_at <> %s AS replaced FROM models", HAND_CREATED) == [{"replaced": True}]
+    assert rows(pg_conn, f"SELECT id, {MODEL_COLUMNS} FROM models") == [
+        {
+            "id": hand_model["id"],
+            "name": "resnet",
+            "description": "from redis",
+            "architecture": "ResNet-50",
+            "framework": "pytorch",
+            "task_type": "classification",
+            "input_shape": None,
+            "output_shape": None,
+            "created_at": rows(pg_conn, "SELECT created_at FROM models")[0]["created_at"],
+        }
+    ]
+    assert rows(pg_conn, "SELECT created_at <> %s AS replaced FROM models", HAND_CREATED) == [
+        {"replaced": True}
+    ]
     assert (results["models"].inserted, results["models"].updated) == (0, 1)
     assert stats_from_results(results.values())["models"] == 1
 
@@ -88,10 +118,19 @@ def test_overwrite_policy_replaces_the_hand_inserted_values(hand_model, redis_mo
 def test_merge_policy_fills_only_null_columns(hand_model, redis_model, run_sync, pg_conn):
     results = run_sync(conflict={"models": "merge"})
 
-    assert rows(pg_conn, f"SELECT id, {MODEL_COLUMNS} FROM models") == [{
-        "id": hand_model["id"], "name": "resnet", "description": "curated by hand", "architecture": "ResNet-50",
-        "framework": "tensorflow", "task_type": "classification", "input_shape": None, "output_shape": None,
-        "created_at": HAND_CREATED}]
+    assert rows(pg_conn, f"SELECT id, {MODEL_COLUMNS} FROM models") == [
+        {
+            "id": hand_model["id"],
+            "name": "resnet",
+            "description": "curated by hand",
+            "architecture": "ResNet-50",
+            "framework": "tensorflow",
+            "task_type": "classification",
+            "input_shape": None,
+            "output_shape": None,
+            "created_at": HAND_CREATED,
+        }
+    ]
     assert (results["models"].inserted, results["models"].updated) == (0, 1)
 
 
@@ -119,19 +158,27 @@ def test_policy_of_one_entity_leaves_the_others_on_skip(sync_config, pg_conn, wr
 
 
 @pytest.mark.parametrize("policy", ["skip", "overwrite", "merge"])
-def test_rows_created_by_the_sync_follow_redis_changes(policy, writer, redis_client, key_prefix, run_sync, pg_conn):
+def test_rows_created_by_the_sync_follow_redis_changes(
+    policy, writer, redis_client, key_prefix, run_sync, pg_conn
+):
     model = writer.create_model("bert", description="first", architecture="transformer")
     dataset = writer.create_dataset("wiki", description="first", num_samples=10)
     conflict = {"models": policy, "datasets": policy}
     run_sync(conflict=conflict)
-    redis_client.hset(f"{key_prefix}model:{model}", mapping={"description": "second", "architecture": ""})
-    redis_client.hset(f"{key_prefix}dataset:{dataset}", mapping={"description": "second", "num_samples": "20"})
+    redis_client.hset(
+        f"{key_prefix}model:{model}", mapping={"description": "second", "architecture": ""}
+    )
+    redis_client.hset(
+        f"{key_prefix}dataset:{dataset}", mapping={"description": "second", "num_samples": "20"}
+    )
 
     results = run_sync(conflict=conflict)
 
     assert rows(pg_conn, "SELECT description, architecture FROM models") == [
-        {"description": "second", "architecture": None}]
+        {"description": "second", "architecture": None}
+    ]
     assert rows(pg_conn, "SELECT description, num_samples FROM datasets") == [
-        {"description": "second", "num_samples": 20}]
+        {"description": "second", "num_samples": 20}
+    ]
     assert (results["models"].updated, results["datasets"].updated) == (1, 1)
     assert stats_from_results(results.values())["models"] == 1

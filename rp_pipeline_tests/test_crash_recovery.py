@@ -28,8 +28,19 @@ from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import sync_all
 from rp_pipeline.schema import migrate
 
-from .faults import (PACKAGE_DIR, bookkeeping_count, dangling_foreign_keys, differences, environment_flag, fill,
-                     log_predictions, postgres_truth, redis_truth, table_counts, watermark)
+from .faults import (
+    PACKAGE_DIR,
+    bookkeeping_count,
+    dangling_foreign_keys,
+    differences,
+    environment_flag,
+    fill,
+    log_predictions,
+    postgres_truth,
+    redis_truth,
+    table_counts,
+    watermark,
+)
 
 # The child imports the engine without the package __init__ (Dagster), which would add seconds per kill.
 SYNC_PROCESS = r"""
@@ -72,7 +83,9 @@ def _more_work(writer, rng: random.Random, versions: list[int], round_: int) -> 
         versions.append(writer.create_model_version(model, "1.0"))
 
 
-def kill_syncs_repeatedly(writer, config, pg_conn, kills_wanted: int, seed: int, deadline_seconds: float) -> dict:
+def kill_syncs_repeatedly(
+    writer, config, pg_conn, kills_wanted: int, seed: int, deadline_seconds: float
+) -> dict:
     """Start sync processes and SIGKILL each after a random delay until `kills_wanted` died mid-run.
 
     Also counts the kills that left the predictions' work uncommitted (watermark behind the counter).
@@ -87,18 +100,25 @@ def kill_syncs_repeatedly(writer, config, pg_conn, kills_wanted: int, seed: int,
     with tempfile.TemporaryFile(mode="w+") as stderr:
         while kills < kills_wanted:
             assert time.monotonic() - started < deadline_seconds, (
-                f"only {kills} of {kills_wanted} kills in {deadline_seconds} s (syncs finished first {finished} times)")
+                f"only {kills} of {kills_wanted} kills in {deadline_seconds} s (syncs finished first {finished} times)"
+            )
             _more_work(writer, rng, versions, kills + finished)
             stderr.seek(0)
             stderr.truncate()
-            child = subprocess.Popen([sys.executable, "-c", SYNC_PROCESS, PACKAGE_DIR, payload, uuid.uuid4().hex],
-                                     stdout=subprocess.PIPE, stderr=stderr, text=True)
+            child = subprocess.Popen(
+                [sys.executable, "-c", SYNC_PROCESS, PACKAGE_DIR, payload, uuid.uuid4().hex],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
             try:
                 ready = child.stdout.readline().strip()
                 if ready != "ready":
                     child.wait(timeout=30)
                     stderr.seek(0)
-                    pytest.fail(f"sync process did not start (exit {child.returncode}):\n{stderr.read()[-3000:]}")
+                    pytest.fail(
+                        f"sync process did not start (exit {child.returncode}):\n{stderr.read()[-3000:]}"
+                    )
                 t0 = time.monotonic()
                 try:
                     child.wait(timeout=rng.uniform(0.0, window))
@@ -107,10 +127,14 @@ def kill_syncs_repeatedly(writer, config, pg_conn, kills_wanted: int, seed: int,
                     child.wait()
                     kills += 1
                     counter = int(writer.client.get(f"{config.key_prefix}counter:prediction") or 0)
-                    predictions_interrupted += (watermark(pg_conn, config.sync_schema, "predictions") or 0) < counter
+                    predictions_interrupted += (
+                        watermark(pg_conn, config.sync_schema, "predictions") or 0
+                    ) < counter
                 else:
                     stderr.seek(0)
-                    assert child.returncode == 0, f"sync process failed on its own:\n{stderr.read()[-3000:]}"
+                    assert child.returncode == 0, (
+                        f"sync process failed on its own:\n{stderr.read()[-3000:]}"
+                    )
                     finished += 1
                     durations.append(time.monotonic() - t0)
                     # Aim the kills at the span a sync really takes with this much new work.
@@ -120,15 +144,21 @@ def kill_syncs_repeatedly(writer, config, pg_conn, kills_wanted: int, seed: int,
                     child.kill()
                     child.wait()
                 child.stdout.close()
-    return {"kills": kills, "finished": finished, "predictions_interrupted": predictions_interrupted,
-            "seconds": time.monotonic() - started}
+    return {
+        "kills": kills,
+        "finished": finished,
+        "predictions_interrupted": predictions_interrupted,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def assert_postgres_equals_redis(config, redis_client, pg_conn) -> dict:
     schema, sync_schema = config.schema, config.sync_schema
     expected = redis_truth(redis_client, config.key_prefix)
     assert differences(expected, postgres_truth(pg_conn, schema)) == {}
-    assert all(n == 0 for n in dangling_foreign_keys(pg_conn, schema).values()), dangling_foreign_keys(pg_conn, schema)
+    assert all(n == 0 for n in dangling_foreign_keys(pg_conn, schema).values()), (
+        dangling_foreign_keys(pg_conn, schema)
+    )
     assert bookkeeping_count(pg_conn, sync_schema, "pending") == 0
     assert bookkeeping_count(pg_conn, sync_schema, "rejected_records") == 0
     return table_counts(pg_conn, schema)
@@ -143,25 +173,39 @@ def clean_rerun(config) -> None:
         conn.close()
 
 
-def test_sync_killed_at_random_points_loses_and_duplicates_nothing(writer, sync_config, redis_client, pg_conn):
-    config = dataclasses.replace(sync_config, chunk_size=500)  # several chunks per load: kills land between them
-    figures = kill_syncs_repeatedly(writer, config, pg_conn, kills_wanted=15, seed=4, deadline_seconds=150)
+def test_sync_killed_at_random_points_loses_and_duplicates_nothing(
+    writer, sync_config, redis_client, pg_conn
+):
+    config = dataclasses.replace(
+        sync_config, chunk_size=500
+    )  # several chunks per load: kills land between them
+    figures = kill_syncs_repeatedly(
+        writer, config, pg_conn, kills_wanted=15, seed=4, deadline_seconds=150
+    )
     clean_rerun(config)
     counts = assert_postgres_equals_redis(config, redis_client, pg_conn)
     assert figures["predictions_interrupted"] > 0  # kills did land before the predictions' commit
-    print(f"\nFIGURES crash: {figures['kills']} SIGKILLs survived ({figures['predictions_interrupted']} before the "
-          f"predictions committed; {figures['finished']} syncs finished before their kill) in "
-          f"{figures['seconds']:.0f} s; after one clean rerun Postgres == Redis: {counts}")
+    print(
+        f"\nFIGURES crash: {figures['kills']} SIGKILLs survived ({figures['predictions_interrupted']} before the "
+        f"predictions committed; {figures['finished']} syncs finished before their kill) in "
+        f"{figures['seconds']:.0f} s; after one clean rerun Postgres == Redis: {counts}"
+    )
 
 
 @soak
 @pytest.mark.timeout(1800)
-def test_soak_sync_killed_200_times_loses_and_duplicates_nothing(writer, sync_config, redis_client, pg_conn):
+def test_soak_sync_killed_200_times_loses_and_duplicates_nothing(
+    writer, sync_config, redis_client, pg_conn
+):
     config = dataclasses.replace(sync_config, chunk_size=500)
-    figures = kill_syncs_repeatedly(writer, config, pg_conn, kills_wanted=200, seed=200, deadline_seconds=1500)
+    figures = kill_syncs_repeatedly(
+        writer, config, pg_conn, kills_wanted=200, seed=200, deadline_seconds=1500
+    )
     clean_rerun(config)
     counts = assert_postgres_equals_redis(config, redis_client, pg_conn)
     assert figures["predictions_interrupted"] > 0
-    print(f"\nFIGURES crash soak: {figures['kills']} SIGKILLs survived ({figures['predictions_interrupted']} before "
-          f"the predictions committed; {figures['finished']} syncs finished) "
-          f"in {figures['seconds']:.0f} s; Postgres == Redis: {counts}")
+    print(
+        f"\nFIGURES crash soak: {figures['kills']} SIGKILLs survived ({figures['predictions_interrupted']} before "
+        f"the predictions committed; {figures['finished']} syncs finished) "
+        f"in {figures['seconds']:.0f} s; Postgres == Redis: {counts}"
+    )

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from rp_pipeline import defs
 from rp_pipeline.assets import redis_to_postgres
@@ -42,14 +41,19 @@ def fill(writer, runs: int = 2, predictions: int = 30) -> None:
         writer.log_metric(run, "loss", 0.5, epoch=1, split="val")
     experiment = writer.create_experiment("exp")
     writer.add_experiment_run(experiment, run, variant_name="A")
-    writer.log_predictions([{"model_version_id": version, "input_data": {"x": i}, "output_data": [i]}
-                            for i in range(predictions)])
+    writer.log_predictions(
+        [
+            {"model_version_id": version, "input_data": {"x": i}, "output_data": [i]}
+            for i in range(predictions)
+        ]
+    )
 
 
 def run_job(config, instance=None):
     instance = instance or dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def(JOB_NAME).execute_in_process(
-        resources=resources_for(config), instance=instance, raise_on_error=False, run_config=QUIET)
+        resources=resources_for(config), instance=instance, raise_on_error=False, run_config=QUIET
+    )
     return result, instance
 
 
@@ -57,42 +61,65 @@ def test_a_sync_cycle_is_one_step_with_a_materialization_per_table(writer, sync_
     fill(writer)
     result, instance = run_job(sync_config)
     assert result.success
-    steps = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START]
+    steps = [
+        e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START
+    ]
     assert steps == ["redis_to_postgres"]
-    materialized = [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("redis_to_postgres")]
+    materialized = [
+        m.asset_key.to_user_string()
+        for m in result.asset_materializations_for_node("redis_to_postgres")
+    ]
     assert sorted(materialized) == sorted(spec.name for spec in ENTITIES)
     assert instance.get_run_by_id(result.run_id).tags["rp_pipeline/predictions"] == "30"
 
 
-def test_every_materialization_carries_the_standard_table_metadata(writer, sync_config, pg_conn, postgres_url):
+def test_every_materialization_carries_the_standard_table_metadata(
+    writer, sync_config, pg_conn, postgres_url
+):
     fill(writer)
     run_job(sync_config)
-    writer.log_predictions([{"model_version_id": 1, "input_data": {"x": -i}, "output_data": [i]} for i in range(5)])
+    writer.log_predictions(
+        [{"model_version_id": 1, "input_data": {"x": -i}, "output_data": [i]} for i in range(5)]
+    )
     result, _ = run_job(sync_config)  # the counts are kept across cycles, not recounted
     database = postgres_url.rsplit("/", 1)[1]
     for materialization in result.asset_materializations_for_node("redis_to_postgres"):
         table = materialization.asset_key.to_user_string()
         metadata = materialization.metadata
-        count = pg_conn.execute(f'SELECT count(*) FROM "{sync_config.schema}"."{table}"').fetchone()[0]
+        count = pg_conn.execute(
+            f'SELECT count(*) FROM "{sync_config.schema}"."{table}"'
+        ).fetchone()[0]
         assert metadata["dagster/row_count"].value == count, table
         assert metadata["dagster/table_name"].value == f"{database}.{sync_config.schema}.{table}"
         schema = metadata["dagster/column_schema"].value
-        actual = {name: (kind, nullable == "YES") for name, kind, nullable in pg_conn.execute(
-            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = %s", (sync_config.schema, table)).fetchall()}
+        actual = {
+            name: (kind, nullable == "YES")
+            for name, kind, nullable in pg_conn.execute(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s",
+                (sync_config.schema, table),
+            ).fetchall()
+        }
         declared = {c.name: (c.type, c.constraints.nullable) for c in schema.columns}
         assert declared == actual, table
         spec = next(s for s in ENTITIES if s.name == table)
         assert any(f"unique ({', '.join(spec.natural_key)}" in c for c in schema.constraints.other)
         for parent in spec.parents:
-            assert any(c.startswith(f"foreign key ({parent.column}) → {parent.entity}.id ON DELETE")
-                       for c in schema.constraints.other)
-    predictions = next(m for m in result.asset_materializations_for_node("redis_to_postgres")
-                       if m.asset_key.to_user_string() == "predictions").metadata
+            assert any(
+                c.startswith(f"foreign key ({parent.column}) → {parent.entity}.id ON DELETE")
+                for c in schema.constraints.other
+            )
+    predictions = next(
+        m
+        for m in result.asset_materializations_for_node("redis_to_postgres")
+        if m.asset_key.to_user_string() == "predictions"
+    ).metadata
     assert predictions["dagster/row_count"].value == 35 and predictions["rows_inserted"].value == 5
 
 
-def test_the_same_data_under_a_second_origin_fails_the_identity_check(writer, sync_config, redis_client, key_prefix):
+def test_the_same_data_under_a_second_origin_fails_the_identity_check(
+    writer, sync_config, redis_client, key_prefix
+):
     fill(writer)
     first, _ = run_job(sync_config)
     assert first.success and all(e.passed for e in first.get_asset_check_evaluations())
@@ -100,7 +127,10 @@ def test_the_same_data_under_a_second_origin_fails_the_identity_check(writer, sy
     # the README advises) is another origin: its runs and predictions load again, as copies.
     redis_client.delete(f"{key_prefix}rp_pipeline:generation")
     second, _ = run_job(sync_config)
-    evaluations = {(e.asset_key.to_user_string(), e.check_name): e for e in second.get_asset_check_evaluations()}
+    evaluations = {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in second.get_asset_check_evaluations()
+    }
     # Rows identified by origin are copied, not merged. (The metric points point at the copied runs, so
     # their content differs; the runs themselves are the duplicates.)
     for table in ("training_runs", "predictions"):
@@ -114,11 +144,15 @@ def test_a_missing_unique_index_fails_the_identity_check(writer, sync_config, pg
     writer.create_model("ResNet50-Redis")
     run_job(sync_config)
     pg_conn.execute(f'DROP INDEX "{sync_config.schema}".uq_models_identity')
-    only_checks = dg.define_asset_job("only_model_checks", selection=dg.AssetSelection.checks_for_assets("models"))
-    project = dg.Definitions(assets=[redis_to_postgres], jobs=[only_checks],
-                             resources=resources_for(sync_config))
+    only_checks = dg.define_asset_job(
+        "only_model_checks", selection=dg.AssetSelection.checks_for_assets("models")
+    )
+    project = dg.Definitions(
+        assets=[redis_to_postgres], jobs=[only_checks], resources=resources_for(sync_config)
+    )
     result = project.resolve_job_def("only_model_checks").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, run_config=QUIET)
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, run_config=QUIET
+    )
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not result.get_asset_materialization_events()  # checks run alone: nothing synced
     assert evaluations["identity_is_unique"].passed is False
@@ -144,7 +178,9 @@ def _freshness(instance, key: str, seconds_from_now: float):
     original = freshness_evaluator.get_current_timestamp
     freshness_evaluator.get_current_timestamp = lambda: time.time() + seconds_from_now
     try:
-        return asyncio.run(evaluator.evaluate_freshness(LoadingContextForTest(instance), node)).value
+        return asyncio.run(
+            evaluator.evaluate_freshness(LoadingContextForTest(instance), node)
+        ).value
     finally:
         freshness_evaluator.get_current_timestamp = original
 
@@ -168,21 +204,28 @@ def test_freshness_is_enabled_on_the_instance():
 
 
 def _evaluate(sensor, instance, redis_url, key_prefix):
-    context = dg.build_sensor_context(instance=instance, resources={
-        "redis": RedisResource(url=redis_url, key_prefix=key_prefix)})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"redis": RedisResource(url=redis_url, key_prefix=key_prefix)}
+    )
     return sensor(context)
 
 
-def test_backlog_sensor_requests_a_run_only_above_its_threshold(writer, sync_config, redis_url, key_prefix):
+def test_backlog_sensor_requests_a_run_only_above_its_threshold(
+    writer, sync_config, redis_url, key_prefix
+):
     sensor = build_backlog_sensor(trigger=20)
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     model = writer.create_model("m")
     version = writer.create_model_version(model, "v1")
-    writer.log_predictions([{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)])
+    writer.log_predictions(
+        [{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)]
+    )
     instance = dg.DagsterInstance.ephemeral()
     below = _evaluate(sensor, instance, redis_url, key_prefix)
     assert isinstance(below, dg.SkipReason) and "12 records wait" in below.skip_message
-    writer.log_predictions([{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)])
+    writer.log_predictions(
+        [{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)]
+    )
     above = _evaluate(sensor, instance, redis_url, key_prefix)
     assert isinstance(above, dg.RunRequest) and above.tags["rp_pipeline/backlog"] == "22"
     run_job(sync_config, instance)  # synced: nothing waits any more
@@ -204,8 +247,14 @@ def test_backlog_sensor_never_requests_while_a_run_is_in_flight(writer, redis_ur
 
 def _dg(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "DAGSTER_POSTGRES_URL")}
-    return subprocess.run([str(Path(sys.executable).with_name("dg")), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_dg_check_defs_passes_from_the_repository_root():
@@ -216,11 +265,15 @@ def test_dg_check_defs_passes_from_the_repository_root():
 def test_dg_list_defs_shows_the_tables_jobs_schedule_and_sensors():
     done = _dg("list", "defs", "--json")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    listed = json.loads(done.stdout[done.stdout.index("{"):])
+    listed = json.loads(done.stdout[done.stdout.index("{") :])
     assets = {a["asset_key"] for a in listed["assets"]}
     assert assets == {spec.name for spec in ENTITIES} | {"redis_cache_warm"}
     assert {j["name"] for j in listed["jobs"]} >= {JOB_NAME, "redis_cache_warm_job"}
     assert {s["name"] for s in listed["schedules"]} == {"redis_to_postgres_sync_schedule"}
     assert {s["name"] for s in listed["sensors"]} == {"redis_backlog_sensor", "warm_on_flush"}
     assert {c["name"] for c in listed["asset_checks"]} == {
-        "identity_is_unique", "foreign_keys_resolve", "reconciles_with_redis", "no_rejected_records"}
+        "identity_is_unique",
+        "foreign_keys_resolve",
+        "reconciles_with_redis",
+        "no_rejected_records",
+    }

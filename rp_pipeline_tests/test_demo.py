@@ -12,16 +12,26 @@ import sys
 
 from .cli_support import REPO, clean_env
 
-TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics", "experiments",
-          "experiment_runs", "predictions")
+TABLES = (
+    "models",
+    "model_versions",
+    "datasets",
+    "training_runs",
+    "hyperparameters",
+    "metrics",
+    "experiments",
+    "experiment_runs",
+    "predictions",
+)
 
 
 def row_counts(conn) -> dict[str, int]:
     return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in TABLES}
 
 
-def test_demo_twice_gives_the_same_rows_and_prints_the_statistics(redis_url, postgres_url, key_prefix, pg_schemas,
-                                                                  pg_conn, work_dir, monkeypatch):
+def test_demo_twice_gives_the_same_rows_and_prints_the_statistics(
+    redis_url, postgres_url, key_prefix, pg_schemas, pg_conn, work_dir, monkeypatch
+):
     from rp_pipeline.demo import EXPECTED, run_demo
 
     schema, sync_schema = pg_schemas
@@ -30,20 +40,50 @@ def test_demo_twice_gives_the_same_rows_and_prints_the_statistics(redis_url, pos
 
     stats = run_demo(redis_url, postgres_url, key_prefix, schema=schema, sync_schema=sync_schema)
 
-    assert stats == {"models": 3, "versions": 4, "datasets": 2, "runs": 4, "hyperparams": 16, "metrics": 51,
-                     "experiments": 2, "predictions": 303, "errors": 0, "experiment_runs": 4}
+    assert stats == {
+        "models": 3,
+        "versions": 4,
+        "datasets": 2,
+        "runs": 4,
+        "hyperparams": 16,
+        "metrics": 51,
+        "experiments": 2,
+        "predictions": 303,
+        "errors": 0,
+        "experiment_runs": 4,
+    }
     first = row_counts(pg_conn)
     assert first == EXPECTED
     names = {row[0] for row in pg_conn.execute("SELECT name FROM models")}
     assert {"ResNet50-Redis", "BERT-Redis", "مدل-تشخیص-نقشه"} == names
-    assert pg_conn.execute("SELECT size_bytes FROM datasets WHERE name = 'ImageNet-Redis'").fetchone()[0] \
+    assert (
+        pg_conn.execute("SELECT size_bytes FROM datasets WHERE name = 'ImageNet-Redis'").fetchone()[
+            0
+        ]
         == 150_000_000_000
-    assert pg_conn.execute("SELECT count(*) FROM training_runs WHERE status = 'completed'").fetchone()[0] == 3
+    )
+    assert (
+        pg_conn.execute("SELECT count(*) FROM training_runs WHERE status = 'completed'").fetchone()[
+            0
+        ]
+        == 3
+    )
 
-    env = clean_env(REDIS_URL=redis_url, POSTGRES_URL=postgres_url, REDIS_KEY_PREFIX=key_prefix,
-                    POSTGRES_SCHEMA=schema, SYNC_SCHEMA=sync_schema)
-    again = subprocess.run([sys.executable, str(REPO / "demo_redis_postgres_sync.py")], env=env, cwd=work_dir,
-                           capture_output=True, text=True, timeout=120)
+    env = clean_env(
+        REDIS_URL=redis_url,
+        POSTGRES_URL=postgres_url,
+        REDIS_KEY_PREFIX=key_prefix,
+        POSTGRES_SCHEMA=schema,
+        SYNC_SCHEMA=sync_schema,
+    )
+    again = subprocess.run(
+        [sys.executable, str(REPO / "demo_redis_postgres_sync.py")],
+        env=env,
+        cwd=work_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Traceback" not in again.stdout + again.stderr

@@ -45,28 +45,43 @@ def assert_clear_problem(done: subprocess.CompletedProcess, *phrases: str) -> st
 
 def test_postgres_url_not_set(redis_url, work_dir):
     done = run_cli(["--once"], clean_env(REDIS_URL=redis_url), work_dir)
-    assert_clear_problem(done, "POSTGRES_URL is not set", "export POSTGRES_URL=", ".env", "--postgres-url")
+    assert_clear_problem(
+        done, "POSTGRES_URL is not set", "export POSTGRES_URL=", ".env", "--postgres-url"
+    )
 
 
 def test_redis_connection_refused_names_host_port_and_how_to_start_it(postgres_url, work_dir):
     port = free_port()
     env = clean_env(REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{port}/0", POSTGRES_URL=postgres_url)
-    message = assert_clear_problem(run_cli(["--once"], env, work_dir),
-                                   f"cannot connect to Redis at 127.0.0.1:{port}", "redis-server")
+    message = assert_clear_problem(
+        run_cli(["--once"], env, work_dir),
+        f"cannot connect to Redis at 127.0.0.1:{port}",
+        "redis-server",
+    )
     assert "Connection refused" in message or "connecting to" in message
 
 
 def test_postgres_connection_refused_names_host_port_and_how_to_start_it(redis_url, work_dir):
     port = free_port()
-    env = clean_env(REDIS_URL=redis_url, POSTGRES_URL=f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/ai_models")
-    assert_clear_problem(run_cli(["--once"], env, work_dir), f"cannot connect to Postgres at 127.0.0.1:{port}",
-                         "systemctl start postgresql", "postgresql://postgres:***@")
+    env = clean_env(
+        REDIS_URL=redis_url,
+        POSTGRES_URL=f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/ai_models",
+    )
+    assert_clear_problem(
+        run_cli(["--once"], env, work_dir),
+        f"cannot connect to Postgres at 127.0.0.1:{port}",
+        "systemctl start postgresql",
+        "postgresql://postgres:***@",
+    )
 
 
 def test_database_that_does_not_exist(redis_url, postgres_url, work_dir):
     url = with_password(postgres_url.rpartition("/")[0] + "/rp_no_such_database")
-    assert_clear_problem(run_cli(["--once"], clean_env(REDIS_URL=redis_url, POSTGRES_URL=url), work_dir),
-                         "has no database 'rp_no_such_database'", "createdb")
+    assert_clear_problem(
+        run_cli(["--once"], clean_env(REDIS_URL=redis_url, POSTGRES_URL=url), work_dir),
+        "has no database 'rp_no_such_database'",
+        "createdb",
+    )
 
 
 @pytest.fixture
@@ -76,8 +91,22 @@ def redis_with_password():
     if not server:
         pytest.skip("redis-server not installed")
     port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--requirepass", "the-right-one"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "the-right-one",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(50):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -89,9 +118,14 @@ def redis_with_password():
 
 
 def test_redis_wrong_password(redis_with_password, postgres_url, work_dir):
-    env = clean_env(REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{redis_with_password}/0", POSTGRES_URL=postgres_url)
-    assert_clear_problem(run_cli(["--once"], env, work_dir),
-                         f"Redis at 127.0.0.1:{redis_with_password} rejected the password")
+    env = clean_env(
+        REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{redis_with_password}/0",
+        POSTGRES_URL=postgres_url,
+    )
+    assert_clear_problem(
+        run_cli(["--once"], env, work_dir),
+        f"Redis at 127.0.0.1:{redis_with_password} rejected the password",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,25 +145,57 @@ def postgres_with_password():
         shutil.chown(home / "pw", "postgres")
     port = free_port()
     try:
-        subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(home / "data"), "-U", "postgres", "-N",
-                        "--auth=scram-sha-256", f"--pwfile={home / 'pw'}"], check=True, capture_output=True)
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(home / "data"), "-l", str(home / "log"),
-                        "-w", "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_postgres,
+                str(bindir / "initdb"),
+                "-D",
+                str(home / "data"),
+                "-U",
+                "postgres",
+                "-N",
+                "--auth=scram-sha-256",
+                f"--pwfile={home / 'pw'}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *as_postgres,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(home / "data"),
+                "-l",
+                str(home / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(home, ignore_errors=True)
-        pytest.skip(f"could not start a password-authenticated Postgres: {exc.stderr.decode()[:200]}")
+        pytest.skip(
+            f"could not start a password-authenticated Postgres: {exc.stderr.decode()[:200]}"
+        )
     yield port
-    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(home / "data"), "-m", "immediate", "stop"],
-                   capture_output=True)
+    subprocess.run(
+        [*as_postgres, str(bindir / "pg_ctl"), "-D", str(home / "data"), "-m", "immediate", "stop"],
+        capture_output=True,
+    )
     shutil.rmtree(home, ignore_errors=True)
 
 
 def test_postgres_wrong_password(postgres_with_password, redis_url, work_dir):
     url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{postgres_with_password}/postgres"
-    assert_clear_problem(run_cli(["--once"], clean_env(REDIS_URL=redis_url, POSTGRES_URL=url), work_dir),
-                         f"Postgres at 127.0.0.1:{postgres_with_password} rejected the credentials for user 'postgres'",
-                         "POSTGRES_URL")
+    assert_clear_problem(
+        run_cli(["--once"], clean_env(REDIS_URL=redis_url, POSTGRES_URL=url), work_dir),
+        f"Postgres at 127.0.0.1:{postgres_with_password} rejected the credentials for user 'postgres'",
+        "POSTGRES_URL",
+    )
 
 
 @pytest.fixture
@@ -137,37 +203,60 @@ def without_redis_package(tmp_path):
     """A PYTHONPATH entry that makes `import redis` fail as if the package were not installed."""
     shadow = tmp_path / "shadow" / "redis"
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'redis\'", name="redis")\n')
+    (shadow / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'redis\'", name="redis")\n'
+    )
     return str(shadow.parent)
 
 
-def test_missing_client_package_says_which_and_how_to_install(without_redis_package, postgres_url, work_dir):
+def test_missing_client_package_says_which_and_how_to_install(
+    without_redis_package, postgres_url, work_dir
+):
     env = clean_env(PYTHONPATH=without_redis_package, POSTGRES_URL=postgres_url)
-    assert_clear_problem(run_cli(["--once"], env, work_dir), "'redis' is not installed", "pip install -e .")
+    assert_clear_problem(
+        run_cli(["--once"], env, work_dir), "'redis' is not installed", "pip install -e ."
+    )
 
 
 def test_missing_package_in_the_demo_script(without_redis_package, postgres_url, work_dir):
     env = clean_env(PYTHONPATH=without_redis_package, POSTGRES_URL=postgres_url)
-    done = subprocess.run([sys.executable, str(REPO / "demo_redis_postgres_sync.py")], env=env, cwd=work_dir,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "demo_redis_postgres_sync.py")],
+        env=env,
+        cwd=work_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_clear_problem(done, "No module named 'redis'", "pip install -e .")
 
 
 def test_missing_package_message_names_the_pip_package():
     from rp_pipeline.cli import missing_package_message
 
-    message = missing_package_message(ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
+    message = missing_package_message(
+        ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+    )
     assert "'psycopg[binary]' is not installed" in message and "pip install -e ." in message
     assert missing_package_message(ModuleNotFoundError("x", name="rp_pipeline.nope")) is None
 
 
 def test_unreachable_dagster_instance_storage(redis_url, postgres_url, work_dir):
     port = free_port()
-    env = clean_env(REDIS_URL=redis_url, POSTGRES_URL=postgres_url,
-                    DAGSTER_POSTGRES_URL=f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/dagster")
-    shutil.copy(REPO / "dagster.yaml", work_dir / "dagster.yaml")  # the repository's instance settings
-    assert_clear_problem(run_cli(["--once"], env, work_dir), "cannot open the Dagster instance",
-                         f"127.0.0.1:{port}", "DAGSTER_POSTGRES_URL")
+    env = clean_env(
+        REDIS_URL=redis_url,
+        POSTGRES_URL=postgres_url,
+        DAGSTER_POSTGRES_URL=f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/dagster",
+    )
+    shutil.copy(
+        REPO / "dagster.yaml", work_dir / "dagster.yaml"
+    )  # the repository's instance settings
+    assert_clear_problem(
+        run_cli(["--once"], env, work_dir),
+        "cannot open the Dagster instance",
+        f"127.0.0.1:{port}",
+        "DAGSTER_POSTGRES_URL",
+    )
 
 
 def test_sync_interval_that_is_not_a_number(redis_url, postgres_url, work_dir):

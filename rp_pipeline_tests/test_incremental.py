@@ -16,8 +16,17 @@ from psycopg.rows import dict_row
 
 from rp_pipeline.engine import stats_from_results
 
-TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics",
-          "experiments", "experiment_runs", "predictions")
+TABLES = (
+    "models",
+    "model_versions",
+    "datasets",
+    "training_runs",
+    "hyperparameters",
+    "metrics",
+    "experiments",
+    "experiment_runs",
+    "predictions",
+)
 
 
 def rows(conn, sql: str, *params) -> list[dict]:
@@ -43,7 +52,13 @@ def tree(writer):
     writer.add_experiment_run(experiment, run, variant_name="a")
     for i in range(5):
         writer.log_prediction(version, {"x": i}, {"y": i})
-    return {"model": model, "version": version, "dataset": dataset, "run": run, "experiment": experiment}
+    return {
+        "model": model,
+        "version": version,
+        "dataset": dataset,
+        "run": run,
+        "experiment": experiment,
+    }
 
 
 def test_second_cycle_with_nothing_new_inserts_and_updates_nothing(tree, run_sync, pg_conn):
@@ -56,7 +71,8 @@ def test_second_cycle_with_nothing_new_inserts_and_updates_nothing(tree, run_syn
     assert counts(pg_conn) == before
     assert {t: rows(pg_conn, f"SELECT * FROM {t} ORDER BY id") for t in TABLES} == snapshot
     assert {name: (r.inserted, r.updated, r.rejected) for name, r in results.items()} == {
-        name: (0, 0, 0) for name in results}
+        name: (0, 0, 0) for name in results
+    }
     assert set(stats_from_results(results.values()).values()) == {0}
 
 
@@ -70,28 +86,56 @@ def test_only_new_predictions_are_read(tree, writer, run_sync, pg_conn):
 
     assert (second["predictions"].read, second["predictions"].inserted) == (3, 3)
     assert counts(pg_conn)["predictions"] == 8
-    assert [r["x"] for r in rows(pg_conn, "SELECT input_data->>'x' AS x FROM predictions ORDER BY origin_redis_id")] \
-        == ["0", "1", "2", "3", "4", "100", "101", "102"]
+    assert [
+        r["x"]
+        for r in rows(
+            pg_conn, "SELECT input_data->>'x' AS x FROM predictions ORDER BY origin_redis_id"
+        )
+    ] == ["0", "1", "2", "3", "4", "100", "101", "102"]
     assert run_sync()["predictions"].read == 0
 
 
 def test_run_completion_reaches_postgres_next_cycle(tree, writer, run_sync, pg_conn):
     run_sync()
-    started = rows(pg_conn, "SELECT id, status, completed_at, final_loss, best_metric_value FROM training_runs")
-    assert [(r["status"], r["completed_at"], r["best_metric_value"]) for r in started] == [("started", None, None)]
+    started = rows(
+        pg_conn, "SELECT id, status, completed_at, final_loss, best_metric_value FROM training_runs"
+    )
+    assert [(r["status"], r["completed_at"], r["best_metric_value"]) for r in started] == [
+        ("started", None, None)
+    ]
 
-    writer.update_training_run(tree["run"], status="completed", completed_at=datetime(2025, 11, 23, 8, 15, 30),
-                               duration_seconds=120.5, final_loss=0.042, best_metric_value=0.91,
-                               artifacts={"weights": "w.pt"})
+    writer.update_training_run(
+        tree["run"],
+        status="completed",
+        completed_at=datetime(2025, 11, 23, 8, 15, 30),
+        duration_seconds=120.5,
+        final_loss=0.042,
+        best_metric_value=0.91,
+        artifacts={"weights": "w.pt"},
+    )
     results = run_sync()
 
     done = rows(pg_conn, "SELECT * FROM training_runs")
     assert len(done) == 1
     assert done[0]["id"] == started[0]["id"]
-    assert {k: done[0][k] for k in ("status", "completed_at", "duration_seconds", "final_loss",
-                                    "best_metric_value", "artifacts")} == {
-        "status": "completed", "completed_at": datetime(2025, 11, 23, 8, 15, 30, tzinfo=timezone.utc),
-        "duration_seconds": 120.5, "final_loss": 0.042, "best_metric_value": 0.91, "artifacts": {"weights": "w.pt"}}
+    assert {
+        k: done[0][k]
+        for k in (
+            "status",
+            "completed_at",
+            "duration_seconds",
+            "final_loss",
+            "best_metric_value",
+            "artifacts",
+        )
+    } == {
+        "status": "completed",
+        "completed_at": datetime(2025, 11, 23, 8, 15, 30, tzinfo=timezone.utc),
+        "duration_seconds": 120.5,
+        "final_loss": 0.042,
+        "best_metric_value": 0.91,
+        "artifacts": {"weights": "w.pt"},
+    }
     assert (results["training_runs"].inserted, results["training_runs"].updated) == (0, 1)
     assert stats_from_results(results.values())["runs"] == 1
 
@@ -101,7 +145,8 @@ def test_failed_run_status_reaches_postgres(tree, writer, run_sync, pg_conn):
     writer.update_training_run(tree["run"], status="failed")
     run_sync()
     assert rows(pg_conn, "SELECT status, completed_at FROM training_runs") == [
-        {"status": "failed", "completed_at": None}]
+        {"status": "failed", "completed_at": None}
+    ]
 
 
 def test_new_and_overwritten_hyperparameters_reach_postgres(tree, writer, run_sync, pg_conn):
@@ -110,7 +155,9 @@ def test_new_and_overwritten_hyperparameters_reach_postgres(tree, writer, run_sy
 
     results = run_sync()
 
-    assert rows(pg_conn, "SELECT param_name, param_value FROM hyperparameters ORDER BY param_name") == [
+    assert rows(
+        pg_conn, "SELECT param_name, param_value FROM hyperparameters ORDER BY param_name"
+    ) == [
         {"param_name": "batch_size", "param_value": "32"},
         {"param_name": "lr", "param_value": "0.01"},
         {"param_name": "weight_decay", "param_value": "0.0001"},
@@ -125,7 +172,10 @@ def test_new_metric_points_of_a_training_run_reach_postgres(tree, writer, run_sy
 
     results = run_sync()
 
-    assert rows(pg_conn, "SELECT metric_name, split, epoch, metric_value FROM metrics ORDER BY metric_name, epoch") == [
+    assert rows(
+        pg_conn,
+        "SELECT metric_name, split, epoch, metric_value FROM metrics ORDER BY metric_name, epoch",
+    ) == [
         {"metric_name": "accuracy", "split": "val", "epoch": 3, "metric_value": 0.6},
         {"metric_name": "loss", "split": "train", "epoch": 1, "metric_value": 0.9},
         {"metric_name": "loss", "split": "train", "epoch": 2, "metric_value": 0.8},
@@ -141,20 +191,33 @@ def test_points_logged_just_before_completion_are_not_lost(tree, writer, run_syn
 
     run_sync()
 
-    assert [r["epoch"] for r in rows(pg_conn, "SELECT epoch FROM metrics ORDER BY epoch")] == [1, 2, 3]
+    assert [r["epoch"] for r in rows(pg_conn, "SELECT epoch FROM metrics ORDER BY epoch")] == [
+        1,
+        2,
+        3,
+    ]
 
 
-def test_model_description_rewritten_by_raw_hset_reaches_postgres(tree, redis_client, key_prefix, run_sync, pg_conn):
+def test_model_description_rewritten_by_raw_hset_reaches_postgres(
+    tree, redis_client, key_prefix, run_sync, pg_conn
+):
     run_sync()
     model_pg_id = pg_conn.execute("SELECT id FROM models").fetchone()[0]
-    redis_client.hset(f"{key_prefix}model:{tree['model']}",
-                      mapping={"description": "second description", "updated_at": "2025-12-01T09:00:00"})
+    redis_client.hset(
+        f"{key_prefix}model:{tree['model']}",
+        mapping={"description": "second description", "updated_at": "2025-12-01T09:00:00"},
+    )
 
     results = run_sync()
 
     assert rows(pg_conn, "SELECT id, name, description, updated_at FROM models") == [
-        {"id": model_pg_id, "name": "resnet", "description": "second description",
-         "updated_at": datetime(2025, 12, 1, 9, 0, tzinfo=timezone.utc)}]
+        {
+            "id": model_pg_id,
+            "name": "resnet",
+            "description": "second description",
+            "updated_at": datetime(2025, 12, 1, 9, 0, tzinfo=timezone.utc),
+        }
+    ]
     assert (results["models"].inserted, results["models"].updated) == (0, 1)
     assert pg_conn.execute("SELECT model_id FROM model_versions").fetchone()[0] == model_pg_id
 
@@ -166,21 +229,38 @@ def test_reruns_create_no_duplicates(tree, writer, run_sync, pg_conn):
     for _ in range(3):
         run_sync()
 
-    assert counts(pg_conn) == {"models": 1, "model_versions": 1, "datasets": 1, "training_runs": 1,
-                               "hyperparameters": 2, "metrics": 3, "experiments": 1, "experiment_runs": 1,
-                               "predictions": 6}
-    for table, key in (("predictions", "origin_redis_id"), ("training_runs", "origin_redis_id"),
-                       ("metrics", "metric_name, split, epoch"), ("hyperparameters", "param_name")):
-        dupes = rows(pg_conn, f"SELECT {key}, count(*) FROM {table} GROUP BY {key} HAVING count(*) > 1")
+    assert counts(pg_conn) == {
+        "models": 1,
+        "model_versions": 1,
+        "datasets": 1,
+        "training_runs": 1,
+        "hyperparameters": 2,
+        "metrics": 3,
+        "experiments": 1,
+        "experiment_runs": 1,
+        "predictions": 6,
+    }
+    for table, key in (
+        ("predictions", "origin_redis_id"),
+        ("training_runs", "origin_redis_id"),
+        ("metrics", "metric_name, split, epoch"),
+        ("hyperparameters", "param_name"),
+    ):
+        dupes = rows(
+            pg_conn, f"SELECT {key}, count(*) FROM {table} GROUP BY {key} HAVING count(*) > 1"
+        )
         assert dupes == [], table
 
 
-def test_series_started_after_completion_is_found_by_the_periodic_rescan(tree, writer, run_sync, pg_conn):
+def test_series_started_after_completion_is_found_by_the_periodic_rescan(
+    tree, writer, run_sync, pg_conn
+):
     writer.update_training_run(tree["run"], status="completed")
     run_sync()
     writer.log_metric(tree["run"], "accuracy", 0.95, split="test")  # evaluated after training ended
 
     run_sync(metric_rescan_seconds=0)
 
-    assert rows(pg_conn, "SELECT metric_name, split, metric_value FROM metrics WHERE split = 'test'") == [
-        {"metric_name": "accuracy", "split": "test", "metric_value": 0.95}]
+    assert rows(
+        pg_conn, "SELECT metric_name, split, metric_value FROM metrics WHERE split = 'test'"
+    ) == [{"metric_name": "accuracy", "split": "test", "metric_value": 0.95}]

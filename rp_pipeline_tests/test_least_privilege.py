@@ -49,14 +49,17 @@ def least_privilege_url(postgres_url, pg_schemas):
         admin.execute(f'DROP ROLE "{role}"')
 
 
-def test_sync_runs_with_the_documented_least_privilege_role(writer, sync_config, least_privilege_url, pg_conn):
+def test_sync_runs_with_the_documented_least_privilege_role(
+    writer, sync_config, least_privilege_url, pg_conn
+):
     model = writer.create_model("ResNet50-Redis")
     version = writer.create_model_version(model, "v1")
     run = writer.create_training_run(version, run_name="r")
     writer.log_hyperparameters(run, {"lr": 0.1})
     writer.log_metric(run, "loss", 0.5, epoch=1)
-    writer.log_predictions([{"model_version_id": version, "input_data": {"x": i}, "output_data": i}
-                            for i in range(20)])
+    writer.log_predictions(
+        [{"model_version_id": version, "input_data": {"x": i}, "output_data": i} for i in range(20)]
+    )
     config = dataclasses.replace(sync_config, postgres_url=least_privilege_url)
     migrate(config)
     client, conn = connect_redis(config), connect_postgres(config)
@@ -64,7 +67,9 @@ def test_sync_runs_with_the_documented_least_privilege_role(writer, sync_config,
         for _ in range(2):
             results = sync_all(client, conn, config)
         assert all(r.rejected == 0 for r in results.values())
-        role_is_super = conn.execute("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        role_is_super = conn.execute(
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        )
         assert role_is_super.fetchone()[0] is False
     finally:
         client.close()

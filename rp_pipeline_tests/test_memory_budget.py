@@ -16,29 +16,41 @@ from pathlib import Path
 
 import pytest
 
-from rp_pipeline.extract import MAX_VALUE_BYTES
 from rp_pipeline.entities import JSONB
+from rp_pipeline.extract import MAX_VALUE_BYTES
 
 MiB = 1 << 20
 
 
 def embedding(i: int, floats: int = 1536) -> str:
     """An embedding as an application's json.dumps writes it: about 20 characters per float."""
-    return json.dumps({"embedding": [((i * 7919 + k) % 10007) / 10007.0 - 0.123456789 for k in range(floats)]})
+    return json.dumps(
+        {"embedding": [((i * 7919 + k) % 10007) / 10007.0 - 0.123456789 for k in range(floats)]}
+    )
 
 
-def write_wide_predictions(client, prefix: str, version_id: int, count: int, floats: int = 1536,
-                           first: int = 1) -> int:
+def write_wide_predictions(
+    client, prefix: str, version_id: int, count: int, floats: int = 1536, first: int = 1
+) -> int:
     """`count` predictions with wide inputs, written as the writer lays them out; returns their bytes."""
     total = 0
     pipe = client.pipeline(transaction=False)
     for i in range(first, first + count):
         value = embedding(i, floats)
         total += len(value)
-        pipe.hset(f"{prefix}prediction:{i}", mapping={
-            "id": i, "model_version_id": version_id, "input": value, "output": '{"label": "cat"}',
-            "confidence": "0.9", "inference_time_ms": "3.5", "timestamp": "2026-01-02T03:04:05",
-            "metadata": "{}"})
+        pipe.hset(
+            f"{prefix}prediction:{i}",
+            mapping={
+                "id": i,
+                "model_version_id": version_id,
+                "input": value,
+                "output": '{"label": "cat"}',
+                "confidence": "0.9",
+                "inference_time_ms": "3.5",
+                "timestamp": "2026-01-02T03:04:05",
+                "metadata": "{}",
+            },
+        )
         if len(pipe) >= 200:
             pipe.execute()
     pipe.execute()
@@ -52,11 +64,14 @@ def version_id(writer):
 
 
 def loaded(pg_conn) -> list[tuple[int, int]]:
-    return pg_conn.execute("SELECT origin_redis_id, length(input_data::text) FROM predictions "
-                           "ORDER BY origin_redis_id").fetchall()
+    return pg_conn.execute(
+        "SELECT origin_redis_id, length(input_data::text) FROM predictions ORDER BY origin_redis_id"
+    ).fetchall()
 
 
-def test_backlog_many_times_the_budget_syncs_completely(run_sync, redis_client, key_prefix, version_id, pg_conn):
+def test_backlog_many_times_the_budget_syncs_completely(
+    run_sync, redis_client, key_prefix, version_id, pg_conn
+):
     written = write_wide_predictions(redis_client, key_prefix, version_id, 300)  # about 9 MB
     result = run_sync(memory_budget_mb=1)["predictions"]
     assert written > 8 * MiB
@@ -66,17 +81,22 @@ def test_backlog_many_times_the_budget_syncs_completely(run_sync, redis_client, 
     assert 30_000 < result.largest_record_bytes < 40_000
 
 
-def test_the_materialization_reports_bytes_read_and_the_largest_record(run_sync, redis_client, key_prefix,
-                                                                      version_id, sync_config):
+def test_the_materialization_reports_bytes_read_and_the_largest_record(
+    run_sync, redis_client, key_prefix, version_id, sync_config
+):
     from rp_pipeline.assets import materialization_metadata
 
     written = write_wide_predictions(redis_client, key_prefix, version_id, 20)
     metadata = materialization_metadata(run_sync()["predictions"], sync_config, "db")
-    assert written <= metadata["bytes_read"] < written + 20 * 1_000  # the values, plus each reply's framing
+    assert (
+        written <= metadata["bytes_read"] < written + 20 * 1_000
+    )  # the values, plus each reply's framing
     assert 30_000 < metadata["largest_record_bytes"] < 40_000
 
 
-def test_a_record_larger_than_the_budget_syncs_alone(run_sync, redis_client, key_prefix, version_id, pg_conn):
+def test_a_record_larger_than_the_budget_syncs_alone(
+    run_sync, redis_client, key_prefix, version_id, pg_conn
+):
     write_wide_predictions(redis_client, key_prefix, version_id, 3, floats=1536)
     big = embedding(4, floats=150_000)  # about 3 MB, three times the budget
     write_wide_predictions(redis_client, key_prefix, version_id, 1, first=4)
@@ -90,10 +110,13 @@ def test_a_record_larger_than_the_budget_syncs_alone(run_sync, redis_client, key
     assert rows[4] > 3_000_000
 
 
-def test_a_value_past_the_jsonb_limit_is_rejected_with_its_size(run_sync, redis_client, key_prefix, version_id,
-                                                                pg_conn, sync_config):
+def test_a_value_past_the_jsonb_limit_is_rejected_with_its_size(
+    run_sync, redis_client, key_prefix, version_id, pg_conn, sync_config
+):
     write_wide_predictions(redis_client, key_prefix, version_id, 3)
-    size = MAX_VALUE_BYTES[JSONB] + 2  # 256 MB: one HSET sent in pieces, so Redis serves others meanwhile
+    size = (
+        MAX_VALUE_BYTES[JSONB] + 2
+    )  # 256 MB: one HSET sent in pieces, so Redis serves others meanwhile
     value = b"[" + b"1," * ((size - 3) // 2) + b"1]"
     redis_client.hset(f"{key_prefix}prediction:2", "input", value)
     del value
@@ -101,8 +124,11 @@ def test_a_value_past_the_jsonb_limit_is_rejected_with_its_size(run_sync, redis_
     result = run_sync(memory_budget_mb=8)["predictions"]
     assert (result.inserted, result.rejected, result.pending) == (2, 1, 0)
     assert [i for i, _ in loaded(pg_conn)] == [1, 3]
-    reason, raw = pg_conn.execute(f'SELECT reason, raw FROM "{sync_config.sync_schema}".rejected_records '
-                                  "WHERE redis_key = %s", (f"{key_prefix}prediction:2",)).fetchone()
+    reason, raw = pg_conn.execute(
+        f'SELECT reason, raw FROM "{sync_config.sync_schema}".rejected_records '
+        "WHERE redis_key = %s",
+        (f"{key_prefix}prediction:2",),
+    ).fetchone()
     assert reason.startswith(f"field 'input' is {size:,} bytes")
     assert f"{MAX_VALUE_BYTES[JSONB]:,} bytes" in reason
     assert len(raw) < 10_000  # the value itself is not kept
@@ -135,11 +161,25 @@ _SYNC_IN_A_PROCESS = textwrap.dedent("""
 
 def test_a_sync_stays_within_its_budget(redis_client, key_prefix, version_id, sync_config):
     budget_mb = 2
-    written = write_wide_predictions(redis_client, key_prefix, version_id, 1_000)  # about 31 MB: 15 budgets
-    config = {k: getattr(sync_config, k) for k in ("postgres_url", "redis_url", "key_prefix", "schema", "sync_schema")}
-    proc = subprocess.run([sys.executable, "-c", _SYNC_IN_A_PROCESS,
-                           json.dumps({**config, "memory_budget_mb": budget_mb})],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    written = write_wide_predictions(
+        redis_client, key_prefix, version_id, 1_000
+    )  # about 31 MB: 15 budgets
+    config = {
+        k: getattr(sync_config, k)
+        for k in ("postgres_url", "redis_url", "key_prefix", "schema", "sync_schema")
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SYNC_IN_A_PROCESS,
+            json.dumps({**config, "memory_budget_mb": budget_mb}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["inserted"] == 1_000 and figures["bytes_read"] >= written
@@ -152,11 +192,13 @@ def test_a_sync_stays_within_its_budget(redis_client, key_prefix, version_id, sy
     allowance = 12 * MiB
     grew = figures["peak"] - figures["baseline"]
     assert grew <= budget_mb * MiB + allowance, (
-        f"peak RSS grew {grew / MiB:.1f} MiB during the sync of {written / MiB:.0f} MiB with a {budget_mb} MiB budget")
+        f"peak RSS grew {grew / MiB:.1f} MiB during the sync of {written / MiB:.0f} MiB with a {budget_mb} MiB budget"
+    )
 
 
-def test_long_loads_log_records_and_bytes_so_far(run_sync, redis_client, key_prefix, version_id, monkeypatch,
-                                                 caplog):
+def test_long_loads_log_records_and_bytes_so_far(
+    run_sync, redis_client, key_prefix, version_id, monkeypatch, caplog
+):
     import logging
 
     from rp_pipeline import engine
@@ -175,11 +217,15 @@ def test_the_budget_is_set_like_every_other_setting():
     from rp_pipeline.resources import resources_for, sync_config
     from rp_pipeline.settings import ConfigError, SyncConfig
 
-    config = SyncConfig.from_env({"SYNC_MEMORY_BUDGET_MB": "96", "POSTGRES_URL": "postgresql://u@h/db"})
+    config = SyncConfig.from_env(
+        {"SYNC_MEMORY_BUDGET_MB": "96", "POSTGRES_URL": "postgresql://u@h/db"}
+    )
     assert config.memory_budget_mb == 96 and config.memory_budget_bytes == 96 * MiB
     assert SyncConfig.from_env({}).memory_budget_mb == 256
     resources = resources_for(config)
-    assert sync_config(resources["redis"], resources["postgres"], resources["sync_settings"]) == config
+    assert (
+        sync_config(resources["redis"], resources["postgres"], resources["sync_settings"]) == config
+    )
     for bad in ("0", "-5", "lots"):
-        with pytest.raises(ConfigError, match="SYNC_MEMORY_BUDGET_MB|memory budget"):
+        with pytest.raises(ConfigError, match=r"SYNC_MEMORY_BUDGET_MB|memory budget"):
             SyncConfig.from_env({"SYNC_MEMORY_BUDGET_MB": bad})

@@ -30,7 +30,12 @@ DEADLINE = 1.0
 
 
 def sample_timestamps(text: str, name: str) -> list[float | None]:
-    return [s.timestamp for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    return [
+        s.timestamp
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name
+    ]
 
 
 @pytest.fixture
@@ -64,8 +69,11 @@ def timed_scrape(port: int) -> tuple[str, float]:
 
 
 def test_servers_down_from_the_start(sync_config):
-    config = dataclasses.replace(sync_config, redis_url=with_address(sync_config.redis_url, free_port()),
-                                 postgres_url=with_address(sync_config.postgres_url, free_port(), PASSWORD))
+    config = dataclasses.replace(
+        sync_config,
+        redis_url=with_address(sync_config.redis_url, free_port()),
+        postgres_url=with_address(sync_config.postgres_url, free_port(), PASSWORD),
+    )
     exporter = serve_metrics(config, port=0, deadline_seconds=DEADLINE)
     try:
         for _ in range(2):  # and again: a failed scrape leaves nothing behind that breaks the next
@@ -73,7 +81,11 @@ def test_servers_down_from_the_start(sync_config):
             parsed = samples(text)
             assert value(parsed, "rp_pipeline_up", target="redis") == 0
             assert value(parsed, "rp_pipeline_up", target="postgres") == 0
-            assert not [k for k in parsed if k[0] in ("rp_pipeline_backlog_records", "rp_pipeline_rows_total")]
+            assert not [
+                k
+                for k in parsed
+                if k[0] in ("rp_pipeline_backlog_records", "rp_pipeline_rows_total")
+            ]
             assert [v for k, v in parsed.items() if k[0] == "rp_pipeline_build_info"] == [1]
             assert seconds < 2 * DEADLINE + 3
             assert PASSWORD not in text
@@ -81,20 +93,33 @@ def test_servers_down_from_the_start(sync_config):
         exporter.close()
 
 
-def test_servers_going_away_leave_the_last_values_with_their_timestamps(sync_config, writer, run_sync):
+def test_servers_going_away_leave_the_last_values_with_their_timestamps(
+    sync_config, writer, run_sync
+):
     fill(writer, models=1, predictions=20)
     run_sync()
     src = sync_config.redis_address
-    with TcpProxy.to(sync_config.redis_url, 6379) as redis_proxy, \
-            TcpProxy.to(sync_config.postgres_url, 5432) as pg_proxy:
+    with (
+        TcpProxy.to(sync_config.redis_url, 6379) as redis_proxy,
+        TcpProxy.to(sync_config.postgres_url, 5432) as pg_proxy,
+    ):
         # The same source name as the sync's: the proxied URL names the same Redis.
-        config = dataclasses.replace(sync_config, redis_url=with_address(sync_config.redis_url, redis_proxy.port),
-                                     postgres_url=with_address(sync_config.postgres_url, pg_proxy.port), source=src)
+        config = dataclasses.replace(
+            sync_config,
+            redis_url=with_address(sync_config.redis_url, redis_proxy.port),
+            postgres_url=with_address(sync_config.postgres_url, pg_proxy.port),
+            source=src,
+        )
         exporter = serve_metrics(config, port=0, deadline_seconds=DEADLINE)
         try:
             read_at = time.time()
             good = scrape_text(exporter.port)
-            assert value(samples(good), "rp_pipeline_backlog_records", entity="predictions", source=src) == 0
+            assert (
+                value(
+                    samples(good), "rp_pipeline_backlog_records", entity="predictions", source=src
+                )
+                == 0
+            )
             assert sample_timestamps(good, "rp_pipeline_last_success_timestamp_seconds")[0] is None
             redis_proxy.kill()
             pg_proxy.kill()
@@ -105,10 +130,15 @@ def test_servers_going_away_leave_the_last_values_with_their_timestamps(sync_con
     assert value(parsed, "rp_pipeline_up", target="redis") == 0
     assert value(parsed, "rp_pipeline_up", target="postgres") == 0
     assert seconds < 2 * DEADLINE + 3
-    for name in ("rp_pipeline_last_success_timestamp_seconds", "rp_pipeline_rows_total",
-                 "rp_pipeline_backlog_records"):
-        assert samples(good)[next(k for k in samples(good) if k[0] == name)] == parsed[
-            next(k for k in parsed if k[0] == name)], name
+    for name in (
+        "rp_pipeline_last_success_timestamp_seconds",
+        "rp_pipeline_rows_total",
+        "rp_pipeline_backlog_records",
+    ):
+        assert (
+            samples(good)[next(k for k in samples(good) if k[0] == name)]
+            == parsed[next(k for k in parsed if k[0] == name)]
+        ), name
         stamps = set(sample_timestamps(text, name))
         assert len(stamps) == 1 and read_at - 1 < stamps.pop() < read_at + DEADLINE + 1, name
 
@@ -117,14 +147,22 @@ def test_values_are_fresh_again_when_the_servers_come_back(sync_config, writer, 
     fill(writer, models=1, predictions=3)
     run_sync()
     migrate(sync_config)
-    collector = SyncCollector(dataclasses.replace(sync_config, postgres_url=with_address(
-        sync_config.postgres_url, free_port())), deadline_seconds=DEADLINE)
+    collector = SyncCollector(
+        dataclasses.replace(
+            sync_config, postgres_url=with_address(sync_config.postgres_url, free_port())
+        ),
+        deadline_seconds=DEADLINE,
+    )
     try:
         families = {f.name: f for f in collector.scrape()}
-        assert [s.value for s in families["rp_pipeline_up"].samples if s.labels["target"] == "postgres"] == [0]
+        assert [
+            s.value for s in families["rp_pipeline_up"].samples if s.labels["target"] == "postgres"
+        ] == [0]
         collector.config = sync_config  # the server is back (here: the right address)
         families = {f.name: f for f in collector.scrape()}
-        assert [s.value for s in families["rp_pipeline_up"].samples if s.labels["target"] == "postgres"] == [1]
+        assert [
+            s.value for s in families["rp_pipeline_up"].samples if s.labels["target"] == "postgres"
+        ] == [1]
         assert all(s.timestamp is None for s in families["rp_pipeline_rows"].samples)
         assert families["rp_pipeline_rows"].samples
     finally:
@@ -132,13 +170,19 @@ def test_values_are_fresh_again_when_the_servers_come_back(sync_config, writer, 
 
 
 @pytest.mark.parametrize("target", ["redis", "postgres"])
-def test_a_server_that_never_answers_is_down_within_the_deadline(sync_config, silent_listener, target):
+def test_a_server_that_never_answers_is_down_within_the_deadline(
+    sync_config, silent_listener, target
+):
     migrate(sync_config)
     if target == "redis":
-        config = dataclasses.replace(sync_config, redis_url=with_address(sync_config.redis_url, silent_listener))
+        config = dataclasses.replace(
+            sync_config, redis_url=with_address(sync_config.redis_url, silent_listener)
+        )
     else:
-        config = dataclasses.replace(sync_config, postgres_url=with_address(sync_config.postgres_url,
-                                                                            silent_listener, PASSWORD))
+        config = dataclasses.replace(
+            sync_config,
+            postgres_url=with_address(sync_config.postgres_url, silent_listener, PASSWORD),
+        )
     exporter = serve_metrics(config, port=0, deadline_seconds=DEADLINE)
     try:
         for _ in range(2):
@@ -158,9 +202,14 @@ def test_refused_credentials_are_down_and_the_password_is_never_shown(sync_confi
     migrate(sync_config)
     config = dataclasses.replace(
         sync_config,
-        redis_url=with_address(sync_config.redis_url, urlsplit(sync_config.redis_url).port or 6379, PASSWORD,
-                               user="no_such_user"),
-        postgres_url=with_address(sync_config.postgres_url, 5432, PASSWORD, user="no_such_role"))
+        redis_url=with_address(
+            sync_config.redis_url,
+            urlsplit(sync_config.redis_url).port or 6379,
+            PASSWORD,
+            user="no_such_user",
+        ),
+        postgres_url=with_address(sync_config.postgres_url, 5432, PASSWORD, user="no_such_role"),
+    )
     caplog.set_level(logging.INFO, logger="rp_pipeline")
     exporter = serve_metrics(config, port=0, deadline_seconds=DEADLINE)
     try:

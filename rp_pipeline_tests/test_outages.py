@@ -30,10 +30,24 @@ from rp_pipeline.errors import ConnectionProblem, SyncFailed
 from rp_pipeline.schema import migrate
 from rp_pipeline.sources import current_origin
 
-from .faults import (TcpProxy, differences, fill, free_port, log_predictions, postgres_truth, redis_truth,
-                     run_cycle, table_counts, traceback_text, watermark, with_address)
+from .faults import (
+    TcpProxy,
+    differences,
+    fill,
+    free_port,
+    log_predictions,
+    postgres_truth,
+    redis_truth,
+    run_cycle,
+    table_counts,
+    traceback_text,
+    watermark,
+    with_address,
+)
 
-PASSWORD = "Pw-s3cr3t-7f1e"  # trust auth and a password-less Redis user accept it; it must never be shown
+PASSWORD = (
+    "Pw-s3cr3t-7f1e"  # trust auth and a password-less Redis user accept it; it must never be shown
+)
 
 
 @pytest.fixture
@@ -45,7 +59,12 @@ def config(sync_config):
 def assert_recovered(config, redis_client, pg_conn) -> None:
     """A cycle through working connections leaves Postgres equal to Redis."""
     run_cycle(config, "recovery")
-    assert differences(redis_truth(redis_client, config.key_prefix), postgres_truth(pg_conn, config.schema)) == {}
+    assert (
+        differences(
+            redis_truth(redis_client, config.key_prefix), postgres_truth(pg_conn, config.schema)
+        )
+        == {}
+    )
 
 
 def assert_clear(exc: BaseException, *words: str) -> None:
@@ -57,20 +76,27 @@ def assert_clear(exc: BaseException, *words: str) -> None:
 
 
 def snapshot(pg_conn, config) -> tuple[dict, int | None]:
-    return table_counts(pg_conn, config.schema), watermark(pg_conn, config.sync_schema, "predictions")
+    return table_counts(pg_conn, config.schema), watermark(
+        pg_conn, config.sync_schema, "predictions"
+    )
 
 
 # -- Postgres ------------------------------------------------------------------------------------------
 
+
 def test_postgres_down_when_the_cycle_starts(writer, config, redis_client, pg_conn):
     fill(writer, predictions=200)
     port = free_port()
-    down = dataclasses.replace(config, postgres_url=with_address(config.postgres_url, port, PASSWORD, "postgres"))
+    down = dataclasses.replace(
+        config, postgres_url=with_address(config.postgres_url, port, PASSWORD, "postgres")
+    )
 
     with pytest.raises(ConnectionProblem) as failure:
         run_cycle(down, migrate_first=False)
     assert_clear(failure.value, f"127.0.0.1:{port}", "cannot connect to Postgres")
-    with pytest.raises(Exception) as migration_failure:  # the migration is the first thing a run does
+    with pytest.raises(
+        Exception
+    ) as migration_failure:  # the migration is the first thing a run does
         migrate(down)
     assert PASSWORD not in traceback_text(migration_failure.value)
 
@@ -84,7 +110,9 @@ def test_postgres_connection_dies_before_the_first_statement(writer, config, red
     from rp_pipeline.engine import sync_all
 
     with TcpProxy.to(config.postgres_url, 5432) as proxy:
-        proxied = dataclasses.replace(config, postgres_url=with_address(config.postgres_url, proxy.port, PASSWORD))
+        proxied = dataclasses.replace(
+            config, postgres_url=with_address(config.postgres_url, proxy.port, PASSWORD)
+        )
         client, conn = connect_redis(proxied), connect_postgres(proxied)
         proxy.kill()
         with pytest.raises(SyncFailed) as failure:
@@ -97,7 +125,9 @@ def test_postgres_connection_dies_before_the_first_statement(writer, config, red
     assert_recovered(config, redis_client, pg_conn)
 
 
-def test_postgres_lost_mid_predictions_load_commits_nothing_of_predictions(writer, config, redis_client, pg_conn):
+def test_postgres_lost_mid_predictions_load_commits_nothing_of_predictions(
+    writer, config, redis_client, pg_conn
+):
     versions = fill(writer, predictions=1000)["versions"]
     run_cycle(config, "before")
     before = snapshot(pg_conn, config)
@@ -108,7 +138,9 @@ def test_postgres_lost_mid_predictions_load_commits_nothing_of_predictions(write
         # Die in the middle of the third chunk's COPY data (each backlog row carries the tag once):
         # two chunks are loaded, uncommitted.
         proxy.kill_after(b'"tag": "backlog"', occurrence=2 * 5000 + 2500)
-        proxied = dataclasses.replace(config, postgres_url=with_address(config.postgres_url, proxy.port, PASSWORD))
+        proxied = dataclasses.replace(
+            config, postgres_url=with_address(config.postgres_url, proxy.port, PASSWORD)
+        )
         started = time.monotonic()
         with pytest.raises(SyncFailed) as failure:
             run_cycle(proxied, "interrupted", migrate_first=False)
@@ -123,10 +155,13 @@ def test_postgres_lost_mid_predictions_load_commits_nothing_of_predictions(write
 
 # -- Redis ---------------------------------------------------------------------------------------------
 
+
 def test_redis_down_when_the_cycle_starts(writer, config, redis_client, pg_conn):
     fill(writer, predictions=200)
     port = free_port()
-    down = dataclasses.replace(config, redis_url=with_address(config.redis_url, port, PASSWORD, "default"))
+    down = dataclasses.replace(
+        config, redis_url=with_address(config.redis_url, port, PASSWORD, "default")
+    )
 
     with pytest.raises(ConnectionProblem) as failure:
         run_cycle(down)
@@ -135,7 +170,9 @@ def test_redis_down_when_the_cycle_starts(writer, config, redis_client, pg_conn)
     assert_recovered(config, redis_client, pg_conn)
 
 
-def test_redis_lost_mid_predictions_read_commits_nothing_of_predictions(writer, config, redis_client, pg_conn):
+def test_redis_lost_mid_predictions_read_commits_nothing_of_predictions(
+    writer, config, redis_client, pg_conn
+):
     versions = fill(writer, predictions=1000)["versions"]
     run_cycle(config, "before")
     before = snapshot(pg_conn, config)
@@ -144,7 +181,9 @@ def test_redis_lost_mid_predictions_read_commits_nothing_of_predictions(writer, 
     with TcpProxy.to(config.redis_url, 6379) as proxy:
         # Each prediction key is sent once per read: die in the middle of the third chunk's HMGETs.
         proxy.kill_after(f"{config.key_prefix}prediction:".encode(), occurrence=2 * 5000 + 2500)
-        proxied = dataclasses.replace(config, redis_url=with_address(config.redis_url, proxy.port, PASSWORD, "default"))
+        proxied = dataclasses.replace(
+            config, redis_url=with_address(config.redis_url, proxy.port, PASSWORD, "default")
+        )
         started = time.monotonic()
         with pytest.raises(SyncFailed) as failure:
             run_cycle(proxied, "interrupted", migrate_first=False)
@@ -158,19 +197,27 @@ def test_redis_lost_mid_predictions_read_commits_nothing_of_predictions(writer, 
 
 # -- Postgres making us wait ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("holder", ["table lock", "advisory lock"])
-def test_lock_wait_is_bounded_reported_and_retried(writer, config, redis_client, pg_conn, postgres_url, holder):
+def test_lock_wait_is_bounded_reported_and_retried(
+    writer, config, redis_client, pg_conn, postgres_url, holder
+):
     versions = fill(writer, predictions=500)["versions"]
     run_cycle(config, "before")
     log_predictions(writer, versions, 500, tag="more")
     before = snapshot(pg_conn, config)
     impatient = dataclasses.replace(config, lock_timeout_ms=300)
 
-    with psycopg.connect(postgres_url) as other:  # another session, holding its lock in an open transaction
+    with psycopg.connect(
+        postgres_url
+    ) as other:  # another session, holding its lock in an open transaction
         if holder == "table lock":
             other.execute(f'LOCK TABLE "{config.schema}".predictions IN ACCESS EXCLUSIVE MODE')
         else:
-            other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key(config, current_origin(config), "predictions"),))
+            other.execute(
+                "SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                (lock_key(config, current_origin(config), "predictions"),),
+            )
         started = time.monotonic()
         with pytest.raises(SyncFailed) as failure:
             run_cycle(impatient, "blocked")
@@ -189,7 +236,9 @@ def test_statement_timeout_is_bounded_reported_and_retried(writer, config, redis
     run_cycle(config, "before")
     log_predictions(writer, versions, 40_000, tag="big")
     before = snapshot(pg_conn, config)
-    hasty = dataclasses.replace(config, statement_timeout_ms=25, chunk_size=50_000)  # one 40k-row upsert
+    hasty = dataclasses.replace(
+        config, statement_timeout_ms=25, chunk_size=50_000
+    )  # one 40k-row upsert
 
     started = time.monotonic()
     with pytest.raises(SyncFailed) as failure:
@@ -206,13 +255,14 @@ def test_statement_timeout_is_bounded_reported_and_retried(writer, config, redis
 
 # -- servers that stop answering without closing the connection -----------------------------------------------
 
+
 def in_thread(work) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def run():
         try:
             outcome["result"] = work()
-        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
@@ -220,15 +270,21 @@ def in_thread(work) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
-def test_postgres_that_stops_answering_mid_load_fails_the_cycle_in_bounded_time(writer, config, redis_client, pg_conn):
+def test_postgres_that_stops_answering_mid_load_fails_the_cycle_in_bounded_time(
+    writer, config, redis_client, pg_conn
+):
     versions = fill(writer, predictions=1000)["versions"]
     run_cycle(config, "before")
     before = snapshot(pg_conn, config)
     log_predictions(writer, versions, 20_000, tag="backlog")
     proxy = TcpProxy.to(config.postgres_url, 5432)
     proxy.pause_after(b'"tag": "backlog"', occurrence=2 * 5000 + 2500)
-    proxied = dataclasses.replace(config, postgres_url=with_address(config.postgres_url, proxy.port, PASSWORD),
-                                  statement_timeout_ms=2000, lock_timeout_ms=1000)
+    proxied = dataclasses.replace(
+        config,
+        postgres_url=with_address(config.postgres_url, proxy.port, PASSWORD),
+        statement_timeout_ms=2000,
+        lock_timeout_ms=1000,
+    )
 
     thread, outcome = in_thread(lambda: run_cycle(proxied, "hung", migrate_first=False))
     thread.join(20)  # ten times the statement timeout
@@ -238,7 +294,9 @@ def test_postgres_that_stops_answering_mid_load_fails_the_cycle_in_bounded_time(
     assert proxy.paused.is_set()
     assert snapshot(pg_conn, config) == before
     assert_recovered(config, redis_client, pg_conn)
-    assert not hung, "the cycle was still waiting 20 s after Postgres stopped answering (2 s statement timeout)"
+    assert not hung, (
+        "the cycle was still waiting 20 s after Postgres stopped answering (2 s statement timeout)"
+    )
     assert isinstance(outcome.get("error"), SyncFailed) and "predictions" in str(outcome["error"])
 
 
@@ -248,12 +306,16 @@ def test_redis_that_never_answers_fails_clearly_in_bounded_time(sync_config):
     threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
     url = with_address(sync_config.redis_url, silent.getsockname()[1], PASSWORD, "default")
 
-    thread, outcome = in_thread(lambda: connect_redis(dataclasses.replace(sync_config, redis_url=url)))
+    thread, outcome = in_thread(
+        lambda: connect_redis(dataclasses.replace(sync_config, redis_url=url))
+    )
     thread.join(15)
     hung = thread.is_alive()
     for sock in [silent, *held]:
         sock.close()
     thread.join(30)
-    assert not hung, "connect_redis was still waiting 15 s after connecting to a Redis that never answers"
+    assert not hung, (
+        "connect_redis was still waiting 15 s after connecting to a Redis that never answers"
+    )
     assert isinstance(outcome.get("error"), ConnectionProblem)
     assert PASSWORD not in traceback_text(outcome["error"])

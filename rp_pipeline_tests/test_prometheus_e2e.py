@@ -35,14 +35,21 @@ RULES = DEPLOY / "prometheus" / "rp_pipeline_alerts.yml"
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed: scripts/test.sh installs Debian's prometheus package "
-                    "(or: apt-get install prometheus)")
+        pytest.skip(
+            f"{name} is not installed: scripts/test.sh installs Debian's prometheus package "
+            "(or: apt-get install prometheus)"
+        )
     return path
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=60,
-                          cwd=DEPLOY / "prometheus")
+    return subprocess.run(
+        [tool("promtool"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=DEPLOY / "prometheus",
+    )
 
 
 def test_alert_rules_pass_promtool_and_the_stale_sync_alert_fires():
@@ -50,21 +57,36 @@ def test_alert_rules_pass_promtool_and_the_stale_sync_alert_fires():
     assert checked.returncode == 0, checked.stdout + checked.stderr
     tested = promtool("test", "rules", "rp_pipeline_alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert "RpPipelineSyncStale" in (DEPLOY / "prometheus" / "rp_pipeline_alerts_test.yml").read_text()
+    assert (
+        "RpPipelineSyncStale" in (DEPLOY / "prometheus" / "rp_pipeline_alerts_test.yml").read_text()
+    )
     config = promtool("check", "config", "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
 
 
 def test_rules_and_dashboard_use_only_metrics_the_exporter_serves():
-    served = {name + ("_total" if kind == "counter" else "") for name, (kind, _, _) in METRICS.items()}
+    served = {
+        name + ("_total" if kind == "counter" else "") for name, (kind, _, _) in METRICS.items()
+    }
     served |= {"rp_pipeline_up", "rp_pipeline_build_info", "rp_pipeline_sync_interval_seconds"}
     dashboard = json.loads((DEPLOY / "grafana" / "rp_pipeline_dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    exprs += [rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    exprs += [
+        rule["expr"]
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+    ]
     used = set(re.findall(r"rp_pipeline_[a-z_]+", " ".join(exprs)))
     assert used and used <= served, used - served
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for wanted in ("backlog", "lag", "rows per second by outcome", "rejections", "last success", "duration"):
+    for wanted in (
+        "backlog",
+        "lag",
+        "rows per second by outcome",
+        "rejections",
+        "last success",
+        "duration",
+    ):
         assert wanted in titles
 
 
@@ -90,11 +112,18 @@ def prometheus(tmp_path):
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             f"rule_files: [{RULES.name}]\n"
             "scrape_configs:\n  - job_name: rp_pipeline\n    scrape_timeout: 1s\n"
-            f"    static_configs:\n      - targets: ['{target}']\n")
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
         process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "prometheus.log").open("w"),
+        )
         started.append(process)
         return f"http://127.0.0.1:{port}"
 
@@ -107,8 +136,9 @@ def prometheus(tmp_path):
             process.kill()
 
 
-def test_prometheus_scrapes_backlog_and_last_success(prometheus, sync_config, writer, redis_client, key_prefix,
-                                                     run_sync, tmp_path):
+def test_prometheus_scrapes_backlog_and_last_success(
+    prometheus, sync_config, writer, redis_client, key_prefix, run_sync, tmp_path
+):
     ids = fill(writer, models=1, predictions=40)
     run_sync()
     for _ in range(25):  # waiting: the backlog Prometheus must see
@@ -118,7 +148,9 @@ def test_prometheus_scrapes_backlog_and_last_success(prometheus, sync_config, wr
     try:
         expected = samples(scrape_text(exporter.port))
         src = sync_config.redis_address
-        last_success = value(expected, "rp_pipeline_last_success_timestamp_seconds", entity="predictions", source=src)
+        last_success = value(
+            expected, "rp_pipeline_last_success_timestamp_seconds", entity="predictions", source=src
+        )
         assert last_success is not None
         base = prometheus(f"127.0.0.1:{exporter.port}")
         selector = f'{{entity="predictions", source="{src}"}}'
@@ -127,20 +159,29 @@ def test_prometheus_scrapes_backlog_and_last_success(prometheus, sync_config, wr
         while time.monotonic() < deadline and (backlog is None or success is None):
             try:
                 backlog = query(base, f"rp_pipeline_backlog_records{selector}") or None
-                success = query(base, f"rp_pipeline_last_success_timestamp_seconds{selector}") or None
+                success = (
+                    query(base, f"rp_pipeline_last_success_timestamp_seconds{selector}") or None
+                )
             except OSError:  # not listening yet
                 pass
             time.sleep(0.5)
         log = (tmp_path / "prometheus.log").read_text()[-2000:]
-        assert backlog and success, f"Prometheus returned nothing within 60 s; its log ends with:\n{log}"
+        assert backlog and success, (
+            f"Prometheus returned nothing within 60 s; its log ends with:\n{log}"
+        )
         assert float(backlog[0]["value"][1]) == 25
         assert backlog[0]["metric"]["job"] == "rp_pipeline"
         assert float(success[0]["value"][1]) == pytest.approx(last_success, abs=1e-3)
         up = query(base, 'rp_pipeline_up{target="postgres"}')
         assert float(up[0]["value"][1]) == 1
-        rules = json.load(urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10))["data"]["groups"]
-        assert {r["name"] for g in rules for r in g["rules"]} >= {"RpPipelineSyncStale", "RpPipelineBacklogGrowing",
-                                                                  "RpPipelineNewRejections",
-                                                                  "RpPipelineServerUnreachable"}
+        rules = json.load(urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10))["data"][
+            "groups"
+        ]
+        assert {r["name"] for g in rules for r in g["rules"]} >= {
+            "RpPipelineSyncStale",
+            "RpPipelineBacklogGrowing",
+            "RpPipelineNewRejections",
+            "RpPipelineServerUnreachable",
+        }
     finally:
         exporter.close()

@@ -25,8 +25,17 @@ from .acl_support import RETENTION_ACL, SYNC_ACL, WRITER_ACL, acl_users
 from .faults import fill, write_prediction_by_hand
 from .test_retention import old, write_point
 
-NINE = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics", "experiments",
-        "experiment_runs", "predictions")
+NINE = (
+    "models",
+    "model_versions",
+    "datasets",
+    "training_runs",
+    "hyperparameters",
+    "metrics",
+    "experiments",
+    "experiment_runs",
+    "predictions",
+)
 
 
 @pytest.fixture
@@ -58,33 +67,49 @@ def counts(pg_conn) -> dict[str, int]:
     return {t: pg_conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in NINE}
 
 
-def test_a_full_cycle_runs_as_the_readme_sync_user(users, writer, key_prefix, sync_config, pg_conn, in_work_dir):
+def test_a_full_cycle_runs_as_the_readme_sync_user(
+    users, writer, key_prefix, sync_config, pg_conn, in_work_dir
+):
     from rp_pipeline import RedisPgSync
 
     fill(writer, models=2, runs_per_version=2, points=3, predictions=50)
-    user, url = users.create(SYNC_ACL)
+    _user, url = users.create(SYNC_ACL)
 
     outcome = RedisPgSync.from_config(dataclasses.replace(sync_config, redis_url=url)).sync_once()
 
     assert outcome.success and outcome.failures == [] and outcome.stats["errors"] == 0
-    assert counts(pg_conn) == {"models": 2, "model_versions": 2, "datasets": 1, "training_runs": 4,
-                               "hyperparameters": 8, "metrics": 12, "experiments": 1, "experiment_runs": 4,
-                               "predictions": 50}
+    assert counts(pg_conn) == {
+        "models": 2,
+        "model_versions": 2,
+        "datasets": 1,
+        "training_runs": 4,
+        "hyperparameters": 8,
+        "metrics": 12,
+        "experiments": 1,
+        "experiment_runs": 4,
+        "predictions": 50,
+    }
     as_sync_user = redis.Redis.from_url(url)
     try:  # read-mostly for real: the layout cannot be written or deleted with these rights
-        for write in (lambda: as_sync_user.hset(f"{key_prefix}model:1", "name", "x"),
-                      lambda: as_sync_user.delete(f"{key_prefix}model:1"),
-                      lambda: as_sync_user.set(f"{key_prefix}counter:model", 0)):
+        for write in (
+            lambda: as_sync_user.hset(f"{key_prefix}model:1", "name", "x"),
+            lambda: as_sync_user.delete(f"{key_prefix}model:1"),
+            lambda: as_sync_user.set(f"{key_prefix}counter:model", 0),
+        ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 write()
     finally:
         as_sync_user.close()
 
 
-def test_retention_works_under_the_readme_retention_line(users, writer, redis_client, key_prefix, sync_config,
-                                                         pg_conn):
+def test_retention_works_under_the_readme_retention_line(
+    users, writer, redis_client, key_prefix, sync_config, pg_conn
+):
     setup = fill(writer, models=1, runs_per_version=1, points=0, predictions=5)
-    olds = [write_prediction_by_hand(redis_client, key_prefix, setup["versions"][0], old()) for _ in range(10)]
+    olds = [
+        write_prediction_by_hand(redis_client, key_prefix, setup["versions"][0], old())
+        for _ in range(10)
+    ]
     for step in range(4):
         write_point(redis_client, key_prefix, setup["runs"][0], step, old())
     _, url = users.create(SYNC_ACL, RETENTION_ACL)
@@ -97,9 +122,13 @@ def test_retention_works_under_the_readme_retention_line(users, writer, redis_cl
     assert counts(pg_conn)["predictions"] == 15 and counts(pg_conn)["metrics"] == 4
 
 
-def test_retention_without_its_line_names_the_rule_to_add(users, writer, redis_client, key_prefix, sync_config):
+def test_retention_without_its_line_names_the_rule_to_add(
+    users, writer, redis_client, key_prefix, sync_config
+):
     versions = fill(writer, models=1, runs_per_version=0, points=0, predictions=0)["versions"]
-    olds = [write_prediction_by_hand(redis_client, key_prefix, versions[0], old()) for _ in range(3)]
+    olds = [
+        write_prediction_by_hand(redis_client, key_prefix, versions[0], old()) for _ in range(3)
+    ]
     user, url = users.create(SYNC_ACL)
 
     with pytest.raises(PermissionProblem) as refused:
@@ -113,41 +142,66 @@ def test_retention_without_its_line_names_the_rule_to_add(users, writer, redis_c
 
 
 def test_reads_refused_by_a_narrower_acl_fail_the_entity_instead_of_rejecting_records(
-        users, writer, key_prefix, sync_config, pg_conn):
+    users, writer, key_prefix, sync_config, pg_conn
+):
     fill(writer, models=1, runs_per_version=1, points=0, predictions=0)
     # Reads of models and counters only: the training runs' hashes are refused.
-    user, url = users.create(f"ACL SETUSER x reset on >CHANGE-ME %R~aidb:model:* %R~aidb:counter:* %R~aidb:idx:* "
-                             "%RW~aidb:rp_pipeline:* +@read +@connection +set")
+    user, url = users.create(
+        "ACL SETUSER x reset on >CHANGE-ME %R~aidb:model:* %R~aidb:counter:* %R~aidb:idx:* "
+        "%RW~aidb:rp_pipeline:* +@read +@connection +set"
+    )
 
     with pytest.raises(PermissionProblem) as refused:
         sync_as(url, sync_config)
 
     assert f"refused user '{user}' " in str(refused.value)
     assert f"ACL SETUSER {user} +@read %R~{key_prefix}*" in str(refused.value)
-    rejected = pg_conn.execute(f'SELECT count(*) FROM "{sync_config.sync_schema}".rejected_records').fetchone()[0]
+    rejected = pg_conn.execute(
+        f'SELECT count(*) FROM "{sync_config.sync_schema}".rejected_records'
+    ).fetchone()[0]
     assert rejected == 0
 
 
-def test_the_writer_works_under_its_documented_acl_and_cannot_delete(users, key_prefix, redis_client, run_sync,
-                                                                      pg_conn):
+def test_the_writer_works_under_its_documented_acl_and_cannot_delete(
+    users, key_prefix, redis_client, run_sync, pg_conn
+):
     import rp_pipeline.writer
 
-    assert WRITER_ACL in rp_pipeline.writer.__doc__  # the writer documents the same ACL as the README
+    assert (
+        WRITER_ACL in rp_pipeline.writer.__doc__
+    )  # the writer documents the same ACL as the README
     _, url = users.create(WRITER_ACL)
     with RedisWriter.from_url(url, key_prefix=key_prefix) as writer:
         fill(writer, models=2, runs_per_version=2, points=3, predictions=1200)  # two script batches
         writer.log_prediction(1, {"x": 1}, {"y": 2}, confidence=0.5)
         assert writer.update_training_run(1) is True  # no fields: EXISTS only
         stats = writer.get_statistics()
-        for forbidden in (lambda: writer.client.delete(f"{key_prefix}model:1"),
-                          lambda: writer.client.flushdb(),
-                          lambda: writer.client.eval("return 1", 0)):
+        for forbidden in (
+            lambda: writer.client.delete(f"{key_prefix}model:1"),
+            lambda: writer.client.flushdb(),
+            lambda: writer.client.eval("return 1", 0),
+        ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 forbidden()
 
-    assert stats == {"models": 2, "model_versions": 2, "datasets": 1, "training_runs": 4, "completed_runs": 4,
-                     "experiments": 1, "predictions": 1201}
+    assert stats == {
+        "models": 2,
+        "model_versions": 2,
+        "datasets": 1,
+        "training_runs": 4,
+        "completed_runs": 4,
+        "experiments": 1,
+        "predictions": 1201,
+    }
     run_sync()
-    assert counts(pg_conn) == {"models": 2, "model_versions": 2, "datasets": 1, "training_runs": 4,
-                               "hyperparameters": 8, "metrics": 12, "experiments": 1, "experiment_runs": 4,
-                               "predictions": 1201}
+    assert counts(pg_conn) == {
+        "models": 2,
+        "model_versions": 2,
+        "datasets": 1,
+        "training_runs": 4,
+        "hyperparameters": 8,
+        "metrics": 12,
+        "experiments": 1,
+        "experiment_runs": 4,
+        "predictions": 1201,
+    }

@@ -36,11 +36,10 @@ from redis.cluster import RedisCluster
 
 from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import sync_all
-from rp_pipeline.schema import migrate
-from rp_pipeline.settings import ConfigError, SyncConfig
-
 from rp_pipeline.entities import PREDICTIONS
 from rp_pipeline.errors import PermissionProblem, SyncFailed
+from rp_pipeline.schema import migrate
+from rp_pipeline.settings import ConfigError, SyncConfig
 from rp_pipeline.writer import RedisWriter
 
 from .acl_support import README, SYNC_ACL
@@ -48,17 +47,36 @@ from .cli_support import REPO, clean_env, run_cli
 from .faults import atomic_writer_process, fill
 from .spec_writer import SpecWriter
 
-TABLES = ("models", "model_versions", "datasets", "training_runs", "hyperparameters", "metrics", "experiments",
-          "experiment_runs", "predictions")
+TABLES = (
+    "models",
+    "model_versions",
+    "datasets",
+    "training_runs",
+    "hyperparameters",
+    "metrics",
+    "experiments",
+    "experiment_runs",
+    "predictions",
+)
 # Foreign keys → the table they name: compared through the referenced row's values, never its id.
-REFERENCES = {"model_id": "models", "model_version_id": "model_versions", "dataset_id": "datasets",
-              "training_run_id": "training_runs", "experiment_id": "experiments"}
+REFERENCES = {
+    "model_id": "models",
+    "model_version_id": "model_versions",
+    "dataset_id": "datasets",
+    "training_run_id": "training_runs",
+    "experiment_id": "experiments",
+}
 CLOCK = "2025-11-22T10:30:00.123456"
 
 
 def _services(function: str, directory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f'source scripts/services.sh && {function} "$1"', "_", str(directory)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", f'source scripts/services.sh && {function} "$1"', "_", str(directory)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +105,9 @@ def cluster(cluster_url, key_prefix):
     """A RedisCluster client; every key of this test's prefix is deleted afterwards, on every primary."""
     client = RedisCluster.from_url(cluster_url, decode_responses=True)
     yield client
-    for key in list(client.scan_iter(match=f"{key_prefix}*", count=5000, target_nodes=RedisCluster.PRIMARIES)):
+    for key in list(
+        client.scan_iter(match=f"{key_prefix}*", count=5000, target_nodes=RedisCluster.PRIMARIES)
+    ):
         client.delete(key)
     client.close()
 
@@ -96,7 +116,9 @@ def cluster(cluster_url, key_prefix):
 def cluster_config(sync_config, cluster_url, postgres_url):
     """The test's config with the cluster as its source and a second pair of schemas of its own."""
     tag = uuid.uuid4().hex[:10]
-    config = dataclasses.replace(sync_config, redis_url=cluster_url, schema=f"c_{tag}", sync_schema=f"cs_{tag}")
+    config = dataclasses.replace(
+        sync_config, redis_url=cluster_url, schema=f"c_{tag}", sync_schema=f"cs_{tag}"
+    )
     yield config
     with connect_postgres(config) as conn:
         for schema in (config.schema, config.sync_schema):
@@ -118,23 +140,44 @@ def sync_once(config: SyncConfig, client=None, **options) -> dict:
 def write_everything(client, prefix: str) -> None:
     """Every entity and the layout's quirks, through the original adapter's separate commands."""
     w = SpecWriter(client, prefix, clock=lambda: CLOCK)
-    resnet = w.create_model("ResNet", description="مدل «چهره» \"q\" \\ tab\t; DROP TABLE models; --",
-                            architecture="ResNet-50", framework="pytorch")
-    twin = w.create_model("ResNet", description="same name, later id")  # names are not unique in Redis
+    resnet = w.create_model(
+        "ResNet",
+        description='مدل «چهره» "q" \\ tab\t; DROP TABLE models; --',
+        architecture="ResNet-50",
+        framework="pytorch",
+    )
+    twin = w.create_model(
+        "ResNet", description="same name, later id"
+    )  # names are not unique in Redis
     bert = w.create_model("bert")
-    versions = [w.create_model_version(resnet, "1.0", config={"lr": float("nan"), "layers": [3, 4]}),
-                w.create_model_version(twin, "1.0"),  # the same (model, version) under a second id
-                w.create_model_version(twin, "2.0", status="staging"),
-                w.create_model_version(bert, "0.1")]
-    imagenet = w.create_dataset("ImageNet", size_bytes=150_000_000_000, num_samples=14_197_122,
-                                split_info={"train": 0.9}, preprocessing={"std": float("inf")})
+    versions = [
+        w.create_model_version(resnet, "1.0", config={"lr": float("nan"), "layers": [3, 4]}),
+        w.create_model_version(twin, "1.0"),  # the same (model, version) under a second id
+        w.create_model_version(twin, "2.0", status="staging"),
+        w.create_model_version(bert, "0.1"),
+    ]
+    imagenet = w.create_dataset(
+        "ImageNet",
+        size_bytes=150_000_000_000,
+        num_samples=14_197_122,
+        split_info={"train": 0.9},
+        preprocessing={"std": float("inf")},
+    )
     runs = []
     for n, version in enumerate(versions * 3):
-        run = w.create_training_run(version, dataset_id=dataset_or_none(imagenet, n), run_name=f"run {n}")
+        run = w.create_training_run(
+            version, dataset_id=dataset_or_none(imagenet, n), run_name=f"run {n}"
+        )
         if n % 2:
-            w.update_training_run(run, status="completed", completed_at="2025-11-22T14:00:00+03:30",
-                                  duration_seconds=10.5 + n, final_loss=0.25, best_metric_value=0.75,
-                                  artifacts={"curve": [1.0, float("-inf")]})
+            w.update_training_run(
+                run,
+                status="completed",
+                completed_at="2025-11-22T14:00:00+03:30",
+                duration_seconds=10.5 + n,
+                final_loss=0.25,
+                best_metric_value=0.75,
+                artifacts={"curve": [1.0, float("-inf")]},
+            )
         w.log_hyperparameters(run, {"lr": 0.1 * n, "optimizer": "sgd", "layers": [1, n]})
         for epoch in range(3):
             w.log_metric(run, "loss", 1.0 / (epoch + 1), epoch=epoch, split="train")
@@ -144,8 +187,14 @@ def write_everything(client, prefix: str) -> None:
     for run in runs[:5]:
         w.add_experiment_run(experiment, run, variant_name=f"v{run}", notes="n")
     for n in range(300):  # spread over every primary's slots
-        w.log_prediction(versions[n % 4], {"x": n}, [n, float("nan")], confidence=(n % 10) / 10,
-                         inference_time_ms=n % 7, metadata={"n": n} if n % 3 else None)
+        w.log_prediction(
+            versions[n % 4],
+            {"x": n},
+            [n, float("nan")],
+            confidence=(n % 10) / 10,
+            inference_time_ms=n % 7,
+            metadata={"n": n} if n % 3 else None,
+        )
     # Quirks: a version whose model has no hash (waits in pending), corrupt values (rejected).
     w.create_model_version(9_999, "orphan")
     bad = w.log_prediction(versions[0], {"x": "bad"}, "y")
@@ -163,16 +212,34 @@ def tables(conn, schema: str) -> dict[str, list[str]]:
     referenced row's own values, sorted: two schemas synced from the same data compare equal."""
     fingerprints: dict[str, dict[int, str]] = {}
     contents = {}
-    for table in ("models", "datasets", "experiments", "model_versions", "training_runs", "hyperparameters",
-                  "metrics", "experiment_runs", "predictions"):
+    for table in (
+        "models",
+        "datasets",
+        "experiments",
+        "model_versions",
+        "training_runs",
+        "hyperparameters",
+        "metrics",
+        "experiment_runs",
+        "predictions",
+    ):
         cursor = conn.execute(f'SELECT * FROM "{schema}"."{table}"')
         names = [c.name for c in cursor.description]
         rows = {}
         for number, row in enumerate(cursor.fetchall()):
             values = dict(zip(names, row))
-            kept = tuple((name, fingerprints[REFERENCES[name]].get(value) if name in REFERENCES and value is not None
-                          else value) for name, value in values.items()
-                         if name != "id" and not name.startswith("origin") and name not in REFERENCES.values())
+            kept = tuple(
+                (
+                    name,
+                    fingerprints[REFERENCES[name]].get(value)
+                    if name in REFERENCES and value is not None
+                    else value,
+                )
+                for name, value in values.items()
+                if name != "id"
+                and not name.startswith("origin")
+                and name not in REFERENCES.values()
+            )
             rows[values.get("id", number)] = repr(kept)
         fingerprints[table] = rows
         contents[table] = sorted(rows.values())
@@ -180,7 +247,8 @@ def tables(conn, schema: str) -> dict[str, list[str]]:
 
 
 def test_every_entity_syncs_from_a_cluster_exactly_as_from_a_single_node(
-        cluster, cluster_config, cluster_ports, redis_client, key_prefix, sync_config, postgres_url):
+    cluster, cluster_config, cluster_ports, redis_client, key_prefix, sync_config, postgres_url
+):
     write_everything(cluster, key_prefix)
     write_everything(redis_client, key_prefix)
     per_node = [len(redis.Redis(port=p).keys(f"{key_prefix}prediction:*")) for p in cluster_ports]
@@ -189,13 +257,17 @@ def test_every_entity_syncs_from_a_cluster_exactly_as_from_a_single_node(
     from_cluster, from_node = sync_once(cluster_config), sync_once(sync_config)
 
     assert isinstance(connect_redis(cluster_config), RedisCluster)
+
     def counts(results):
         return {name: (r.read, r.inserted, r.rejected, r.pending) for name, r in results.items()}
+
     assert counts(from_cluster) == counts(from_node)
     with connect_postgres(sync_config) as conn:
         expected, actual = tables(conn, sync_config.schema), tables(conn, cluster_config.schema)
-        rejected = [conn.execute(f'SELECT count(*) FROM "{s}".rejected_records').fetchone()[0]
-                    for s in (sync_config.sync_schema, cluster_config.sync_schema)]
+        rejected = [
+            conn.execute(f'SELECT count(*) FROM "{s}".rejected_records').fetchone()[0]
+            for s in (sync_config.sync_schema, cluster_config.sync_schema)
+        ]
     assert len(expected["predictions"]) == 300 and len(expected["metrics"]) == 72
     for table in TABLES:
         assert actual[table] == expected[table], table
@@ -210,13 +282,20 @@ def key_slot(client: RedisCluster, key: str) -> tuple[int, redis.Redis, str]:
     return slot, plain, plain.execute_command("CLUSTER MYID")
 
 
-def start_migration(client: RedisCluster, key: str, ports: list[int]) -> tuple[int, redis.Redis, redis.Redis, str]:
+def start_migration(
+    client: RedisCluster, key: str, ports: list[int]
+) -> tuple[int, redis.Redis, redis.Redis, str]:
     """Put the key's slot in MIGRATING/IMPORTING state and move every key of it to another primary."""
     slot, source, _ = key_slot(client, key)
-    target = next(redis.Redis(port=p, decode_responses=True) for p in ports if p != source.connection_pool
-                  .connection_kwargs["port"])
+    target = next(
+        redis.Redis(port=p, decode_responses=True)
+        for p in ports
+        if p != source.connection_pool.connection_kwargs["port"]
+    )
     target_id = target.execute_command("CLUSTER MYID")
-    target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source.execute_command("CLUSTER MYID"))
+    target.execute_command(
+        "CLUSTER SETSLOT", slot, "IMPORTING", source.execute_command("CLUSTER MYID")
+    )
     source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
     port = target.connection_pool.connection_kwargs["port"]
     while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
@@ -231,11 +310,14 @@ def finish_migration(slot: int, target_id: str, ports: list[int]) -> None:
 
 
 def prediction_origins(conn, schema: str) -> list[int]:
-    return [r for (r,) in conn.execute(f'SELECT origin_redis_id FROM "{schema}".predictions ORDER BY 1')]
+    return [
+        r for (r,) in conn.execute(f'SELECT origin_redis_id FROM "{schema}".predictions ORDER BY 1')
+    ]
 
 
 def test_slots_moved_between_and_during_cycles_lose_and_duplicate_nothing(
-        cluster, cluster_config, cluster_ports, key_prefix):
+    cluster, cluster_config, cluster_ports, key_prefix
+):
     w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
     model = w.create_model("m")
     version = w.create_model_version(model, "1")
@@ -247,7 +329,9 @@ def test_slots_moved_between_and_during_cycles_lose_and_duplicate_nothing(
         for n in range(100, 200):
             w.log_prediction(version, {"n": n}, n)
         # Between cycles: a slot holding a new prediction moves for good (the kept client's map says otherwise).
-        moved, _, _, moved_to = start_migration(cluster, f"{key_prefix}prediction:150", cluster_ports)
+        moved, _, _, moved_to = start_migration(
+            cluster, f"{key_prefix}prediction:150", cluster_ports
+        )
         finish_migration(moved, moved_to, cluster_ports)
         # During the next cycle: another slot is half-way (keys moved, slot still MIGRATING: ASK).
         half = start_migration(cluster, f"{key_prefix}prediction:170", cluster_ports)
@@ -279,8 +363,12 @@ def own_cluster_ports():
     _services("stop_redis_cluster", directory)
 
 
-def test_a_node_lost_during_a_cycle_fails_the_entity_with_nothing_committed(own_cluster_ports, cluster_config):
-    config = dataclasses.replace(cluster_config, redis_url=f"redis://127.0.0.1:{own_cluster_ports[0]}")
+def test_a_node_lost_during_a_cycle_fails_the_entity_with_nothing_committed(
+    own_cluster_ports, cluster_config
+):
+    config = dataclasses.replace(
+        cluster_config, redis_url=f"redis://127.0.0.1:{own_cluster_ports[0]}"
+    )
     client = connect_redis(config)
     w = SpecWriter(client, config.key_prefix, clock=lambda: CLOCK)
     version = w.create_model_version(w.create_model("m"), "1")
@@ -290,8 +378,10 @@ def test_a_node_lost_during_a_cycle_fails_the_entity_with_nothing_committed(own_
     for n in range(60, 200):
         w.log_prediction(version, {"n": n}, n)
     # A primary that holds new predictions but neither the marker nor the counter, so the failure meets the reads.
-    needed = {client.get_node_from_key(config.key_prefix + k).port
-              for k in ("rp_pipeline:generation", "counter:prediction")}
+    needed = {
+        client.get_node_from_key(config.key_prefix + k).port
+        for k in ("rp_pipeline:generation", "counter:prediction")
+    }
     lost = next(p for p in own_cluster_ports if p not in needed)
     redis.Redis(port=lost).shutdown(nosave=True)
 
@@ -305,7 +395,9 @@ def test_a_node_lost_during_a_cycle_fails_the_entity_with_nothing_committed(own_
     client.close()
 
 
-def test_retention_on_a_cluster_deletes_each_synced_hash_and_its_index_entry(cluster, cluster_config, key_prefix):
+def test_retention_on_a_cluster_deletes_each_synced_hash_and_its_index_entry(
+    cluster, cluster_config, key_prefix
+):
     w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
     version = w.create_model_version(w.create_model("m"), "1")
     old = [w.log_prediction(version, {"n": n}, n) for n in range(20)]
@@ -346,24 +438,34 @@ def test_the_metrics_exporter_reads_every_node_of_a_cluster(cluster, cluster_con
         text = generate_latest(registry).decode()
     finally:
         collector.close()
-    backlog = {line.split("{")[1].split(",")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("rp_pipeline_backlog_records{")}
+    backlog = {
+        line.split("{")[1].split(",")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("rp_pipeline_backlog_records{")
+    }
     assert backlog['entity="predictions"'] == 3
     assert backlog['entity="models"'] == 0 and backlog['entity="model_versions"'] == 0
     assert 'rp_pipeline_up{target="redis"} 1.0' in text
 
 
-def test_the_cache_warm_refuses_a_cluster_before_writing_anything(cluster, cluster_config, key_prefix):
+def test_the_cache_warm_refuses_a_cluster_before_writing_anything(
+    cluster, cluster_config, key_prefix
+):
     from rp_pipeline.settings import ConfigError
     from rp_pipeline.warm import warm
 
     w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
     w.create_model_version(w.create_model("m"), "1")
     sync_once(cluster_config)
-    counters = {k: cluster.get(k) for k in (f"{key_prefix}counter:model", f"{key_prefix}counter:version")}
+    counters = {
+        k: cluster.get(k) for k in (f"{key_prefix}counter:model", f"{key_prefix}counter:version")
+    }
     client = connect_redis(cluster_config)
     try:
-        with connect_postgres(cluster_config) as conn, pytest.raises(ConfigError, match="Redis Cluster"):
+        with (
+            connect_postgres(cluster_config) as conn,
+            pytest.raises(ConfigError, match="Redis Cluster"),
+        ):
             warm(client, conn, cluster_config)
     finally:
         client.close()
@@ -391,7 +493,8 @@ def cluster_acl_lines() -> list[str]:
 
 
 def test_the_readme_sync_user_needs_its_cluster_line_and_then_reads_the_cluster(
-        cluster, cluster_config, cluster_ports, key_prefix):
+    cluster, cluster_config, cluster_ports, key_prefix
+):
     user, password = f"rp_acl_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     nodes = [redis.Redis(port=p) for p in cluster_ports]
 
@@ -404,13 +507,17 @@ def test_the_readme_sync_user_needs_its_cluster_line_and_then_reads_the_cluster(
     version = w.create_model_version(w.create_model("m"), "1")
     for n in range(50):
         w.log_prediction(version, {"n": n}, n)
-    config = dataclasses.replace(cluster_config, redis_url=f"redis://{user}:{password}@127.0.0.1:{cluster_ports[1]}")
+    config = dataclasses.replace(
+        cluster_config, redis_url=f"redis://{user}:{password}@127.0.0.1:{cluster_ports[1]}"
+    )
     base, cluster_line = cluster_acl_lines()
     try:
         apply(base)
         with pytest.raises(PermissionProblem) as refused:
             connect_redis(config)
-        assert f"ACL SETUSER {user} +cluster|slots" in str(refused.value) and password not in str(refused.value)
+        assert f"ACL SETUSER {user} +cluster|slots" in str(refused.value) and password not in str(
+            refused.value
+        )
         apply(cluster_line)
         results = sync_once(config)
         assert results["predictions"].inserted == 50 and results["models"].inserted == 1
@@ -420,15 +527,20 @@ def test_the_readme_sync_user_needs_its_cluster_line_and_then_reads_the_cluster(
 
 
 def test_writer_processes_on_a_cluster_lose_and_duplicate_nothing_across_cycles(
-        cluster, cluster_url, cluster_config, key_prefix):
+    cluster, cluster_url, cluster_config, key_prefix
+):
     with RedisWriter.from_url(cluster_url, key_prefix=key_prefix) as writer:
         assert writer.on_cluster
         setup = fill(writer, models=3, runs_per_version=1, points=3, predictions=100)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=atomic_writer_process, args=(cluster_url, key_prefix, seed, 5.0, 400,
-                                                              setup["versions"], setup["runs"], out))
-             for seed in (1, 2)]
+    procs = [
+        ctx.Process(
+            target=atomic_writer_process,
+            args=(cluster_url, key_prefix, seed, 5.0, 400, setup["versions"], setup["runs"], out),
+        )
+        for seed in (1, 2)
+    ]
     migrate(cluster_config)
     client = connect_redis(cluster_config)
     reports, cycles = [], 0
@@ -450,17 +562,34 @@ def test_writer_processes_on_a_cluster_lose_and_duplicate_nothing_across_cycles(
         client.close()
     assert cycles >= 2
     written = sorted(i for r in reports for i in r["predictions"])
-    points = sorted((run, name, split, step) for r in reports for run, name, split, step in r["points"])
+    points = sorted(
+        (run, name, split, step) for r in reports for run, name, split, step in r["points"]
+    )
     with connect_postgres(cluster_config) as conn:
         s = cluster_config.schema
         assert prediction_origins(conn, s) == list(range(1, 101)) + written
-        assert sorted(conn.execute(
-            f'SELECT r.origin_redis_id, m.metric_name, m.split, m.step FROM "{s}".metrics m '
-            f'JOIN "{s}".training_runs r ON r.id = m.training_run_id WHERE m.metric_name = %s',
-            ("acc:top1",)).fetchall()) == points
-        assert conn.execute(f'SELECT count(*) FROM "{cluster_config.sync_schema}".pending').fetchone()[0] == 0
-        assert conn.execute(f'SELECT count(*) FROM "{cluster_config.sync_schema}".rejected_records'
-                            ).fetchone()[0] == 0
+        assert (
+            sorted(
+                conn.execute(
+                    f'SELECT r.origin_redis_id, m.metric_name, m.split, m.step FROM "{s}".metrics m '
+                    f'JOIN "{s}".training_runs r ON r.id = m.training_run_id WHERE m.metric_name = %s',
+                    ("acc:top1",),
+                ).fetchall()
+            )
+            == points
+        )
+        assert (
+            conn.execute(f'SELECT count(*) FROM "{cluster_config.sync_schema}".pending').fetchone()[
+                0
+            ]
+            == 0
+        )
+        assert (
+            conn.execute(
+                f'SELECT count(*) FROM "{cluster_config.sync_schema}".rejected_records'
+            ).fetchone()[0]
+            == 0
+        )
 
 
 def test_a_database_other_than_0_on_a_cluster_node_is_refused(cluster_url, cluster_config):
@@ -468,15 +597,28 @@ def test_a_database_other_than_0_on_a_cluster_node_is_refused(cluster_url, clust
         connect_redis(dataclasses.replace(cluster_config, redis_url=f"{cluster_url}/3"))
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("redis://127.0.0.1:6379/14,redis://127.0.0.1:6380/0", "syncing several Redis sources at once is not supported"),
-    ("redis://127.0.0.1:6379,127.0.0.1:6380/0", "syncing several Redis sources at once is not supported"),
-    ("redis://127.0.0.1:6379/fourteen", "database 'fourteen' is not a number"),
-    ("redis://127.0.0.1:6379/1/2", "database '1/2' is not a number"),
-    ("http://127.0.0.1:6379/0", "must start with redis://, rediss:// or unix://"),
-])
-def test_a_redis_url_the_sync_would_misread_is_refused_with_one_line(url, expected, postgres_url, work_dir):
-    done = run_cli(["--once"], clean_env(REDIS_URL=url, POSTGRES_URL=postgres_url), work_dir, timeout=60)
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis://127.0.0.1:6379/14,redis://127.0.0.1:6380/0",
+            "syncing several Redis sources at once is not supported",
+        ),
+        (
+            "redis://127.0.0.1:6379,127.0.0.1:6380/0",
+            "syncing several Redis sources at once is not supported",
+        ),
+        ("redis://127.0.0.1:6379/fourteen", "database 'fourteen' is not a number"),
+        ("redis://127.0.0.1:6379/1/2", "database '1/2' is not a number"),
+        ("http://127.0.0.1:6379/0", "must start with redis://, rediss:// or unix://"),
+    ],
+)
+def test_a_redis_url_the_sync_would_misread_is_refused_with_one_line(
+    url, expected, postgres_url, work_dir
+):
+    done = run_cli(
+        ["--once"], clean_env(REDIS_URL=url, POSTGRES_URL=postgres_url), work_dir, timeout=60
+    )
 
     assert done.returncode == 2, done.stdout + done.stderr
     errors = done.stderr.splitlines()

@@ -29,16 +29,29 @@ def old(hours: float = 3.0) -> float:
     return time.time() - hours * HOUR
 
 
-def write_point(client, prefix: str, run_id: int, step: int, at: float, name: str = "loss", split: str = "train"):
+def write_point(
+    client, prefix: str, run_id: int, step: int, at: float, name: str = "loss", split: str = "train"
+):
     """A metric point as the layout stores it: a JSON member scored by its step."""
-    member = json.dumps({"epoch": None, "step": step, "metric_name": name, "metric_value": step / 10,
-                         "split": split, "timestamp": utc_iso(at)})
+    member = json.dumps(
+        {
+            "epoch": None,
+            "step": step,
+            "metric_name": name,
+            "metric_value": step / 10,
+            "split": split,
+            "timestamp": utc_iso(at),
+        }
+    )
     client.zadd(f"{prefix}metric:{run_id}:{name}:{split}", {member: step})
     return member
 
 
 def prediction_keys(client, prefix: str) -> set[int]:
-    return {int(k.rsplit(":", 1)[1]) for k in client.scan_iter(match=f"{prefix}prediction:*", count=10_000)}
+    return {
+        int(k.rsplit(":", 1)[1])
+        for k in client.scan_iter(match=f"{prefix}prediction:*", count=10_000)
+    }
 
 
 def index_members(client, prefix: str) -> dict[int, str]:
@@ -59,7 +72,10 @@ def count(pg_conn, table: str) -> int:
 
 def test_retention_is_off_by_default(writer, redis_client, key_prefix, run_sync, pg_conn):
     setup = fill(writer, models=1, runs_per_version=1, points=0, predictions=5)
-    olds = [write_prediction_by_hand(redis_client, key_prefix, setup["versions"][0], old(24 * 30)) for _ in range(10)]
+    olds = [
+        write_prediction_by_hand(redis_client, key_prefix, setup["versions"][0], old(24 * 30))
+        for _ in range(10)
+    ]
     for step in range(10):
         write_point(redis_client, key_prefix, setup["runs"][0], step, old(24 * 30))
 
@@ -72,12 +88,22 @@ def test_retention_is_off_by_default(writer, redis_client, key_prefix, run_sync,
 
 
 def test_only_old_predictions_held_by_postgres_are_deleted_with_their_index_entries(
-        writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas):
+    writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas
+):
     versions = fill(writer, models=2, runs_per_version=0, predictions=20)["versions"]  # logged now
-    olds = [write_prediction_by_hand(redis_client, key_prefix, versions[i % 2], old()) for i in range(30)]
-    orphan = write_prediction_by_hand(redis_client, key_prefix, 999, old())  # its version is not in Postgres
-    invalid = write_prediction_by_hand(redis_client, key_prefix, versions[0], old(), input="{not json")
-    newish = write_prediction_by_hand(redis_client, key_prefix, versions[0], old(0.5))  # younger than 1 h
+    olds = [
+        write_prediction_by_hand(redis_client, key_prefix, versions[i % 2], old())
+        for i in range(30)
+    ]
+    orphan = write_prediction_by_hand(
+        redis_client, key_prefix, 999, old()
+    )  # its version is not in Postgres
+    invalid = write_prediction_by_hand(
+        redis_client, key_prefix, versions[0], old(), input="{not json"
+    )
+    newish = write_prediction_by_hand(
+        redis_client, key_prefix, versions[0], old(0.5)
+    )  # younger than 1 h
 
     results = run_sync(retention_hours={"predictions": 1})
 
@@ -87,8 +113,9 @@ def test_only_old_predictions_held_by_postgres_are_deleted_with_their_index_entr
     assert {orphan, invalid, newish} <= remaining and len(remaining) == 20 + 3
     assert set(index_members(redis_client, key_prefix)) == remaining
     assert_no_index_member_without_hash(redis_client, key_prefix)
-    history = pg_conn.execute(f'SELECT deleted FROM "{pg_schemas[1]}".entity_runs WHERE entity = %s',
-                              ("predictions",)).fetchall()
+    history = pg_conn.execute(
+        f'SELECT deleted FROM "{pg_schemas[1]}".entity_runs WHERE entity = %s', ("predictions",)
+    ).fetchall()
     assert history == [(30,)]
 
     # Postgres is the archive: the deleted records' rows stay, and later cycles add nothing twice.
@@ -96,12 +123,19 @@ def test_only_old_predictions_held_by_postgres_are_deleted_with_their_index_entr
     again = run_sync(retention_hours={"predictions": 1})
     assert again["predictions"].deleted == 0
     assert count(pg_conn, "predictions") == 51
-    assert pg_conn.execute("SELECT count(DISTINCT origin_redis_id) FROM predictions").fetchone()[0] == 51
+    assert (
+        pg_conn.execute("SELECT count(DISTINCT origin_redis_id) FROM predictions").fetchone()[0]
+        == 51
+    )
 
 
-def test_prediction_changed_after_its_sync_is_not_deleted(writer, redis_client, key_prefix, run_sync, pg_conn):
+def test_prediction_changed_after_its_sync_is_not_deleted(
+    writer, redis_client, key_prefix, run_sync, pg_conn
+):
     versions = fill(writer, models=1, runs_per_version=0, predictions=0)["versions"]
-    olds = [write_prediction_by_hand(redis_client, key_prefix, versions[0], old()) for _ in range(10)]
+    olds = [
+        write_prediction_by_hand(redis_client, key_prefix, versions[0], old()) for _ in range(10)
+    ]
     run_sync()  # synced without retention
     edited = olds[:2]
     for record_id in edited:  # a writer touches them after they were synced
@@ -115,12 +149,17 @@ def test_prediction_changed_after_its_sync_is_not_deleted(writer, redis_client, 
     assert count(pg_conn, "predictions") == 10
 
 
-def test_prediction_written_after_the_synced_watermark_is_not_deleted(writer, redis_client, key_prefix, sync_config,
-                                                                      run_sync, pg_conn):
+def test_prediction_written_after_the_synced_watermark_is_not_deleted(
+    writer, redis_client, key_prefix, sync_config, run_sync, pg_conn
+):
     versions = fill(writer, models=1, runs_per_version=0, predictions=0)["versions"]
-    synced = [write_prediction_by_hand(redis_client, key_prefix, versions[0], old()) for _ in range(5)]
+    synced = [
+        write_prediction_by_hand(redis_client, key_prefix, versions[0], old()) for _ in range(5)
+    ]
     run_sync()
-    late = write_prediction_by_hand(redis_client, key_prefix, versions[0], old())  # old timestamp, never synced
+    late = write_prediction_by_hand(
+        redis_client, key_prefix, versions[0], old()
+    )  # old timestamp, never synced
 
     config = dataclasses.replace(sync_config, retention_hours={"predictions": 1})
     client, conn = connect_redis(config), connect_postgres(config)
@@ -134,18 +173,25 @@ def test_prediction_written_after_the_synced_watermark_is_not_deleted(writer, re
     assert prediction_keys(redis_client, key_prefix) == {late}
     assert not set(synced) & set(index_members(redis_client, key_prefix))
     assert count(pg_conn, "predictions") == 5
-    results = run_sync(retention_hours={"predictions": 1})  # the next cycle syncs it, then may delete it
+    results = run_sync(
+        retention_hours={"predictions": 1}
+    )  # the next cycle syncs it, then may delete it
     assert results["predictions"].inserted == 1 and results["predictions"].deleted == 1
     assert count(pg_conn, "predictions") == 6
 
 
-def test_only_old_metric_points_held_by_postgres_are_deleted(writer, redis_client, key_prefix, run_sync, pg_conn,
-                                                             pg_schemas):
+def test_only_old_metric_points_held_by_postgres_are_deleted(
+    writer, redis_client, key_prefix, run_sync, pg_conn, pg_schemas
+):
     run = fill(writer, models=1, runs_per_version=1, points=0, predictions=0)["runs"][0]
     for step in range(10):
         write_point(redis_client, key_prefix, run, step, old())
-    fresh = {write_point(redis_client, key_prefix, run, 100 + step, time.time()) for step in range(5)}
-    for step in range(3):  # points of a run that is not in Postgres: they wait, and must not be deleted
+    fresh = {
+        write_point(redis_client, key_prefix, run, 100 + step, time.time()) for step in range(5)
+    }
+    for step in range(
+        3
+    ):  # points of a run that is not in Postgres: they wait, and must not be deleted
         write_point(redis_client, key_prefix, 777, step, old())
     for step in range(4):  # another synced series, all old: it empties and vanishes
         write_point(redis_client, key_prefix, run, step, old(), name="acc", split="val:clean")
@@ -157,11 +203,17 @@ def test_only_old_metric_points_held_by_postgres_are_deleted(writer, redis_clien
     assert redis_client.zcard(f"{key_prefix}metric:777:loss:train") == 3
     assert not redis_client.exists(f"{key_prefix}metric:{run}:acc:val:clean")
     assert count(pg_conn, "metrics") == 19
-    history = pg_conn.execute(f'SELECT deleted FROM "{pg_schemas[1]}".entity_runs WHERE entity = %s',
-                              ("metrics",)).fetchall()
+    history = pg_conn.execute(
+        f'SELECT deleted FROM "{pg_schemas[1]}".entity_runs WHERE entity = %s', ("metrics",)
+    ).fetchall()
     assert history == [(14,)]
 
     again = run_sync(retention_hours={"metrics": 1})
     assert again["metrics"].deleted == 0 and count(pg_conn, "metrics") == 19
-    assert pg_conn.execute("SELECT count(*) FROM (SELECT DISTINCT training_run_id, metric_name, split, step, "
-                           '"timestamp" FROM metrics) d').fetchone()[0] == 19
+    assert (
+        pg_conn.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT training_run_id, metric_name, split, step, "
+            '"timestamp" FROM metrics) d'
+        ).fetchone()[0]
+        == 19
+    )

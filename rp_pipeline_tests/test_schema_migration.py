@@ -40,9 +40,12 @@ INSERT INTO predictions (model_version_id, input_data, timestamp) VALUES (1, '{"
 
 
 def _column_types(conn, schema, table):
-    return dict(conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-        (schema, table)).fetchall())
+    return dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (schema, table),
+        ).fetchall()
+    )
 
 
 def test_empty_database_gets_all_tables_with_identity_indexes(sync_config, pg_conn):
@@ -51,8 +54,10 @@ def test_empty_database_gets_all_tables_with_identity_indexes(sync_config, pg_co
     for spec in ENTITIES:
         types = _column_types(pg_conn, schema, spec.name)
         assert types["id"] == "bigint" and "origin_source" in types, spec.name
-        index = pg_conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
-                                (schema, f"uq_{spec.name}_identity")).fetchone()
+        index = pg_conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+            (schema, f"uq_{spec.name}_identity"),
+        ).fetchone()
         assert index and "UNIQUE" in index[0], spec.name
     assert _column_types(pg_conn, schema, "datasets")["size_bytes"] == "bigint"
     assert _column_types(pg_conn, schema, "predictions")["input_data"] == "jsonb"
@@ -69,15 +74,18 @@ def test_old_adapter_tables_are_widened_and_keep_their_rows(sync_config, pg_conn
     assert _column_types(pg_conn, schema, "predictions")["input_data"] == "jsonb"
     assert _column_types(pg_conn, schema, "training_runs")["final_loss"] == "double precision"
     assert pg_conn.execute("SELECT name, description, created_at::text FROM models").fetchall() == [
-        ("Legacy", "written by the old adapter", "2024-01-01 12:00:00+00")]
+        ("Legacy", "written by the old adapter", "2024-01-01 12:00:00+00")
+    ]
     assert pg_conn.execute("SELECT input_data FROM predictions").fetchone()[0] == {"x": 1}
 
     # The sync then works on the migrated tables: big datasets fit, the legacy row is left alone.
     writer.create_model("Legacy", description="from Redis")
     writer.create_dataset("ImageNet-Redis", size_bytes=150_000_000_000)
     run_sync()
-    assert pg_conn.execute("SELECT description FROM models WHERE name = 'Legacy'").fetchone()[0] == \
-        "written by the old adapter"
+    assert (
+        pg_conn.execute("SELECT description FROM models WHERE name = 'Legacy'").fetchone()[0]
+        == "written by the old adapter"
+    )
     assert pg_conn.execute("SELECT size_bytes FROM datasets").fetchone()[0] == 150_000_000_000
 
 
@@ -97,5 +105,7 @@ def test_migration_is_idempotent_and_safe_to_run_concurrently(sync_config, pg_co
         thread.join()
     migrate(sync_config)
     assert errors == []
-    version = pg_conn.execute(f'SELECT version_num FROM "{sync_config.sync_schema}".alembic_version').fetchall()
+    version = pg_conn.execute(
+        f'SELECT version_num FROM "{sync_config.sync_schema}".alembic_version'
+    ).fetchall()
     assert version == [(ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head(),)]

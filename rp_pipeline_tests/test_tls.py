@@ -37,8 +37,13 @@ TLS_URL, MTLS_URL = readme_tls_urls()
 
 
 def _services(function: str, directory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f'source scripts/services.sh && {function} "$1"', "_", str(directory)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", f'source scripts/services.sh && {function} "$1"', "_", str(directory)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,17 +68,23 @@ def port(tls_dir: Path, mode: str) -> int:
 
 def admin_url(tls_dir: Path, mode: str) -> str:
     """The servers' default user (no password: the servers live for this test run only)."""
-    tail = f"&ssl_certfile={tls_dir / 'client.crt'}&ssl_keyfile={tls_dir / 'client.key'}" if mode == "mtls" else ""
+    tail = (
+        f"&ssl_certfile={tls_dir / 'client.crt'}&ssl_keyfile={tls_dir / 'client.key'}"
+        if mode == "mtls"
+        else ""
+    )
     return f"rediss://127.0.0.1:{port(tls_dir, mode)}/0?ssl_ca_certs={tls_dir / 'ca.crt'}{tail}"
 
 
 def from_readme(template: str, tls_dir: Path, mode: str, user: str, password: str) -> str:
     """The README's URL with this machine's server, files and user put in its placeholders."""
-    return (template.replace("rp_sync:CHANGE-ME", f"{user}:{password}")
-            .replace("redis.example.com:6380", f"127.0.0.1:{port(tls_dir, mode)}")
-            .replace("/etc/rp_pipeline/redis-ca.crt", str(tls_dir / "ca.crt"))
-            .replace("/etc/rp_pipeline/client.crt", str(tls_dir / "client.crt"))
-            .replace("/etc/rp_pipeline/client.key", str(tls_dir / "client.key")))
+    return (
+        template.replace("rp_sync:CHANGE-ME", f"{user}:{password}")
+        .replace("redis.example.com:6380", f"127.0.0.1:{port(tls_dir, mode)}")
+        .replace("/etc/rp_pipeline/redis-ca.crt", str(tls_dir / "ca.crt"))
+        .replace("/etc/rp_pipeline/client.crt", str(tls_dir / "client.crt"))
+        .replace("/etc/rp_pipeline/client.key", str(tls_dir / "client.key"))
+    )
 
 
 @pytest.fixture(params=["tls", "mtls"])
@@ -90,8 +101,9 @@ def tls_users(tls_dir, mode, key_prefix):
             users.admin.delete(key)
 
 
-def test_sync_and_writer_over_tls_with_the_readme_urls_and_users(mode, tls_dir, tls_users, key_prefix, sync_config,
-                                                                  pg_conn):
+def test_sync_and_writer_over_tls_with_the_readme_urls_and_users(
+    mode, tls_dir, tls_users, key_prefix, sync_config, pg_conn
+):
     template = {"tls": TLS_URL, "mtls": MTLS_URL}[mode]
     writer_user, _ = tls_users.create(WRITER_ACL)
     sync_user, _ = tls_users.create(SYNC_ACL)
@@ -111,8 +123,16 @@ def test_sync_and_writer_over_tls_with_the_readme_urls_and_users(mode, tls_dir, 
         conn.close()
 
     assert {name: r.inserted for name, r in results.items()} == {
-        "models": 2, "model_versions": 2, "datasets": 1, "training_runs": 4, "hyperparameters": 8, "metrics": 12,
-        "experiments": 1, "experiment_runs": 4, "predictions": 3000}
+        "models": 2,
+        "model_versions": 2,
+        "datasets": 1,
+        "training_runs": 4,
+        "hyperparameters": 8,
+        "metrics": 12,
+        "experiments": 1,
+        "experiment_runs": 4,
+        "predictions": 3000,
+    }
     assert all(r.rejected == 0 for r in results.values())
     assert pg_conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 3000
 
@@ -128,17 +148,28 @@ def test_mutual_tls_without_a_client_certificate_is_refused_with_a_clear_line(tl
     assert "ssl_certfile=/path/client.crt&ssl_keyfile=/path/client.key" in str(failure.value)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("a CA that did not sign it", "presented a TLS certificate this client does not trust"),
-    ("a CA file that does not exist", "REDIS_URL names a TLS file that does not exist: ssl_ca_certs="),
-    ("no client certificate for mutual TLS", "requires a client certificate"),
-])
-def test_cli_exits_2_with_one_line_for_a_tls_setup_that_fails(case, expected, tls_dir, key_prefix, postgres_url,
-                                                               work_dir):
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("a CA that did not sign it", "presented a TLS certificate this client does not trust"),
+        (
+            "a CA file that does not exist",
+            "REDIS_URL names a TLS file that does not exist: ssl_ca_certs=",
+        ),
+        ("no client certificate for mutual TLS", "requires a client certificate"),
+    ],
+)
+def test_cli_exits_2_with_one_line_for_a_tls_setup_that_fails(
+    case, expected, tls_dir, key_prefix, postgres_url, work_dir
+):
     tls = f"rediss://127.0.0.1:{port(tls_dir, 'tls')}/0?ssl_ca_certs="
-    url = {"a CA that did not sign it": tls + str(tls_dir / "other-ca.crt"),
-           "a CA file that does not exist": tls + str(tls_dir / "no-such-ca.crt"),
-           "no client certificate for mutual TLS": admin_url(tls_dir, "mtls").split("&ssl_certfile=")[0]}[case]
+    url = {
+        "a CA that did not sign it": tls + str(tls_dir / "other-ca.crt"),
+        "a CA file that does not exist": tls + str(tls_dir / "no-such-ca.crt"),
+        "no client certificate for mutual TLS": admin_url(tls_dir, "mtls").split("&ssl_certfile=")[
+            0
+        ],
+    }[case]
     env = clean_env(REDIS_URL=url, REDIS_KEY_PREFIX=key_prefix, POSTGRES_URL=postgres_url)
 
     done = run_cli(["--once"], env, work_dir, timeout=60)

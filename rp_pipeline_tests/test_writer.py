@@ -33,7 +33,10 @@ def writer(redis_url, key_prefix):
 
 def layout(client, prefix) -> dict[str, str]:
     """Every key under the prefix (prefix stripped) and its Redis type."""
-    return {key[len(prefix) :]: client.type(key) for key in client.scan_iter(match=f"{prefix}*", count=1000)}
+    return {
+        key[len(prefix) :]: client.type(key)
+        for key in client.scan_iter(match=f"{prefix}*", count=1000)
+    }
 
 
 def pop_timestamp(record: dict, field: str) -> str:
@@ -99,7 +102,9 @@ def test_create_model_defaults_are_empty_strings(writer, redis_client, key_prefi
     }
 
 
-def test_duplicate_model_name_keeps_both_hashes_and_maps_to_the_later(writer, redis_client, key_prefix):
+def test_duplicate_model_name_keeps_both_hashes_and_maps_to_the_later(
+    writer, redis_client, key_prefix
+):
     first = writer.create_model("bert", description="one")
     second = writer.create_model("bert", description="two")
 
@@ -107,13 +112,20 @@ def test_duplicate_model_name_keeps_both_hashes_and_maps_to_the_later(writer, re
     assert redis_client.hget(f"{key_prefix}model:1", "description") == "one"
     assert redis_client.hget(f"{key_prefix}model:2", "description") == "two"
     assert redis_client.hgetall(f"{key_prefix}model:name_to_id") == {"bert": "2"}
-    assert redis_client.zrange(f"{key_prefix}idx:models", 0, -1, withscores=True) == [("1", 1.0), ("2", 2.0)]
+    assert redis_client.zrange(f"{key_prefix}idx:models", 0, -1, withscores=True) == [
+        ("1", 1.0),
+        ("2", 2.0),
+    ]
 
 
 def test_create_model_version_layout(writer, redis_client, key_prefix):
     first = writer.create_model_version(7, "1.0")
     second = writer.create_model_version(
-        7, "2.0", checkpoint_path="/ckpt/v2.pt", config={"lr": 0.001, "layers": [1, 2]}, status="archived"
+        7,
+        "2.0",
+        checkpoint_path="/ckpt/v2.pt",
+        config={"lr": 0.001, "layers": [1, 2]},
+        status="archived",
     )
     other = writer.create_model_version(8, "1.0")
 
@@ -146,8 +158,13 @@ def test_create_model_version_layout(writer, redis_client, key_prefix):
         "config": '{"lr": 0.001, "layers": [1, 2]}',
         "status": "archived",
     }
-    assert redis_client.zrange(f"{key_prefix}idx:versions:7", 0, -1, withscores=True) == [("1", 1.0), ("2", 2.0)]
-    assert redis_client.zrange(f"{key_prefix}idx:versions:8", 0, -1, withscores=True) == [("3", 3.0)]
+    assert redis_client.zrange(f"{key_prefix}idx:versions:7", 0, -1, withscores=True) == [
+        ("1", 1.0),
+        ("2", 2.0),
+    ]
+    assert redis_client.zrange(f"{key_prefix}idx:versions:8", 0, -1, withscores=True) == [
+        ("3", 3.0)
+    ]
 
 
 def test_create_dataset_layout(writer, redis_client, key_prefix):
@@ -195,10 +212,15 @@ def test_create_dataset_layout(writer, redis_client, key_prefix):
         "split_info": '{"train": 0.9, "val": 0.1}',
         "preprocessing": '{"resize": 224, "since": "2024-01-02 03:04:05"}',
     }
-    assert redis_client.zrange(f"{key_prefix}idx:datasets", 0, -1, withscores=True) == [("1", 1.0), ("2", 2.0)]
+    assert redis_client.zrange(f"{key_prefix}idx:datasets", 0, -1, withscores=True) == [
+        ("1", 1.0),
+        ("2", 2.0),
+    ]
 
 
-def test_create_training_run_stores_unset_values_as_zero_and_empty(writer, redis_client, key_prefix):
+def test_create_training_run_stores_unset_values_as_zero_and_empty(
+    writer, redis_client, key_prefix
+):
     run_id = writer.create_training_run(5)
     with_dataset = writer.create_training_run(5, dataset_id=3, run_name="baseline", status="queued")
 
@@ -224,8 +246,15 @@ def test_create_training_run_stores_unset_values_as_zero_and_empty(writer, redis
         "artifacts": "{}",
     }
     record = redis_client.hgetall(f"{key_prefix}run:2")
-    assert (record["dataset_id"], record["run_name"], record["status"]) == ("3", "baseline", "queued")
-    assert redis_client.zrange(f"{key_prefix}idx:runs", 0, -1, withscores=True) == [("1", 1.0), ("2", 2.0)]
+    assert (record["dataset_id"], record["run_name"], record["status"]) == (
+        "3",
+        "baseline",
+        "queued",
+    )
+    assert redis_client.zrange(f"{key_prefix}idx:runs", 0, -1, withscores=True) == [
+        ("1", 1.0),
+        ("2", 2.0),
+    ]
 
 
 def test_update_training_run_rewrites_only_given_fields(writer, redis_client, key_prefix):
@@ -236,7 +265,9 @@ def test_update_training_run_rewrites_only_given_fields(writer, redis_client, ke
     after = redis_client.hgetall(f"{key_prefix}run:{run_id}")
     assert after == {**before, "status": "running"}
 
-    finished = datetime(2025, 11, 22, 12, 0, 0, 250000, tzinfo=timezone(timedelta(hours=3, minutes=30)))
+    finished = datetime(
+        2025, 11, 22, 12, 0, 0, 250000, tzinfo=timezone(timedelta(hours=3, minutes=30))
+    )
     assert writer.update_training_run(
         run_id,
         status="completed",
@@ -258,7 +289,11 @@ def test_update_training_run_rewrites_only_given_fields(writer, redis_client, ke
 
     writer.update_training_run(run_id, completed_at="2025-11-22T09:00:00", final_loss=0)
     record = redis_client.hgetall(f"{key_prefix}run:{run_id}")
-    assert (record["completed_at"], record["final_loss"], record["status"]) == ("2025-11-22T09:00:00", "0", "completed")
+    assert (record["completed_at"], record["final_loss"], record["status"]) == (
+        "2025-11-22T09:00:00",
+        "0",
+        "completed",
+    )
 
 
 def test_update_of_a_missing_run_writes_nothing(writer, redis_client, key_prefix):
@@ -267,8 +302,12 @@ def test_update_of_a_missing_run_writes_nothing(writer, redis_client, key_prefix
     assert layout(redis_client, key_prefix) == {}
 
 
-def test_log_hyperparameters_stores_str_of_each_value_and_overwrites(writer, redis_client, key_prefix):
-    writer.log_hyperparameters(3, {"lr": 0.001, "batch_size": 32, "layers": [64, 32], "amp": True, "decay": None})
+def test_log_hyperparameters_stores_str_of_each_value_and_overwrites(
+    writer, redis_client, key_prefix
+):
+    writer.log_hyperparameters(
+        3, {"lr": 0.001, "batch_size": 32, "layers": [64, 32], "amp": True, "decay": None}
+    )
     writer.log_hyperparameters(3, {"lr": 0.01, "optimizer": "adam"})
     writer.log_hyperparameters(3, {})
 
@@ -289,19 +328,31 @@ def test_metric_score_is_epoch_else_step_else_zero(writer, redis_client, key_pre
     writer.log_metric(4, "loss", 0.7)
     writer.log_metric(4, "loss", 0.5, epoch=1, split="val")
 
-    assert layout(redis_client, key_prefix) == {"metric:4:loss:train": "zset", "metric:4:loss:val": "zset"}
+    assert layout(redis_client, key_prefix) == {
+        "metric:4:loss:train": "zset",
+        "metric:4:loss:val": "zset",
+    }
     points = redis_client.zrange(f"{key_prefix}metric:4:loss:train", 0, -1, withscores=True)
     assert [score for _, score in points] == [0.0, 3.0, 450.0]
     members = [json.loads(member) for member, _ in points]
     for member in members:
-        assert list(member) == ["epoch", "step", "metric_name", "metric_value", "split", "timestamp"]
+        assert list(member) == [
+            "epoch",
+            "step",
+            "metric_name",
+            "metric_value",
+            "split",
+            "timestamp",
+        ]
         pop_timestamp(member, "timestamp")
     assert members == [
         {"epoch": None, "step": None, "metric_name": "loss", "metric_value": 0.7, "split": "train"},
         {"epoch": 3, "step": 300, "metric_name": "loss", "metric_value": 0.9, "split": "train"},
         {"epoch": None, "step": 450, "metric_name": "loss", "metric_value": 0.8, "split": "train"},
     ]
-    [(val_member, val_score)] = redis_client.zrange(f"{key_prefix}metric:4:loss:val", 0, -1, withscores=True)
+    [(val_member, val_score)] = redis_client.zrange(
+        f"{key_prefix}metric:4:loss:val", 0, -1, withscores=True
+    )
     assert val_score == 1.0 and json.loads(val_member)["split"] == "val"
 
 
@@ -311,12 +362,18 @@ def test_metric_names_and_splits_may_contain_colons(writer, redis_client, key_pr
     assert layout(redis_client, key_prefix) == {"metric:9:acc:top:5:eval:holdout": "zset"}
     [member] = redis_client.zrange(f"{key_prefix}metric:9:acc:top:5:eval:holdout", 0, -1)
     point = json.loads(member)
-    assert (point["metric_name"], point["split"], point["epoch"]) == ("acc:top:5", "eval:holdout", 2)
+    assert (point["metric_name"], point["split"], point["epoch"]) == (
+        "acc:top:5",
+        "eval:holdout",
+        2,
+    )
 
 
 def test_create_experiment_layout(writer, redis_client, key_prefix):
     writer.create_experiment("lr sweep")
-    writer.create_experiment("aug", description="augmentations", hypothesis="mixup helps", status="completed")
+    writer.create_experiment(
+        "aug", description="augmentations", hypothesis="mixup helps", status="completed"
+    )
 
     assert layout(redis_client, key_prefix) == {
         "counter:experiment": "string",
@@ -341,7 +398,10 @@ def test_create_experiment_layout(writer, redis_client, key_prefix):
         "mixup helps",
         "completed",
     )
-    assert redis_client.zrange(f"{key_prefix}idx:experiments", 0, -1, withscores=True) == [("1", 1.0), ("2", 2.0)]
+    assert redis_client.zrange(f"{key_prefix}idx:experiments", 0, -1, withscores=True) == [
+        ("1", 1.0),
+        ("2", 2.0),
+    ]
 
 
 def test_add_experiment_run_writes_membership_hash_and_run_set(writer, redis_client, key_prefix):
@@ -349,7 +409,11 @@ def test_add_experiment_run_writes_membership_hash_and_run_set(writer, redis_cli
     writer.add_experiment_run(2, 12)
     writer.add_experiment_run(2, 11, variant_name="lr=0.1", notes="rerun")
 
-    assert layout(redis_client, key_prefix) == {"exprun:2:11": "hash", "exprun:2:12": "hash", "exprun:2:runs": "set"}
+    assert layout(redis_client, key_prefix) == {
+        "exprun:2:11": "hash",
+        "exprun:2:12": "hash",
+        "exprun:2:runs": "set",
+    }
     assert redis_client.hgetall(f"{key_prefix}exprun:2:11") == {
         "experiment_id": "2",
         "training_run_id": "11",
@@ -365,10 +429,17 @@ def test_add_experiment_run_writes_membership_hash_and_run_set(writer, redis_cli
     assert redis_client.smembers(f"{key_prefix}exprun:2:runs") == {"11", "12"}
 
 
-def test_log_prediction_layout_and_index_score_is_minus_logging_time(writer, redis_client, key_prefix):
+def test_log_prediction_layout_and_index_score_is_minus_logging_time(
+    writer, redis_client, key_prefix
+):
     before = time.time()
     pred_id = writer.log_prediction(
-        3, {"pixels": [0.1, 0.2]}, {"label": "cat"}, confidence=0.97, inference_time_ms=4.5, metadata={"client": "web"}
+        3,
+        {"pixels": [0.1, 0.2]},
+        {"label": "cat"},
+        confidence=0.97,
+        inference_time_ms=4.5,
+        metadata={"client": "web"},
     )
     after = time.time()
 
@@ -389,7 +460,9 @@ def test_log_prediction_layout_and_index_score_is_minus_logging_time(writer, red
         "inference_time_ms": "4.5",
         "metadata": '{"client": "web"}',
     }
-    [(member, score)] = redis_client.zrange(f"{key_prefix}idx:predictions:3", 0, -1, withscores=True)
+    [(member, score)] = redis_client.zrange(
+        f"{key_prefix}idx:predictions:3", 0, -1, withscores=True
+    )
     assert member == "1"
     assert -after <= score <= -before
     logged_at = datetime.fromisoformat(timestamp).replace(tzinfo=timezone.utc).timestamp()
@@ -406,7 +479,9 @@ def test_log_prediction_layout_and_index_score_is_minus_logging_time(writer, red
         ({"already": "a dict"}, '{"already": "a dict"}'),
     ],
 )
-def test_non_dict_input_and_output_are_wrapped_in_data(writer, redis_client, key_prefix, value, stored):
+def test_non_dict_input_and_output_are_wrapped_in_data(
+    writer, redis_client, key_prefix, value, stored
+):
     writer.log_prediction(1, value, value)
 
     record = redis_client.hgetall(f"{key_prefix}prediction:1")
@@ -417,15 +492,25 @@ def test_unset_prediction_numbers_are_zero_and_metadata_empty(writer, redis_clie
     writer.log_prediction(1, {}, {})
 
     record = redis_client.hgetall(f"{key_prefix}prediction:1")
-    assert (record["confidence"], record["inference_time_ms"], record["metadata"]) == ("0", "0", "{}")
+    assert (record["confidence"], record["inference_time_ms"], record["metadata"]) == (
+        "0",
+        "0",
+        "{}",
+    )
 
 
 def test_numpy_scalars_are_stored_as_plain_numbers(writer, redis_client, key_prefix):
-    writer.log_prediction(np.int64(2), {}, {}, confidence=np.float64(0.5), inference_time_ms=np.float32(1.5))
+    writer.log_prediction(
+        np.int64(2), {}, {}, confidence=np.float64(0.5), inference_time_ms=np.float32(1.5)
+    )
     writer.create_dataset("d", size_bytes=np.int64(150_000_000_000))
 
     record = redis_client.hgetall(f"{key_prefix}prediction:1")
-    assert (record["model_version_id"], record["confidence"], record["inference_time_ms"]) == ("2", "0.5", "1.5")
+    assert (record["model_version_id"], record["confidence"], record["inference_time_ms"]) == (
+        "2",
+        "0.5",
+        "1.5",
+    )
     assert redis_client.exists(f"{key_prefix}idx:predictions:2")
     assert redis_client.hget(f"{key_prefix}dataset:1", "size_bytes") == "150000000000"
 
@@ -479,12 +564,16 @@ def test_batch_writes_the_same_layout_as_single_calls(redis_url, key_prefix, red
         assert batch_record == single_record
     for version in (1, 2, 3):
         single_index = redis_client.zrange(f"{single_prefix}idx:predictions:{version}", 0, -1)
-        batch_index = redis_client.zrange(f"{batch_prefix}idx:predictions:{version}", 0, -1, withscores=True)
+        batch_index = redis_client.zrange(
+            f"{batch_prefix}idx:predictions:{version}", 0, -1, withscores=True
+        )
         assert {member for member, _ in batch_index} == set(single_index)
         assert all(-time.time() <= score < -(time.time() - 60) for _, score in batch_index)
 
 
-def test_counter_never_ahead_of_records_under_concurrent_writers(writer, redis_url, key_prefix, redis_client):
+def test_counter_never_ahead_of_records_under_concurrent_writers(
+    writer, redis_url, key_prefix, redis_client
+):
     stop = threading.Event()
     gaps: list[tuple[str, int]] = []
     checked_up_to = {"prediction": 0, "model": 0}
@@ -500,7 +589,9 @@ def test_counter_never_ahead_of_records_under_concurrent_writers(writer, redis_u
                     for record_id in ids:
                         pipe.exists(f"{key_prefix}{entity}:{record_id}")
                     found = pipe.execute() if ids else []
-                gaps.extend((entity, record_id) for record_id, exists in zip(ids, found) if not exists)
+                gaps.extend(
+                    (entity, record_id) for record_id, exists in zip(ids, found) if not exists
+                )
                 checked_up_to[entity] = counter
         reader.close()
 
@@ -511,7 +602,10 @@ def test_counter_never_ahead_of_records_under_concurrent_writers(writer, redis_u
         for i in range(150):
             written.append(writer.log_prediction(worker, {"i": i}, i))
             if i % 25 == 0:
-                batch = ({"model_version_id": worker, "input_data": j, "output_data": j} for j in range(40))
+                batch = (
+                    {"model_version_id": worker, "input_data": j, "output_data": j}
+                    for j in range(40)
+                )
                 written.extend(writer.log_predictions(batch))
                 models.append(writer.create_model(f"m{worker}"))
 
@@ -535,7 +629,9 @@ def test_counter_never_ahead_of_records_under_concurrent_writers(writer, redis_u
             for record_id in range(1, count + 1):
                 pipe.exists(f"{key_prefix}{entity}:{record_id}")
             assert all(pipe.execute())
-    indexed = sum(redis_client.zcard(f"{key_prefix}idx:predictions:{worker}") for worker in range(8))
+    indexed = sum(
+        redis_client.zcard(f"{key_prefix}idx:predictions:{worker}") for worker in range(8)
+    )
     assert indexed == len(written)
 
 
@@ -558,7 +654,9 @@ def test_get_statistics_counts_indexes_and_counters(writer):
     writer.create_training_run(versions[1])
     writer.update_training_run(done, status="completed")
     writer.create_experiment("e")
-    writer.log_predictions({"model_version_id": versions[0], "input_data": i, "output_data": i} for i in range(4))
+    writer.log_predictions(
+        {"model_version_id": versions[0], "input_data": i, "output_data": i} for i in range(4)
+    )
     writer.log_prediction(versions[2], 1, 1)
 
     assert writer.get_statistics() == {

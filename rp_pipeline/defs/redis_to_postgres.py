@@ -3,4 +3,4 @@
 from rp_pipeline.assets import redis_to_postgres
 from rp_pipeline.schedules import backlog_sensor, redis_to_postgres_sync_job, sync_schedule
 
-__all__ = ["redis_to_postgres", "redis_to_postgres_sync_job", "sync_schedule", "backlog_sensor"]
+__all__ = ["backlog_sensor", "redis_to_postgres", "redis_to_postgres_sync_job", "sync_schedule"]

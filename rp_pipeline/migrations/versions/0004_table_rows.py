@@ -16,6 +16,7 @@ from alembic import context, op
 revision = "0004"
 down_revision = "0003"
 
+
 def upgrade():
     sync_schema = context.config.attributes["sync_schema"]
     op.execute(f'''
@@ -26,7 +27,11 @@ def upgrade():
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (schema_name, table_name)
         )''')
-    op.execute(f'ALTER TABLE "{sync_schema}".entity_runs ADD COLUMN IF NOT EXISTS inserted_after_id bigint, '
-               'ADD COLUMN IF NOT EXISTS inserted_up_to_id bigint, ADD COLUMN IF NOT EXISTS updated_ids bigint[]')
-    op.execute(f'CREATE INDEX IF NOT EXISTS ix_entity_runs_source_entity ON "{sync_schema}".entity_runs '
-               '(source, entity, id)')
+    op.execute(
+        f'ALTER TABLE "{sync_schema}".entity_runs ADD COLUMN IF NOT EXISTS inserted_after_id bigint, '
+        "ADD COLUMN IF NOT EXISTS inserted_up_to_id bigint, ADD COLUMN IF NOT EXISTS updated_ids bigint[]"
+    )
+    op.execute(
+        f'CREATE INDEX IF NOT EXISTS ix_entity_runs_source_entity ON "{sync_schema}".entity_runs '
+        "(source, entity, id)"
+    )

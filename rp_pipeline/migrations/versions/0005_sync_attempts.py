@@ -26,14 +26,28 @@ def upgrade():
     ts = sa.DateTime(timezone=True)
     op.create_table(
         "sync_status",
-        sa.Column("source", sa.Text, primary_key=True), sa.Column("entity", sa.Text, primary_key=True),
-        sa.Column("last_attempt_at", ts), sa.Column("last_success_at", ts),
-        sa.Column("last_run_id", sa.Text), sa.Column("last_duration_seconds", sa.Float(precision=53)),
-        *[sa.Column(name, sa.BigInteger, nullable=False, server_default="0")
-          for name in ("attempts", "successes", *[f"{o}_total" for o in OUTCOMES], "pending", "rejected_held")],
-        schema=sync_schema)
+        sa.Column("source", sa.Text, primary_key=True),
+        sa.Column("entity", sa.Text, primary_key=True),
+        sa.Column("last_attempt_at", ts),
+        sa.Column("last_success_at", ts),
+        sa.Column("last_run_id", sa.Text),
+        sa.Column("last_duration_seconds", sa.Float(precision=53)),
+        *[
+            sa.Column(name, sa.BigInteger, nullable=False, server_default="0")
+            for name in (
+                "attempts",
+                "successes",
+                *[f"{o}_total" for o in OUTCOMES],
+                "pending",
+                "rejected_held",
+            )
+        ],
+        schema=sync_schema,
+    )
     s = f'"{sync_schema}"'
-    op.execute(f"CREATE INDEX IF NOT EXISTS ix_pending_first_seen ON {s}.pending (source, entity, first_seen)")
+    op.execute(
+        f"CREATE INDEX IF NOT EXISTS ix_pending_first_seen ON {s}.pending (source, entity, first_seen)"
+    )
     outcome_columns = ", ".join(f"{o}_total" for o in OUTCOMES)
     op.execute(
         f"WITH t AS (SELECT source, entity, count(*) AS n, max(id) AS last_id, "
@@ -42,4 +56,5 @@ def upgrade():
         f"last_duration_seconds, attempts, successes, {outcome_columns}, pending, rejected_held) "
         f"SELECT t.source, t.entity, l.finished_at, l.finished_at, l.run_id, l.duration_seconds, t.n, t.n, "
         f"{', '.join(f't.{o}' for o in OUTCOMES)}, l.pending, (SELECT count(*) FROM {s}.rejected_records r "
-        f"WHERE r.source = t.source AND r.entity = t.entity) FROM t JOIN {s}.entity_runs l ON l.id = t.last_id")
+        f"WHERE r.source = t.source AND r.entity = t.entity) FROM t JOIN {s}.entity_runs l ON l.id = t.last_id"
+    )
