@@ -171,17 +171,17 @@ def _count(conn: psycopg.Connection, table: str = "predictions") -> int:
 
 
 def project(redis_url: str, pg_url: str, n: int, rss) -> dict:
+    from rp_pipeline.connections import connect_postgres, connect_redis
     from rp_pipeline.engine import sync_all, sync_entity
     from rp_pipeline.entities import PREDICTIONS
     from rp_pipeline.extract import GENERATION_KEY
-    from rp_pipeline.resources import open_connections
     from rp_pipeline.schema import migrate
 
     config = _config(redis_url, pg_url)
     started = time.perf_counter()
     migrate(config)
     migrate_seconds = time.perf_counter() - started
-    client, conn = open_connections(config)
+    client, conn = connect_redis(config), connect_postgres(config)
     start_rss = resident()
     cpu = CpuMeter(redis_url, [conn.info.backend_pid])
     started = time.perf_counter()
@@ -544,12 +544,12 @@ def _check_seconds(config) -> dict[str, float]:
     """Each check's time over the nine tables, on the rows the tables' last syncs wrote (as the job runs them)."""
     from rp_pipeline.bookkeeping import Bookkeeping
     from rp_pipeline.checks import WrittenRows, check_specs, table_checks
+    from rp_pipeline.connections import connect_postgres, connect_redis
     from rp_pipeline.entities import ENTITIES
     from rp_pipeline.extract import RedisSource
-    from rp_pipeline.resources import open_connections
     from rp_pipeline.sources import resolve_origin
 
-    client, conn = open_connections(config)
+    client, conn = connect_redis(config), connect_postgres(config)
     seconds: dict[str, float] = {}
     try:
         origin = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name

@@ -286,9 +286,9 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     args = parser.parse_args()
 
+    from rp_pipeline.connections import connect_postgres, connect_redis
     from rp_pipeline.engine import sync_all
     from rp_pipeline.entities import ENTITIES, PREDICTIONS
-    from rp_pipeline.resources import open_connections
     from rp_pipeline.schema import migrate
     from rp_pipeline.settings import SyncConfig
 
@@ -306,7 +306,7 @@ def main() -> None:
             conn.execute(f"CREATE DATABASE {db}")
             conn.execute("CHECKPOINT")
         migrate(config)
-        client, conn = open_connections(config)
+        client, conn = connect_redis(config), connect_postgres(config)
         try:
             sync_all(
                 client,

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dagster as dg
 
@@ -30,14 +29,13 @@ import dagster as dg
 # overrides when there is no dagster.yaml): DagsterInstance.get() needs DAGSTER_HOME to hold both.
 from dagster._core.instance.ref import InstanceRef
 
-from .assets import run_statistics
+from .assets import SOURCE_TAG, run_statistics
 from .connections import connect_postgres, connect_redis, explain_postgres_error
-from .definitions import defs
 from .entities import BY_NAME, STAT_KEYS
 from .errors import ConnectionProblem, SyncFailed
 from .resources import resources_for
-from .schedules import JOB_NAME
-from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig
+from .schedules import sync_job
+from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, split_url
 
 log = logging.getLogger("rp_pipeline")
 
@@ -90,6 +88,22 @@ class SyncOutcome:
     seconds: float
     failures: list[str] = field(default_factory=list)
     problem: str | None = None
+    # With several sources: each source's own outcome, by label (the fields above sum them up).
+    by_source: dict[str, SyncOutcome] = field(default_factory=dict)
+
+
+def combined(outcomes: dict[str, SyncOutcome]) -> SyncOutcome:
+    """Several sources' outcomes as one: counters summed, failures named by source."""
+    stats = {key: sum(o.stats.get(key, 0) for o in outcomes.values()) for key in COUNTERS}
+    return SyncOutcome(
+        run_id=",".join(o.run_id for o in outcomes.values() if o.run_id),
+        success=all(o.success for o in outcomes.values()),
+        stats=stats,
+        seconds=sum(o.seconds for o in outcomes.values()),
+        failures=[f"{label}: {line}" for label, o in outcomes.items() for line in o.failures],
+        problem=next((o.problem for o in outcomes.values() if o.problem), None),
+        by_source=outcomes,
+    )
 
 
 @contextmanager
@@ -216,62 +230,96 @@ class RedisPgSync:
         with sync_instance():
             pass
 
-    def _check_servers(self) -> None:
-        connect_redis(self.config).close()
-        connect_postgres(self.config).close()
+    def _check_servers(self, config: SyncConfig | None = None) -> None:
+        """Both servers answer; with several sources, Postgres only (a source that is down fails its
+        own run, not the others')."""
+        config = config or self.config
+        if len(config.sources) == 1:
+            connect_redis(config).close()
+        connect_postgres(config).close()
 
-    def full_sync(self) -> dict[str, int]:
-        """One sync of every entity; the guide's statistics. Raises SyncRunFailed (a SyncFailed) if a step failed."""
-        outcome = self.sync_once()
+    def full_sync(self, sources: list[str] | tuple[str, ...] | None = None) -> dict[str, int]:
+        """One sync of every entity of every source (or of the sources labelled `sources`); the guide's
+        statistics, summed over the sources (per source: `last_outcome.by_source`). Raises SyncRunFailed
+        (a SyncFailed) if a step failed."""
+        outcome = self.sync_once(sources)
         if not outcome.success:
             raise SyncRunFailed(outcome)
         return outcome.stats
 
-    def sync_once(self) -> SyncOutcome:
-        """Pre-flight, then one run of the Dagster job; logs in the guide's style, never half-stops.
+    def sync_once(self, sources: list[str] | tuple[str, ...] | None = None) -> SyncOutcome:
+        """Pre-flight, then one run of the Dagster job per source (all, or those labelled `sources`,
+        one after another); logs in the guide's style, never half-stops.
 
-        Called on the main thread, SIGINT/SIGTERM during the cycle only request a stop
+        A source that is down fails its own run only: the others still sync, and the outcome is a
+        failure. Called on the main thread, SIGINT/SIGTERM during the cycle only request a stop
         (see `stop_requested`); a second signal interrupts with KeyboardInterrupt.
         """
+        selected = self.config.select_sources(sources)
         with self._stop_on_signals():
-            self._check_servers()
-            self.log.info("=== Starting Redis → PostgreSQL Sync ===")
-            clock = time.perf_counter()
-            run_id = str(uuid.uuid4())
-            with sync_instance() as instance:
-                instance.add_event_listener(run_id, self._forward_log)
-                result = self._on_worker_thread(
-                    lambda: defs.resolve_job_def(JOB_NAME).execute_in_process(
-                        instance=instance,
-                        run_id=run_id,
-                        resources=resources_for(self.config),
-                        raise_on_error=False,
-                        tags={"rp_pipeline/trigger": "python"},
-                        # Dagster's own console output is replaced by the guide-style lines forwarded below.
-                        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            if len(self.config.sources) == 1:
+                outcome = self._sync_source(self.config, selected[0].label)
+                self.last_outcome = outcome
+                return outcome
+            outcomes: dict[str, SyncOutcome] = {}
+            for source in selected:
+                if self._stop_requested and outcomes:
+                    break
+                config = self.config.for_source(source.label)
+                try:
+                    outcomes[source.label] = self._sync_source(config, source.label)
+                except ConnectionProblem as exc:  # this source (or Postgres) is down: its run only
+                    self.log.error("=== Source %s not synced: %s ===", source.label, exc)
+                    outcomes[source.label] = SyncOutcome(
+                        "", False, {**dict.fromkeys(COUNTERS, 0), "errors": 1}, 0.0, [str(exc)]
                     )
-                )
-            seconds = time.perf_counter() - clock
-            failures, failed_steps, problem = self._failures(result)
-            try:
-                found = run_statistics(self.config, run_id)
-                stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
-            except Exception as exc:
-                if result.success:
-                    raise
-                self.log.warning("  (statistics unavailable: %s)", exc)
-                stats = {key: 0 for key in COUNTERS}
-            stats = dict(stats)
-            if (
-                failures
-            ):  # a failed entity is an error too: a failed cycle never reports "Errors: 0"
-                stats["errors"] = stats.get("errors", 0) + max(1, failed_steps)
-            outcome = SyncOutcome(
-                run_id, result.success and not failures, stats, seconds, failures, problem
-            )
-            self._log_outcome(outcome)
+            outcome = combined(outcomes)
+            self._log_total(outcome)
             self.last_outcome = outcome
             return outcome
+
+    def _sync_source(self, config: SyncConfig, label: str) -> SyncOutcome:
+        """One run of the job for one source (`config` is that source's)."""
+        self._check_servers(config)
+        partitioned = len(self.config.sources) > 1
+        self.log.info(
+            "=== Starting Redis → PostgreSQL Sync%s ===", f": source {label}" if partitioned else ""
+        )
+        clock = time.perf_counter()
+        run_id = str(uuid.uuid4())
+        job = sync_job(self.config.labels)
+        with sync_instance() as instance:
+            instance.add_event_listener(run_id, self._forward_log)
+            result = self._on_worker_thread(
+                lambda: job.execute_in_process(
+                    instance=instance,
+                    run_id=run_id,
+                    resources=resources_for(self.config),
+                    partition_key=label if partitioned else None,
+                    raise_on_error=False,
+                    tags={"rp_pipeline/trigger": "python", SOURCE_TAG: label},
+                    # Dagster's own console output is replaced by the guide-style lines forwarded below.
+                    run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                )
+            )
+        seconds = time.perf_counter() - clock
+        failures, failed_steps, problem = self._failures(result)
+        try:
+            found = run_statistics(config, run_id)
+            stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
+        except Exception as exc:
+            if result.success:
+                raise
+            self.log.warning("  (statistics unavailable: %s)", exc)
+            stats = {key: 0 for key in COUNTERS}
+        stats = dict(stats)
+        if failures:  # a failed entity is an error too: a failed cycle never reports "Errors: 0"
+            stats["errors"] = stats.get("errors", 0) + max(1, failed_steps)
+        outcome = SyncOutcome(
+            run_id, result.success and not failures, stats, seconds, failures, problem
+        )
+        self._log_outcome(outcome)
+        return outcome
 
     def _forward_log(self, entry) -> None:
         """The assets' log lines and failed checks, as they happen (called on the cycle's thread).
@@ -348,11 +396,23 @@ class RedisPgSync:
         return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
 
     def _redact(self, text: str) -> str:
-        for url in (self.config.postgres_url or "", self.config.redis_url):
-            password = urlsplit(url).password
+        for url in (self.config.postgres_url or "", *(s.redis_url for s in self.config.sources)):
+            password = split_url(url).password
             if password:
                 text = text.replace(password, "***")
         return text
+
+    def _log_total(self, outcome: SyncOutcome) -> None:
+        failed = [label for label, o in outcome.by_source.items() if not o.success]
+        self.log.log(
+            logging.ERROR if failed else logging.INFO,
+            "=== %d source(s) synced in %.2fs%s ===",
+            len(outcome.by_source),
+            outcome.seconds,
+            f"; failed: {', '.join(failed)}" if failed else "",
+        )
+        for key in COUNTERS:
+            self.log.info("  %s: %s", _counter_label(key), outcome.stats.get(key, 0))
 
     def _log_outcome(self, outcome: SyncOutcome) -> None:
         if outcome.success:
@@ -393,20 +453,25 @@ class RedisPgSync:
 
     # -- continuous mode -----------------------------------------------------
 
-    def run_continuous(self, interval_seconds: float = 300) -> int:
+    def run_continuous(
+        self,
+        interval_seconds: float = 300,
+        sources: list[str] | tuple[str, ...] | None = None,
+    ) -> int:
         """Sync every `interval_seconds` until stop(), SIGTERM or Ctrl+C, each ending after the current
         cycle. A failed cycle is logged and retried at the next interval. Returns the cycles run."""
         if interval_seconds <= 0:
             raise ConfigError(
                 f"the interval must be a positive number of seconds, got {interval_seconds}"
             )
+        self.config.select_sources(sources)  # an unknown label is refused before the first cycle
         self._stop_requested, self._stop_signal = False, None
         cycles = 0
         with self._stop_on_signals():
             while not self._stop_requested:
                 started = time.monotonic()
                 try:
-                    self.sync_once()
+                    self.sync_once(sources)
                 except (ConfigError, ConnectionProblem) as exc:
                     self.log.error("Sync cycle skipped: %s", exc)
                 cycles += 1

@@ -16,6 +16,7 @@ left unchanged as not executed in that run, their last results unchanged.
 import inspect
 import itertools
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,20 +28,22 @@ import psycopg
 
 from . import engine, entities
 from .checks import WrittenRows, check_specs, table_checks
+from .connections import connect_postgres
 from .engine import EntityResult, stats_from_results, sync_entity
 from .entities import ENTITIES, STAT_KEYS, EntitySpec
 from .entities import sql_name as q
 from .errors import ConnectionProblem, PermissionProblem, SyncFailed
 from .extract import RedisSource
-from .resources import (
-    PostgresResource,
-    RedisResource,
-    SyncSettingsResource,
-    open_connections,
-    sync_config,
-)
+from .resources import SyncResource
 from .schema import ensure_schema, has_redis_id, identity_index_name
-from .settings import ConfigError, SyncConfig, interval_seconds
+from .settings import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_REDIS_URL,
+    ConfigError,
+    SyncConfig,
+    parse_sources,
+    schedule_interval_seconds,
+)
 from .sources import resolve_origin
 
 GROUP = "redis_to_postgres"
@@ -209,27 +212,53 @@ def materialization_metadata(result: EntityResult, config: SyncConfig, database:
 ENTITIES_BY_NAME = {spec.name: spec for spec in ENTITIES}
 
 
-@dg.multi_asset(
-    name=GROUP,
-    specs=[table_spec(spec, interval_seconds()) for spec in ENTITIES],
-    check_specs=[s for spec in ENTITIES for s in check_specs(spec)],
-    can_subset=True,
-    description="One Redis → Postgres sync: the nine tables in dependency order, each followed by its checks.",
-)
-def redis_to_postgres(
-    context: dg.AssetExecutionContext,
-    redis: RedisResource,
-    postgres: PostgresResource,
-    sync_settings: SyncSettingsResource,
-) -> Iterator:
-    config = sync_config(redis, postgres, sync_settings)
-    ensure_schema(config)
-    client, conn = open_connections(config)
+SOURCE_TAG = "rp_pipeline/source"  # every sync run's source label (its partition key with several)
+
+
+def source_labels(env: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The sources' labels as REDIS_URL names them when the definitions load. A REDIS_URL that cannot
+    work gives no partitions here: the run then fails with the one line saying what to fix."""
+    env = os.environ if env is None else env
     try:
-        yield from sync_tables(context, client, conn, config)
-    finally:
-        client.close()
-        conn.close()
+        return tuple(
+            s.label
+            for s in parse_sources(
+                env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+                env.get("REDIS_KEY_PREFIX", DEFAULT_KEY_PREFIX),
+            )
+        )
+    except ConfigError:
+        return ()
+
+
+def sources_partitions(labels: tuple[str, ...]) -> dg.StaticPartitionsDefinition | None:
+    """One partition per source when there are several; none for one (no partition noise in the UI)."""
+    return dg.StaticPartitionsDefinition(list(labels)) if len(labels) > 1 else None
+
+
+def build_sync_assets(labels: tuple[str, ...], seconds: int) -> dg.AssetsDefinition:
+    """The sync's multi-asset for these sources: partitioned by source label when there are several."""
+
+    @dg.multi_asset(
+        name=GROUP,
+        specs=[table_spec(spec, seconds) for spec in ENTITIES],
+        check_specs=[s for spec in ENTITIES for s in check_specs(spec)],
+        can_subset=True,
+        partitions_def=sources_partitions(labels),
+        description="One Redis → Postgres sync: the nine tables in dependency order, each followed by "
+        "its checks." + (" One partition per Redis source." if len(labels) > 1 else ""),
+    )
+    def redis_to_postgres(context: dg.AssetExecutionContext, sync: SyncResource) -> Iterator:
+        config = sync.sync_config(context.partition_key if context.has_partition_key else None)
+        context.instance.add_run_tags(context.run.run_id, {SOURCE_TAG: config.sources[0].label})
+        ensure_schema(config)
+        with sync.connections(config.sources[0].label) as (client, conn, config):
+            yield from sync_tables(context, client, conn, config)
+
+    return redis_to_postgres
+
+
+redis_to_postgres = build_sync_assets(source_labels(), schedule_interval_seconds())
 
 
 class TableLog:
@@ -365,8 +394,6 @@ def record_statistics(context: dg.AssetExecutionContext, config: SyncConfig) -> 
 
 def run_statistics(config, run_id: str) -> tuple[dict[str, int], float]:
     """The guide's counters for one run, from the history the sync committed."""
-    from .connections import connect_postgres
-
     with connect_postgres(config) as conn:
         rows = conn.execute(
             f"SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .settings import DEFAULT_INTERVAL_SECONDS, ConfigError, SyncConfig
+from .settings import ConfigError, SyncConfig
 
 DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = (
     "127.0.0.1",
@@ -38,7 +38,8 @@ PIP_NAMES = {
 
 ENVIRONMENT_HELP = """\
 environment (a .env file in the working directory fills what is not set):
-  REDIS_URL           Redis to read (default redis://localhost:6379/0)
+  REDIS_URL           Redis to read (default redis://localhost:6379/0); several sources: URLs separated
+                      by commas, each optionally with ?key_prefix=...&label=... (README, Configuration)
   POSTGRES_URL        Postgres to write, e.g. postgresql://user:password@localhost:5432/ai_models (required)
   REDIS_KEY_PREFIX    key prefix of the aidb layout (default aidb:)
   SYNC_INTERVAL       seconds between syncs when neither --once nor --interval is given (default 300)
@@ -72,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", help="Redis URL (overrides REDIS_URL)")
     parser.add_argument("--postgres-url", help="PostgreSQL URL (overrides POSTGRES_URL)")
     parser.add_argument("--key-prefix", help="Redis key prefix (overrides REDIS_KEY_PREFIX)")
+    parser.add_argument(
+        "--source",
+        action="append",
+        metavar="LABEL",
+        help="sync only this source (a label from REDIS_URL; repeat for several; default: all)",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -130,18 +137,11 @@ def load_env_file() -> None:
     load_dotenv(Path.cwd() / ".env", override=False)
 
 
-def interval_from(args: argparse.Namespace) -> float | None:
-    """Seconds between cycles, or None for --once."""
+def interval_from(args: argparse.Namespace, config: SyncConfig) -> float | None:
+    """Seconds between cycles (--interval, else SYNC_INTERVAL), or None for --once."""
     if args.once:
         return None
-    if args.interval is not None:
-        seconds = args.interval
-    else:
-        raw = os.environ.get("SYNC_INTERVAL") or str(DEFAULT_INTERVAL_SECONDS)
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise ConfigError(f"SYNC_INTERVAL must be a number of seconds, got {raw!r}") from None
+    seconds = config.interval_seconds if args.interval is None else args.interval
     if seconds <= 0:
         raise ConfigError(f"the interval must be a positive number of seconds, got {seconds:g}")
     return seconds
@@ -187,7 +187,8 @@ def check_servers(config: SyncConfig) -> None:
     from .connections import connect_postgres, connect_redis
 
     config.require_postgres_url()
-    connect_redis(config).close()
+    if len(config.sources) == 1:  # with several, a source that is down fails its own run only
+        connect_redis(config).close()
     connect_postgres(config).close()
 
 
@@ -196,7 +197,9 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     config = SyncConfig.from_env(
         redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix
     )
-    interval = interval_from(args)
+    interval = interval_from(args, config)
+    if args.source:
+        config.select_sources(args.source)  # an unknown label: one line naming the known ones
     try:
         check_servers(config)
         from .api import RedisPgSync
@@ -210,13 +213,13 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
         start_exporter(config, args.metrics_host, args.metrics_port, interval, logger)
     try:
         if interval is None:
-            outcome = sync.sync_once()
+            outcome = sync.sync_once(args.source)
             if (
                 outcome.problem
             ):  # a missing right: configuration, not a failure the next run could outlive
                 return report_problem(outcome.problem)
             return EXIT_OK if outcome.success else EXIT_SYNC_FAILED
-        sync.run_continuous(interval)
+        sync.run_continuous(interval, args.source)
         return EXIT_OK
     except KeyboardInterrupt:
         # A second Ctrl+C/SIGTERM: leave now, without waiting for the cycle's thread. The entity
@@ -231,6 +234,11 @@ def start_exporter(
 ):
     from .exporter import serve_metrics
 
+    if len(config.sources) > 1:
+        raise ConfigError(
+            f"the metrics exporter reads one Redis source, and REDIS_URL names {len(config.sources)} "
+            f"({', '.join(config.labels)}): run one exporter per source, each with REDIS_URL set to it"
+        )
     exporter = serve_metrics(config, host, port, sync_interval_seconds=interval)
     logger.info("Prometheus metrics on http://%s:%d/metrics", host, exporter.port)
     return exporter
@@ -245,12 +253,7 @@ def run_metrics(args: argparse.Namespace, logger: logging.Logger) -> int:
         redis_url=args.redis_url, postgres_url=args.postgres_url, key_prefix=args.key_prefix
     )
     config.require_postgres_url()
-    raw = os.environ.get("SYNC_INTERVAL") or str(DEFAULT_INTERVAL_SECONDS)
-    try:
-        interval = float(raw)
-    except ValueError:
-        raise ConfigError(f"SYNC_INTERVAL must be a number of seconds, got {raw!r}") from None
-    exporter = start_exporter(config, args.host, args.port, interval, logger)
+    exporter = start_exporter(config, args.host, args.port, config.interval_seconds, logger)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

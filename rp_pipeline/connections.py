@@ -112,7 +112,7 @@ REDIS_REPLY_TIMEOUT = 60.0  # the longest one pipelined batch may take to come b
 
 def connect_redis(config: SyncConfig) -> redis.Redis:
     """A client that decodes UTF-8 but keeps invalid bytes (as surrogates) so they are rejected, not fatal."""
-    url = config.redis_url
+    url = config.require_one_source().redis_url
     try:
         options = dict(
             decode_responses=True,

@@ -1,38 +1,58 @@
 """The sync job, the schedule that runs it every SYNC_INTERVAL seconds (default 300), and the backlog sensor."""
 
-import os
+import functools
 import time
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from .assets import redis_to_postgres
+from .assets import SOURCE_TAG, build_sync_assets, redis_to_postgres, source_labels
 from .entities import ENTITIES
-from .resources import RedisResource
-from .settings import ConfigError, interval_seconds
+from .resources import SyncResource
+from .settings import SyncConfig, schedule_interval_seconds, setting
 
 if TYPE_CHECKING:
     import redis as redis_py
 
 JOB_NAME = "redis_to_postgres_sync"
-DEFAULT_BACKLOG_TRIGGER = 100_000
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
 
 # In process: the whole sync is one step, so a separate process per step would buy nothing.
 # Another executor can be chosen in the run config (execution: config: multiprocess: ...).
-redis_to_postgres_sync_job = dg.define_asset_job(
-    name=JOB_NAME,
-    selection=dg.AssetSelection.assets(redis_to_postgres),
-    executor_def=dg.in_process_executor,
-    description="One Redis → Postgres sync of every table and its checks; the guide's statistics as run tags.",
-    tags={"dagster/max_retries": 0},
-)
+def build_sync_job(assets: dg.AssetsDefinition):
+    return dg.define_asset_job(
+        name=JOB_NAME,
+        selection=dg.AssetSelection.assets(assets),
+        executor_def=dg.in_process_executor,
+        description="One Redis → Postgres sync of every table and its checks; the guide's statistics "
+        "as run tags. With several Redis sources, one run per source (partition).",
+        tags={"dagster/max_retries": 0},
+    )
 
 
-def run_in_flight(instance: dg.DagsterInstance) -> str | None:
-    """The id of a sync run queued or running, if there is one."""
+redis_to_postgres_sync_job = build_sync_job(redis_to_postgres)
+LABELS = source_labels()
+
+
+@functools.lru_cache(maxsize=8)
+def sync_job(labels: tuple[str, ...]) -> dg.JobDefinition:
+    """The sync job for these sources, to run in process: the code location's own when its
+    REDIS_URL names the same sources, else one built alike (partitioned the same way)."""
+    same = (len(labels) > 1) == (len(LABELS) > 1) and (len(labels) < 2 or labels == LABELS)
+    assets = redis_to_postgres if same else build_sync_assets(labels, schedule_interval_seconds())
+    job = build_sync_job(assets)
+    # The resource is a placeholder: each run is given its own (execute_in_process(resources=...)).
+    return dg.Definitions(
+        assets=[assets], jobs=[job], resources={"sync": SyncResource()}
+    ).resolve_job_def(JOB_NAME)
+
+
+def run_in_flight(instance: dg.DagsterInstance, source: str | None = None) -> str | None:
+    """The id of a sync run queued or running (of `source`'s partition, if given), if there is one."""
+    tags = {"dagster/partition": source} if source else None
     records = instance.get_run_records(
-        dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT), limit=1
+        dg.RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT, tags=tags), limit=1
     )
     return records[0].dagster_run.run_id if records else None
 
@@ -47,47 +67,67 @@ def cron_for(seconds: int) -> str:
     return "* * * * *"
 
 
-def build_sync_schedule(seconds: int) -> dg.ScheduleDefinition:
+def source_request(
+    label: str, partitioned: bool, run_key: str | None = None, **tags
+) -> dg.RunRequest:
+    """A sync run of one source: its partition (with several sources) and the source tag."""
+    return dg.RunRequest(
+        run_key=run_key,
+        partition_key=label if partitioned else None,
+        tags={SOURCE_TAG: label, **tags},
+    )
+
+
+def build_sync_schedule(seconds: int, labels: tuple[str, ...] = ()) -> dg.ScheduleDefinition:
+    """Every `seconds`, one run per source (`labels`), skipping a source whose run is still going."""
     cron = cron_for(seconds)
+    partitioned = len(labels) > 1
 
     @dg.schedule(
         name="redis_to_postgres_sync_schedule",
         cron_schedule=cron,
         job=redis_to_postgres_sync_job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Runs {JOB_NAME} every {seconds} s; skips while a run is still going.",
+        description=f"Runs {JOB_NAME} every {seconds} s"
+        + (", one run per Redis source" if partitioned else "")
+        + "; skips while a run is still going.",
     )
     def sync_schedule(context: dg.ScheduleEvaluationContext):
-        in_flight = run_in_flight(context.instance)
-        if in_flight:
-            return dg.SkipReason(f"run {in_flight} is still in progress")
-        if (
-            cron == "* * * * *" and seconds > 60
-        ):  # the interval is not a cron step: check elapsed time
-            last = context.instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME), limit=1)
-            if (
-                last
-                and last[0].create_timestamp
-                and time.time() - last[0].create_timestamp.timestamp() < seconds - 30
-            ):
-                return dg.SkipReason(f"last run started less than {seconds} s ago")
-        return dg.RunRequest()
+        tick = context.scheduled_execution_time
+        tick_key = tick.isoformat() if tick else f"{time.time():.0f}"
+        requests, skipped = [], []
+        for label in labels or (None,):
+            source = label if partitioned else None
+            in_flight = run_in_flight(context.instance, source)
+            if in_flight:
+                skipped.append(f"run {in_flight} is still in progress")
+                continue
+            if cron == "* * * * *" and seconds > 60 and _started_recently(context, source, seconds):
+                skipped.append(f"last run started less than {seconds} s ago")
+                continue
+            if label is None:  # REDIS_URL could not be read at load: the run says why
+                requests.append(dg.RunRequest())
+            else:
+                requests.append(source_request(label, partitioned, run_key=f"{label}@{tick_key}"))
+        if not requests:
+            return dg.SkipReason("; ".join(dict.fromkeys(skipped)))
+        return requests
 
     return sync_schedule
 
 
-sync_schedule = build_sync_schedule(interval_seconds())
+def _started_recently(context, source: str | None, seconds: int) -> bool:
+    """The interval is not a cron step: the schedule ticks every minute and checks the elapsed time."""
+    tags = {"dagster/partition": source} if source else None
+    last = context.instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME, tags=tags), limit=1)
+    return bool(
+        last
+        and last[0].create_timestamp
+        and time.time() - last[0].create_timestamp.timestamp() < seconds - 30
+    )
 
 
-def backlog_trigger() -> int:
-    """SYNC_BACKLOG_TRIGGER: records waiting in Redis above which the backlog sensor starts a sync early."""
-    raw = os.environ.get("SYNC_BACKLOG_TRIGGER") or str(DEFAULT_BACKLOG_TRIGGER)
-    try:
-        return int(float(raw))
-    except ValueError:
-        raise ConfigError(
-            f"SYNC_BACKLOG_TRIGGER must be a number of records, got {raw!r}"
-        ) from None
+sync_schedule = build_sync_schedule(schedule_interval_seconds(), LABELS)
 
 
 COUNTED = [
@@ -117,11 +157,12 @@ def _counter_client(url: str) -> "redis_py.Redis":
     return _clients[url]
 
 
-def records_waiting(redis: RedisResource, synced_up_to: dict[str, int]) -> int:
-    """Ids allocated in Redis beyond what the last sync of each table reached: one MGET (one per node on a
-    cluster)."""
-    client = _counter_client(redis.url)
-    keys = [f"{redis.key_prefix}{spec.counter}" for spec in COUNTED]
+def records_waiting(config: SyncConfig, synced_up_to: dict[str, int]) -> int:
+    """Ids allocated in one source's Redis beyond what the last sync of each table reached: one MGET
+    (one per node on a cluster)."""
+    source = config.require_one_source()
+    client = _counter_client(source.redis_url)
+    keys = [f"{source.key_prefix}{spec.counter}" for spec in COUNTED]
     counters = (
         client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
     )
@@ -131,46 +172,71 @@ def records_waiting(redis: RedisResource, synced_up_to: dict[str, int]) -> int:
     )
 
 
-def synced_up_to(instance: dg.DagsterInstance) -> dict[str, int]:
-    """Per table, the highest Redis id its last materialization reached (its `watermark` metadata)."""
-    events = instance.get_latest_materialization_events(
-        [dg.AssetKey(spec.name) for spec in COUNTED]
-    )
+def synced_up_to(instance: dg.DagsterInstance, source: str | None = None) -> dict[str, int]:
+    """Per table, the highest Redis id its last materialization (of `source`'s partition) reached:
+    its `watermark` metadata."""
     found = {}
-    for key, event in events.items():
-        watermark = (
-            event.asset_materialization.metadata.get("watermark")
-            if event and event.asset_materialization
-            else None
-        )
+    for spec in COUNTED:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(spec.name), asset_partitions=[source] if source else None
+            ),
+            limit=1,
+        ).records
+        event = records[0].event_log_entry.asset_materialization if records else None
+        watermark = event.metadata.get("watermark") if event else None
         if watermark is not None:
-            found[key.to_user_string()] = int(watermark.value)
+            found[spec.name] = int(watermark.value)
     return found
 
 
-def build_backlog_sensor(trigger: int) -> dg.SensorDefinition:
+def build_backlog_sensor(
+    trigger: int | None = None, labels: tuple[str, ...] = ()
+) -> dg.SensorDefinition:
+    """Per source, a run when more than `trigger` records wait (SYNC_BACKLOG_TRIGGER when None)."""
+    shown = setting("SYNC_BACKLOG_TRIGGER") if trigger is None else trigger
+
     @dg.sensor(
         name="redis_backlog_sensor",
         job=redis_to_postgres_sync_job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        description=f"Starts {JOB_NAME} before the next tick when more than {trigger:,} records wait in "
-        "Redis (SYNC_BACKLOG_TRIGGER); never while a sync is queued or running. Off by default.",
+        description=f"Starts {JOB_NAME} before the next tick when more than {shown:,} records wait in "
+        "a source's Redis (SYNC_BACKLOG_TRIGGER), one run per such source; never while that source's "
+        "sync is queued or running. Off by default.",
     )
-    def redis_backlog_sensor(context: dg.SensorEvaluationContext, redis: RedisResource):
-        in_flight = run_in_flight(context.instance)
-        if in_flight:
-            return dg.SkipReason(f"run {in_flight} is still in progress")
-        waiting = records_waiting(redis, synced_up_to(context.instance))
-        if waiting <= trigger:
-            return dg.SkipReason(
-                f"{waiting:,} records wait in Redis (trigger: more than {trigger:,})"
+    def redis_backlog_sensor(context: dg.SensorEvaluationContext, sync: SyncResource):
+        config = sync.sync_config(postgres=False)
+        threshold = config.backlog_trigger if trigger is None else trigger
+        partitioned = len(config.sources) > 1
+        requests, skipped = [], []
+        for source in config.sources:
+            partition = source.label if partitioned else None
+            in_flight = run_in_flight(context.instance, partition)
+            if in_flight:
+                skipped.append(f"{source.label}: run {in_flight} is still in progress")
+                continue
+            waiting = records_waiting(
+                config.for_source(source.label), synced_up_to(context.instance, partition)
             )
-        return dg.RunRequest(
-            tags={"rp_pipeline/trigger": "backlog", "rp_pipeline/backlog": str(waiting)}
-        )
+            if waiting <= threshold:
+                skipped.append(
+                    f"{source.label}: {waiting:,} records wait in Redis (trigger: more than {threshold:,})"
+                )
+                continue
+            requests.append(
+                source_request(
+                    source.label,
+                    partitioned,
+                    **{"rp_pipeline/trigger": "backlog", "rp_pipeline/backlog": str(waiting)},
+                )
+            )
+        if not requests:
+            reasons = [r.split(": ", 1)[1] for r in skipped] if not partitioned else skipped
+            return dg.SkipReason("; ".join(reasons))
+        return requests[0] if not partitioned else requests
 
     return redis_backlog_sensor
 
 
-backlog_sensor = build_backlog_sensor(backlog_trigger())
+backlog_sensor = build_backlog_sensor()

@@ -10,10 +10,9 @@ import os
 import dagster as dg
 import pandas as pd
 
-from .connections import connect_redis
 from .entities import ENTITIES
 from .extract import RedisSource
-from .resources import PostgresResource, RedisResource, SyncSettingsResource, sync_config
+from .resources import SyncResource
 
 WARM_JOB_NAME = "redis_cache_warm_job"
 
@@ -37,9 +36,7 @@ class WarmConfig(dg.Config):
 def redis_cache_warm(
     context: dg.AssetExecutionContext,
     config: WarmConfig,
-    redis: RedisResource,
-    postgres: PostgresResource,
-    sync_settings: SyncSettingsResource,
+    sync: SyncResource,
 ) -> dg.MaterializeResult:
     from .warm import WarmOptions, parse_entities, run_warm
 
@@ -49,7 +46,7 @@ def redis_cache_warm(
         predictions_hours=config.predictions_hours,
         dry_run=config.dry_run,
     )
-    result = run_warm(sync_config(redis, postgres, sync_settings), options, context.log)
+    result = run_warm(sync.sync_config(), options, context.log)
     table = pd.DataFrame(
         {
             "entity": list(result.counts()),
@@ -88,15 +85,8 @@ redis_cache_warm_job = dg.define_asset_job(
     description="Requests redis_cache_warm when Redis was flushed or restarted (its data-set marker "
     "vanished or changed). On with WARM_ON_FLUSH=1.",
 )
-def warm_on_flush(
-    context: dg.SensorEvaluationContext,
-    redis: RedisResource,
-    postgres: PostgresResource,
-    sync_settings: SyncSettingsResource,
-):
-    config = sync_config(redis, postgres, sync_settings)
-    client = connect_redis(config)
-    try:
+def warm_on_flush(context: dg.SensorEvaluationContext, sync: SyncResource):
+    with sync.redis_client() as (client, config):
         src = RedisSource(client, config.key_prefix)
         marker = src.marker()
         if marker is None:
@@ -106,8 +96,6 @@ def warm_on_flush(
         elif context.cursor is None:
             context.update_cursor(marker)  # first look: the data set Redis holds is not a flush
             return dg.SkipReason(f"watching Redis data set {marker}")
-    finally:
-        client.close()
     if marker == context.cursor:
         return dg.SkipReason(f"Redis data set {marker} unchanged")
     context.update_cursor(marker)

@@ -23,9 +23,9 @@ import dagster as dg
 from rp_pipeline import defs
 from rp_pipeline.assets import redis_to_postgres
 from rp_pipeline.entities import ENTITIES
-from rp_pipeline.resources import RedisResource, resources_for
+from rp_pipeline.resources import SyncResource, resources_for
 from rp_pipeline.schedules import JOB_NAME, build_backlog_sensor
-from rp_pipeline.settings import interval_seconds
+from rp_pipeline.settings import schedule_interval_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -188,7 +188,7 @@ def _freshness(instance, key: str, seconds_from_now: float):
 def test_a_table_not_synced_for_two_intervals_warns_and_after_three_fails(writer, sync_config):
     writer.create_model("ResNet50-Redis")
     _, instance = run_job(sync_config)
-    interval = interval_seconds()
+    interval = schedule_interval_seconds()
     policy = defs.resolve_asset_graph().get(dg.AssetKey("models")).freshness_policy
     assert policy.warn_window.to_timedelta().total_seconds() == 2 * interval
     assert policy.fail_window.to_timedelta().total_seconds() == 3 * interval
@@ -205,7 +205,8 @@ def test_freshness_is_enabled_on_the_instance():
 
 def _evaluate(sensor, instance, redis_url, key_prefix):
     context = dg.build_sensor_context(
-        instance=instance, resources={"redis": RedisResource(url=redis_url, key_prefix=key_prefix)}
+        instance=instance,
+        resources={"sync": SyncResource(redis_url=redis_url, redis_key_prefix=key_prefix)},
     )
     return sensor(context)
 

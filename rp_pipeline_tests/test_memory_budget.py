@@ -214,7 +214,7 @@ def test_long_loads_log_records_and_bytes_so_far(
 
 
 def test_the_budget_is_set_like_every_other_setting():
-    from rp_pipeline.resources import resources_for, sync_config
+    from rp_pipeline.resources import resources_for
     from rp_pipeline.settings import ConfigError, SyncConfig
 
     config = SyncConfig.from_env(
@@ -223,9 +223,7 @@ def test_the_budget_is_set_like_every_other_setting():
     assert config.memory_budget_mb == 96 and config.memory_budget_bytes == 96 * MiB
     assert SyncConfig.from_env({}).memory_budget_mb == 256
     resources = resources_for(config)
-    assert (
-        sync_config(resources["redis"], resources["postgres"], resources["sync_settings"]) == config
-    )
+    assert resources["sync"].sync_config() == config
     for bad in ("0", "-5", "lots"):
         with pytest.raises(ConfigError, match=r"SYNC_MEMORY_BUDGET_MB|memory budget"):
             SyncConfig.from_env({"SYNC_MEMORY_BUDGET_MB": bad})

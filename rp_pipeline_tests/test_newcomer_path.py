@@ -24,7 +24,7 @@ import psycopg
 from dotenv import dotenv_values
 
 from rp_pipeline.definitions import defs
-from rp_pipeline.resources import PostgresResource, RedisResource, SyncSettingsResource
+from rp_pipeline.resources import SyncResource
 from rp_pipeline.schedules import JOB_NAME
 
 from .cli_support import PASSWORD, REPO, clean_env, run_cli, with_password
@@ -174,11 +174,7 @@ def test_dagster_cli_uses_the_env_files_dagster_home_not_a_temporary_one(
 
 
 def _resources_without_postgres_url() -> dict:
-    return {
-        "redis": RedisResource(),
-        "postgres": PostgresResource(),
-        "sync_settings": SyncSettingsResource(),
-    }
+    return {"sync": SyncResource()}
 
 
 def test_a_dagster_run_without_postgres_url_fails_each_step_with_one_line_naming_it():

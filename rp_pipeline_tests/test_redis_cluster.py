@@ -473,14 +473,13 @@ def test_the_cache_warm_refuses_a_cluster_before_writing_anything(
 
 
 def test_the_backlog_sensor_counts_every_node_of_a_cluster(cluster, cluster_url, key_prefix):
-    from rp_pipeline.resources import RedisResource
     from rp_pipeline.schedules import records_waiting
 
     w = SpecWriter(cluster, key_prefix, clock=lambda: CLOCK)
     version = w.create_model_version(w.create_model("m"), "1")
     for n in range(4):
         w.log_prediction(version, {"n": n}, n)
-    resource = RedisResource(url=cluster_url, key_prefix=key_prefix)
+    resource = SyncConfig(redis_url=cluster_url, key_prefix=key_prefix)
     assert records_waiting(resource, {}) == 1 + 1 + 4  # model, version, predictions
     assert records_waiting(resource, {"models": 1, "model_versions": 1, "predictions": 3}) == 1
 
@@ -601,13 +600,14 @@ def test_a_database_other_than_0_on_a_cluster_node_is_refused(cluster_url, clust
     ("url", "expected"),
     [
         (
-            "redis://127.0.0.1:6379/14,redis://127.0.0.1:6380/0",
-            "syncing several Redis sources at once is not supported",
+            "redis://127.0.0.1:6379,127.0.0.1:6380/0",
+            "write each source as a whole URL, separated by commas",
         ),
         (
-            "redis://127.0.0.1:6379,127.0.0.1:6380/0",
-            "syncing several Redis sources at once is not supported",
+            "redis://127.0.0.1:6379/14,redis://127.0.0.1:6379/14",
+            "names the same Redis and key prefix 'aidb:' twice",
         ),
+        ("redis://127.0.0.1:6379/1,redis://127.0.0.1:6379/fourteen", "'fourteen' is not a number"),
         ("redis://127.0.0.1:6379/fourteen", "database 'fourteen' is not a number"),
         ("redis://127.0.0.1:6379/1/2", "database '1/2' is not a number"),
         ("http://127.0.0.1:6379/0", "must start with redis://, rediss:// or unix://"),
