@@ -36,12 +36,19 @@ LABELS = source_labels()
 
 
 @functools.lru_cache(maxsize=8)
+def assets_and_job_for(labels: tuple[str, ...]):
+    """The sync's assets and job (unresolved) for these sources: the code location's own when its
+    REDIS_URL names the same sources, else built alike (partitioned the same way)."""
+    if (len(labels) > 1) == (len(LABELS) > 1) and (len(labels) < 2 or labels == LABELS):
+        return redis_to_postgres, redis_to_postgres_sync_job
+    assets = build_sync_assets(labels, schedule_interval_seconds())
+    return assets, build_sync_job(assets)
+
+
+@functools.lru_cache(maxsize=8)
 def sync_job(labels: tuple[str, ...]) -> dg.JobDefinition:
-    """The sync job for these sources, to run in process: the code location's own when its
-    REDIS_URL names the same sources, else one built alike (partitioned the same way)."""
-    same = (len(labels) > 1) == (len(LABELS) > 1) and (len(labels) < 2 or labels == LABELS)
-    assets = redis_to_postgres if same else build_sync_assets(labels, schedule_interval_seconds())
-    job = build_sync_job(assets)
+    """The sync job for these sources, resolved, to run in process."""
+    assets, job = assets_and_job_for(labels)
     # The resource is a placeholder: each run is given its own (execute_in_process(resources=...)).
     return dg.Definitions(
         assets=[assets], jobs=[job], resources={"sync": SyncResource()}
@@ -86,15 +93,19 @@ def build_sync_schedule(seconds: int, labels: tuple[str, ...] = ()) -> dg.Schedu
     @dg.schedule(
         name="redis_to_postgres_sync_schedule",
         cron_schedule=cron,
-        job=redis_to_postgres_sync_job,
+        job=assets_and_job_for(labels)[1],
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Runs {JOB_NAME} every {seconds} s"
         + (", one run per Redis source" if partitioned else "")
         + "; skips while a run is still going.",
     )
     def sync_schedule(context: dg.ScheduleEvaluationContext):
-        tick = context.scheduled_execution_time
-        tick_key = tick.isoformat() if tick else f"{time.time():.0f}"
+        try:
+            tick_key = context.scheduled_execution_time.isoformat()
+        except dg.DagsterInvariantViolationError:  # evaluated by hand: no tick time
+            tick_key = f"{time.time():.0f}"
+        except Exception:
+            tick_key = f"{time.time():.0f}"
         requests, skipped = [], []
         for label in labels or (None,):
             source = label if partitioned else None
@@ -198,7 +209,7 @@ def build_backlog_sensor(
 
     @dg.sensor(
         name="redis_backlog_sensor",
-        job=redis_to_postgres_sync_job,
+        job=assets_and_job_for(labels)[1],
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Starts {JOB_NAME} before the next tick when more than {shown:,} records wait in "
@@ -239,4 +250,4 @@ def build_backlog_sensor(
     return redis_backlog_sensor
 
 
-backlog_sensor = build_backlog_sensor()
+backlog_sensor = build_backlog_sensor(labels=LABELS)
