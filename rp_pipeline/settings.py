@@ -218,7 +218,7 @@ class SyncConfig:
         if len(self.sources) != 1:
             raise ConfigError(
                 f"REDIS_URL names {len(self.sources)} sources ({', '.join(self.labels)}): "
-                "this needs one (SyncConfig.for_source)"
+                "this reads one: set REDIS_URL to that source's URL alone"
             )
         return self.sources[0]
 

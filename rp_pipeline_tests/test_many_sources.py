@@ -47,7 +47,9 @@ def test_redis_url_names_several_sources_with_their_prefixes_and_labels():
     single = SyncConfig(redis_url="redis://127.0.0.1:6379/0")
     assert single.redis_url == "redis://127.0.0.1:6379/0" and single.labels == ("127.0.0.1-6379-0",)
     assert single.for_source() is single
-    with pytest.raises(ConfigError, match="unknown source 'nope'.*127.0.0.1-6379-3-app, eu-west"):
+    with pytest.raises(
+        ConfigError, match=r"unknown source 'nope'.*127\.0\.0\.1-6379-3-app, eu-west"
+    ):
         config.select_sources(["nope"])
 
 
@@ -305,13 +307,28 @@ def test_the_backlog_sensor_requests_runs_for_the_sources_above_its_trigger_only
 # -- parents shared across sources ------------------------------------------------------------
 
 
+def load(config, label, start, results, errors) -> None:
+    """One source's sync, started together with the other's (`start`)."""
+    from rp_pipeline.connections import connect_postgres, connect_redis
+    from rp_pipeline.engine import sync_all
+
+    one = config.for_source(label)
+    client, conn = connect_redis(one), connect_postgres(one)
+    try:
+        start.wait()
+        results[label] = sync_all(client, conn, one, run_id=uuid.uuid4().hex)
+    except Exception as exc:  # reported by the test
+        errors.append(exc)
+    finally:
+        client.close()
+        conn.close()
+
+
 def test_models_of_one_name_in_two_sources_converge_when_both_load_at_once(
     redis_url, key_prefix, sync_config, pg_conn
 ):
     """Two sources hold the same 30 models, created in opposite orders (so their upserts meet the
     rows in opposite orders), and load at the same moment, four times over."""
-    from rp_pipeline.connections import connect_postgres, connect_redis
-    from rp_pipeline.engine import sync_all
     from rp_pipeline.schema import migrate
 
     names = [f"model-{n:02d}" for n in range(30)]
@@ -328,20 +345,10 @@ def test_models_of_one_name_in_two_sources_converge_when_both_load_at_once(
             fill(redis_url, prefixes[0], names, 2)
             fill(redis_url, prefixes[1], names[::-1], 3)
             start, errors, results = threading.Barrier(2), [], {}
-
-            def load(label: str) -> None:
-                one = config.for_source(label)
-                client, conn = connect_redis(one), connect_postgres(one)
-                try:
-                    start.wait()
-                    results[label] = sync_all(client, conn, one, run_id=uuid.uuid4().hex)
-                except Exception as exc:
-                    errors.append(exc)
-                finally:
-                    client.close()
-                    conn.close()
-
-            threads = [threading.Thread(target=load, args=(label,)) for label in config.labels]
+            threads = [
+                threading.Thread(target=load, args=(config, label, start, results, errors))
+                for label in config.labels
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
