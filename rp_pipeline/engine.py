@@ -128,8 +128,21 @@ class EntityResult:
 
 
 def lock_key(config: SyncConfig, origin: Origin, entity: str) -> str:
-    """Per data set, not per address: two syncs reaching one Redis by two names take turns."""
+    """Per data set, not per address: two syncs reaching one Redis by two names take turns.
+
+    Rows matched by name (models, datasets, experiments, versions) are shared by every source, so
+    their syncs take turns across sources too: two sources upserting the same names in different
+    orders would otherwise lock each other's rows and deadlock."""
+    if shared_across_sources(BY_NAME[entity]):
+        return f"rp_pipeline/{config.sync_schema}/{entity}"
     return f"rp_pipeline/{config.sync_schema}/{origin.name}/{entity}"
+
+
+def shared_across_sources(spec: EntitySpec) -> bool:
+    """Whether two sources can hold the same row: identified by name, and so are its parents."""
+    return not spec.by_origin and all(
+        shared_across_sources(BY_NAME[p.entity]) for p in spec.parents
+    )
 
 
 def sync_entity(

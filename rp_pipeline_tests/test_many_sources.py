@@ -327,11 +327,12 @@ def load(config, label, start, results, errors) -> None:
 def test_models_of_one_name_in_two_sources_converge_when_both_load_at_once(
     redis_url, key_prefix, sync_config, pg_conn
 ):
-    """Two sources hold the same 30 models, created in opposite orders (so their upserts meet the
-    rows in opposite orders), and load at the same moment, four times over."""
+    """Two sources hold the same 400 models, created in opposite orders, and load at the same
+    moment, four times over. Without a lock shared across sources for rows matched by name, their
+    upserts locked each other's rows in opposite orders: "deadlock detected" at the first round."""
     from rp_pipeline.schema import migrate
 
-    names = [f"model-{n:02d}" for n in range(30)]
+    names = [f"model-{n:03d}" for n in range(400)]
     prefixes = (key_prefix, f"{key_prefix}b:")
     config = SyncConfig(
         redis_url=",".join(f"{redis_url}?key_prefix={p}" for p in prefixes),
@@ -358,15 +359,15 @@ def test_models_of_one_name_in_two_sources_converge_when_both_load_at_once(
             schema = config.schema
             assert pg_conn.execute(
                 f'SELECT count(*), count(DISTINCT name) FROM "{schema}".models'
-            ).fetchone() == (30, 30)
+            ).fetchone() == (400, 400)
             assert pg_conn.execute(
                 f'SELECT count(*) FROM "{schema}".model_versions'
-            ).fetchone() == (30,)
+            ).fetchone() == (400,)
             # Both sources' predictions hang off the one ("model-00", "1") version.
             assert pg_conn.execute(
                 f'SELECT count(*), count(DISTINCT p.origin_source) FROM "{schema}".predictions p '
                 f'JOIN "{schema}".model_versions v ON v.id = p.model_version_id '
-                f"JOIN \"{schema}\".models m ON m.id = v.model_id WHERE m.name IN ('model-00', 'model-29')"
+                f"JOIN \"{schema}\".models m ON m.id = v.model_id WHERE m.name IN ('model-000', 'model-399')"
             ).fetchone() == (5 * (round_ + 1), 2)
     finally:
         import redis
