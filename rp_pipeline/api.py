@@ -8,6 +8,10 @@ through `RedisPgSync.sync_once`; nothing else executes the job outside Dagster.
     sync = RedisPgSync(redis_url="redis://localhost:6379/0", postgres_url="postgresql://...")
     stats = sync.full_sync()            # {'models': 2, 'versions': 0, ..., 'errors': 0}
     sync.run_continuous(interval_seconds=300)   # until stop(), SIGTERM or Ctrl+C
+
+With several sources in `redis_url` (URLs separated by commas, README: Many sources), a cycle is one
+run per source, one after another: `full_sync(sources=["eu"])` syncs the sources named, and
+`last_outcome.by_source` holds each source's outcome.
 """
 
 from __future__ import annotations
