@@ -36,7 +36,7 @@ from dagster._core.instance.ref import InstanceRef
 from .assets import SOURCE_TAG, run_statistics
 from .connections import connect_postgres, connect_redis, explain_postgres_error
 from .entities import BY_NAME, STAT_KEYS
-from .errors import ConnectionProblem, SyncFailed
+from .errors import ConnectionProblem, PermissionProblem, SyncFailed
 from .resources import resources_for
 from .schedules import sync_job
 from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, split_url
@@ -275,7 +275,12 @@ class RedisPgSync:
                 except ConnectionProblem as exc:  # this source (or Postgres) is down: its run only
                     self.log.error("=== Source %s not synced: %s ===", source.label, exc)
                     outcomes[source.label] = SyncOutcome(
-                        "", False, {**dict.fromkeys(COUNTERS, 0), "errors": 1}, 0.0, [str(exc)]
+                        "",
+                        False,
+                        {**dict.fromkeys(COUNTERS, 0), "errors": 1},
+                        0.0,
+                        [str(exc)],
+                        problem=str(exc) if isinstance(exc, PermissionProblem) else None,
                     )
             outcome = combined(outcomes)
             self._log_total(outcome)

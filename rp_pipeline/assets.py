@@ -350,7 +350,7 @@ def sync_tables(
                 source = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
             yield from table_checks(spec, checks[spec.name], written, conn, client, config, source)
     if tables:
-        record_statistics(context, config)
+        record_statistics(context, config, conn)
     if failed:
         raise step_failure(failed, waiting)
 
@@ -381,9 +381,11 @@ def _failure_text(entity: str, exc: Exception) -> str:
     return text.removeprefix(f"{entity}: ")
 
 
-def record_statistics(context: dg.AssetExecutionContext, config: SyncConfig) -> None:
+def record_statistics(
+    context: dg.AssetExecutionContext, config: SyncConfig, conn: psycopg.Connection
+) -> None:
     """The run's statistics in the guide's counters, as run tags (`rp_pipeline/predictions=50`, ...)."""
-    stats, seconds = run_statistics(config, context.run.run_id)
+    stats, seconds = run_statistics(config, context.run.run_id, conn)
     context.instance.add_run_tags(
         context.run.run_id, {f"rp_pipeline/{k}": str(v) for k, v in stats.items()}
     )
@@ -392,14 +394,20 @@ def record_statistics(context: dg.AssetExecutionContext, config: SyncConfig) -> 
     )
 
 
-def run_statistics(config, run_id: str) -> tuple[dict[str, int], float]:
-    """The guide's counters for one run, from the history the sync committed."""
-    with connect_postgres(config) as conn:
-        rows = conn.execute(
-            f"SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
-            f"- min(started_at) OVER ()) FROM {q(config.sync_schema)}.entity_runs WHERE run_id = %s",
-            (run_id,),
-        ).fetchall()
+def run_statistics(
+    config, run_id: str, conn: psycopg.Connection | None = None
+) -> tuple[dict[str, int], float]:
+    """The guide's counters for one run, from the history the sync committed (on `conn` when it is
+    still usable, else on a connection of its own)."""
+    sql = (
+        f"SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
+        f"- min(started_at) OVER ()) FROM {q(config.sync_schema)}.entity_runs WHERE run_id = %s"
+    )
+    if conn is not None and not conn.closed and not conn.broken:
+        rows = conn.execute(sql, (run_id,)).fetchall()
+    else:
+        with connect_postgres(config) as own:
+            rows = own.execute(sql, (run_id,)).fetchall()
     stats = stats_from_results(
         {"entity": e, "inserted": i, "updated": u, "rejected": r} for e, i, u, r, _ in rows
     )

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 # The Dagster resource (resources.py) is a view of these same variables; nothing else parses them.
 NUMBER_SETTINGS = (
     ("SYNC_INTERVAL", "interval_seconds", float),
-    ("SYNC_BACKLOG_TRIGGER", "backlog_trigger", int),
+    ("SYNC_BACKLOG_TRIGGER", "backlog_trigger", lambda text: int(float(text))),  # 1e5 too
     ("SYNC_PENDING_MAX_AGE", "pending_max_age_seconds", float),
     ("SYNC_CHUNK_SIZE", "chunk_size", int),
     ("SYNC_MEMORY_BUDGET_MB", "memory_budget_mb", float),
