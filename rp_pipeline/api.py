@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import unquote
 
 import dagster as dg
 
@@ -36,7 +37,13 @@ from dagster._core.instance.ref import InstanceRef
 from .assets import SOURCE_TAG, run_statistics
 from .connections import connect_postgres, connect_redis, explain_postgres_error
 from .entities import BY_NAME, STAT_KEYS
-from .errors import ConnectionProblem, PermissionProblem, SyncFailed
+from .errors import (
+    ConnectionProblem,
+    PermissionProblem,
+    SyncFailed,
+    UserFacingError,
+    user_facing_class,
+)
 from .resources import resources_for
 from .schedules import sync_job
 from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, split_url
@@ -45,11 +52,6 @@ log = logging.getLogger("rp_pipeline")
 
 # The guide's counters in its order, plus ours (experiment membership) before the errors.
 COUNTERS = (*STAT_KEYS[:-1], "experiment_runs", "errors")
-
-# Exceptions whose message is written for the user: shown as is, without the class name.
-USER_FACING_ERRORS = ("SyncFailed", "ConnectionProblem", "ConfigError", "PermissionProblem")
-# Failures that are configuration (a missing grant): the CLI reports them like a bad setting (exit 2).
-CONFIGURATION_ERRORS = ("PermissionProblem",)
 
 # Storage for a working directory without a dagster.yaml (an installed package, a container):
 # the same environment-driven choice as the repository's dagster.yaml.
@@ -377,7 +379,8 @@ class RedisPgSync:
                 error = _innermost(event.step_failure_data.error)
                 lines = self._error_lines(event.step_key, error)
                 failures.extend(lines)
-                if error.cls_name in CONFIGURATION_ERRORS and problem is None and lines:
+                # A missing grant is configuration: the CLI reports it like a bad setting (exit 2).
+                if _is_error(error, PermissionProblem) and problem is None and lines:
                     problem = lines[0].split(": ", 1)[1] if _tables_named(lines[0]) else lines[0]
             elif event.event_type == dg.DagsterEventType.RUN_FAILURE and event.event_specific_data:
                 error = getattr(event.event_specific_data, "error", None)
@@ -395,7 +398,7 @@ class RedisPgSync:
         _qualified_name, sep, first = lines[0].partition(": ")
         if not sep:
             first = lines[0]
-        if error.cls_name in USER_FACING_ERRORS:
+        if _is_error(error, UserFacingError):  # written for the user: shown as is, no class name
             return [
                 self._redact(line)
                 for line in [first, *lines[1:]]
@@ -405,10 +408,13 @@ class RedisPgSync:
         return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
 
     def _redact(self, text: str) -> str:
+        """`text` without the URLs' passwords, as written in the URL or percent-decoded (as the drivers
+        read them); the URLs are split by the project's one parser (`settings.split_url`)."""
         for url in (self.config.postgres_url or "", *(s.redis_url for s in self.config.sources)):
             password = split_url(url).password
-            if password:
-                text = text.replace(password, "***")
+            for form in sorted({password, unquote(password)} if password else (), key=len)[::-1]:
+                if form:
+                    text = text.replace(form, "***")
         return text
 
     def _log_total(self, outcome: SyncOutcome) -> None:
@@ -481,7 +487,7 @@ class RedisPgSync:
                 started = time.monotonic()
                 try:
                     self.sync_once(sources)
-                except (ConfigError, ConnectionProblem) as exc:
+                except UserFacingError as exc:
                     self.log.error("Sync cycle skipped: %s", exc)
                 cycles += 1
                 wait = interval_seconds - (time.monotonic() - started)
@@ -560,6 +566,12 @@ class RedisPgSync:
         if "error" in box:
             raise box["error"]
         return box["value"]
+
+
+def _is_error(error, kind: type[Exception]) -> bool:
+    """Whether a step's serialized error (Dagster keeps the class's name only) is a `kind`."""
+    cls = user_facing_class(error.cls_name)
+    return cls is not None and issubclass(cls, kind)
 
 
 def _tables_named(line: str) -> list[str]:

@@ -32,7 +32,7 @@ from .connections import connect_postgres
 from .engine import EntityResult, stats_from_results, sync_entity
 from .entities import ENTITIES, STAT_KEYS, EntitySpec
 from .entities import sql_name as q
-from .errors import ConnectionProblem, PermissionProblem, SyncFailed
+from .errors import PermissionProblem, SyncFailed, UserFacingError
 from .extract import RedisSource
 from .resources import SyncResource
 from .schema import ensure_schema, has_redis_id, identity_index_name
@@ -319,9 +319,7 @@ def sync_tables(
             except Exception as exc:
                 lines.emit(context.log)
                 failed[spec.name] = exc
-                if not isinstance(
-                    exc, (SyncFailed, ConnectionProblem)
-                ):  # a bug: keep its traceback in the logs
+                if not isinstance(exc, UserFacingError):  # a bug: keep its traceback in the logs
                     context.log.exception(f"{spec.name}: {_failure_text(spec.name, exc)}")
                 continue
             source = result.origin
@@ -376,7 +374,7 @@ def step_failure(failed: dict[str, Exception], waiting: list[str]) -> Exception:
 def _failure_text(entity: str, exc: Exception) -> str:
     """The failure's first line without the table's name; the class name unless written for the user."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if not isinstance(exc, (SyncFailed, ConnectionProblem, ConfigError)):
+    if not isinstance(exc, UserFacingError):
         text = f"{type(exc).__name__}: {text}"
     return text.removeprefix(f"{entity}: ")
 

@@ -159,16 +159,17 @@ def missing_package_message(exc: ImportError) -> str | None:
     )
 
 
-def report_problem(message: str) -> int:
-    """One paragraph on stderr, no traceback; the exit code for problems found before syncing."""
+def report_problem(message: str, code: int = EXIT_PROBLEM) -> int:
+    """One paragraph on stderr, no traceback; the exit code (by default, a problem found before syncing)."""
     print(f"Error: {message}", file=sys.stderr, flush=True)
-    return EXIT_PROBLEM
+    return code
 
 
 def run_guarded(body) -> int:
-    """Load ./.env, then `body() -> exit code`, turning the user-facing problems (configuration,
-    connections, Dagster's storage, a missing package) into one paragraph and exit code 2."""
-    from .errors import ConnectionProblem
+    """Load ./.env, then `body() -> exit code`, turning the user-facing errors (configuration,
+    connections, Dagster's storage, a missing package) into one paragraph and exit code 2
+    (1 for a failed sync)."""
+    from .errors import SyncFailed, UserFacingError
 
     try:
         load_env_file()
@@ -178,8 +179,10 @@ def run_guarded(body) -> int:
         if message is None:
             raise
         return report_problem(message)
-    except (ConfigError, ConnectionProblem) as exc:
-        return report_problem(str(exc))
+    except UserFacingError as exc:
+        return report_problem(
+            str(exc), EXIT_SYNC_FAILED if isinstance(exc, SyncFailed) else EXIT_PROBLEM
+        )
 
 
 def check_servers(config: SyncConfig) -> None:

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from urllib.parse import parse_qsl, quote
 
 from .entities import BY_NAME
+from .errors import UserFacingError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_KEY_PREFIX = "aidb:"
@@ -20,7 +21,7 @@ CONFLICT_POLICIES = ("skip", "overwrite", "merge")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """Configuration that cannot work; the message says what to change."""
 
 
