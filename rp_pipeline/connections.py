@@ -68,6 +68,13 @@ def connect_postgres(config: SyncConfig, *, autocommit: bool = True) -> psycopg.
     except psycopg.OperationalError as exc:
         problem = PermissionProblem if "permission denied" in str(exc) else ConnectionProblem
         raise problem(explain_postgres_error(exc, url)) from None
+    except psycopg.ProgrammingError:
+        # libpq could not parse the URL; its message may quote part of the password: not repeated.
+        raise ConnectionProblem(
+            f"POSTGRES_URL is not a valid PostgreSQL URL ({redact_url(url)}): write it as "
+            "postgresql://user:password@host:5432/database, with special characters in the password "
+            "percent-encoded (e.g. / as %2F, ? as %3F, # as %23, % as %25)."
+        ) from None
     # Well past the server's own statement timeout: only a server that stopped answering reaches it.
     conn.deadline_seconds = config.statement_timeout_ms / 1000 * 1.5 + 5
     return conn

@@ -5,6 +5,8 @@ Postgres (host:port named, how to start it, the password never shown); a wrong
 password, for Redis and for Postgres (a throwaway password-authenticated cluster,
 since the shared test server trusts every login); a database that does not
 exist; a Dagster instance whose storage cannot be reached; a bad SYNC_INTERVAL.
+Every error meant for the user is a `UserFacingError`, and each kind is printed as one line
+(exit 2; 1 for a failed sync), and shown by the API without its class name.
 """
 
 from __future__ import annotations
@@ -262,3 +264,77 @@ def test_unreachable_dagster_instance_storage(redis_url, postgres_url, work_dir)
 def test_sync_interval_that_is_not_a_number(redis_url, postgres_url, work_dir):
     env = clean_env(REDIS_URL=redis_url, POSTGRES_URL=postgres_url, SYNC_INTERVAL="five minutes")
     assert_clear_problem(run_cli([], env, work_dir), "SYNC_INTERVAL must be a number")
+
+
+def user_facing_kinds():
+    from rp_pipeline.api import InstanceProblem, SyncOutcome, SyncRunFailed
+    from rp_pipeline.errors import ConnectionProblem, PermissionProblem, SyncFailed
+    from rp_pipeline.settings import ConfigError
+
+    failed_run = SyncOutcome(
+        "run-1", False, {}, 0.1, ["models: Redis failed; the next cycle retries"]
+    )
+    return {
+        ConfigError: ConfigError("SYNC_INTERVAL must be a number of seconds, got 'x'"),
+        ConnectionProblem: ConnectionProblem(
+            "cannot connect to Redis at 127.0.0.1:1: is it running?"
+        ),
+        PermissionProblem: PermissionProblem(
+            "Redis refused user 'rp_sync' SET: ACL SETUSER rp_sync +set"
+        ),
+        InstanceProblem: InstanceProblem(
+            "cannot open the Dagster instance (DAGSTER_HOME=/x): gone"
+        ),
+        SyncFailed: SyncFailed("models: lost the Postgres connection; the next cycle retries"),
+        SyncRunFailed: SyncRunFailed(failed_run),
+    }
+
+
+def test_every_error_meant_for_the_user_is_a_user_facing_error():
+    from rp_pipeline.errors import UserFacingError, user_facing_class
+
+    for kind in user_facing_kinds():
+        assert issubclass(kind, UserFacingError), kind
+        assert user_facing_class(kind.__name__) is kind
+    assert user_facing_class("ValueError") is None and user_facing_class(None) is None
+
+
+@pytest.mark.parametrize("kind", list(user_facing_kinds()), ids=lambda k: k.__name__)
+def test_the_cli_prints_each_kind_of_user_facing_error_as_one_line(
+    kind, capsys, work_dir, monkeypatch
+):
+    from rp_pipeline.cli import run_guarded
+    from rp_pipeline.errors import SyncFailed
+
+    monkeypatch.chdir(work_dir)
+    error = user_facing_kinds()[kind]
+
+    def body():
+        raise error
+
+    code = run_guarded(body)
+
+    printed = capsys.readouterr()
+    assert code == (1 if isinstance(error, SyncFailed) else 2)
+    assert printed.err == f"Error: {error}\n" and printed.out == ""
+    assert kind.__name__ not in printed.err and "Traceback" not in printed.err
+
+
+@pytest.mark.parametrize("kind", list(user_facing_kinds()), ids=lambda k: k.__name__)
+def test_the_api_shows_a_failed_steps_user_facing_error_without_its_class_name(kind):
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    from rp_pipeline.api import RedisPgSync
+
+    sync = RedisPgSync(redis_url="redis://127.0.0.1:6379/0", postgres_url="postgresql://x@h/db")
+    error = user_facing_kinds()[kind]
+    try:
+        raise error
+    except Exception:
+        info = serializable_error_info_from_exc_info(sys.exc_info())
+    assert sync._error_lines("redis_to_postgres", info) == [str(error)]
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        bug = serializable_error_info_from_exc_info(sys.exc_info())
+    assert sync._error_lines("redis_to_postgres", bug) == ["redis_to_postgres: ValueError: a bug"]
