@@ -4,6 +4,7 @@ One cycle is: pre-flight (Redis and Postgres answer) → the same job `dagster d
 schedules, executed in this process on the instance `dagster dev` shows → the
 guide's statistics from the run's history. The CLI and the demo run their cycles
 through `RedisPgSync.sync_once`; nothing else executes the job outside Dagster.
+("The guide": the tutorial whose API and statistics are kept, docs/architecture.md.)
 
     sync = RedisPgSync(redis_url="redis://localhost:6379/0", postgres_url="postgresql://...")
     stats = sync.full_sync()            # {'models': 2, 'versions': 0, ..., 'errors': 0}

@@ -5,7 +5,7 @@ Each cycle is the Dagster job `redis_to_postgres_sync`, run in this process by
 `RedisPgSync` (api.py) and recorded in the instance `dagster dev` shows.
 Exit codes: 0 success (rejected records do not fail a sync), 1 a sync failed,
 2 configuration or connection problem (found before syncing, or a missing Redis ACL
-right or Postgres grant found by the sync), 130 aborted.
+right or Postgres grant found by the sync), 130 aborted. ("The guide": docs/architecture.md.)
 """
 
 from __future__ import annotations

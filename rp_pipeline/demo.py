@@ -5,7 +5,7 @@
 Safe to run again: when the demo's models are already in Redis under the prefix
 (or were synced to Postgres before Redis was emptied) nothing is written twice,
 and the sync adds nothing new. The verification counts this demo's rows, so a
-duplicate would fail it.
+duplicate would fail it. ("The guide": docs/architecture.md.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything that differs between entities lives here: where their records are in
 Redis, which fields map to which Postgres columns and types, their identity
 (natural key) and their parents. One extractor, one mapper and one loader serve
 all of them; a tenth entity is one more `EntitySpec`, plus the schema revision
-that creates its table.
+that creates its table (docs/architecture.md, "Adding a tenth entity").
 """
 
 from __future__ import annotations
@@ -307,7 +307,8 @@ BY_NAME: dict[str, EntitySpec] = {spec.name: spec for spec in ENTITIES}
 # Entities that other entities point at: their loads also record Redis id → Postgres id.
 PARENT_ENTITIES = frozenset(p.entity for spec in ENTITIES for p in spec.parents)
 
-# The guide's statistics keys, in its order (experiment_runs is ours, reported after them).
+# The guide's statistics keys (docs/architecture.md, "The guide"), in its order (experiment_runs
+# is ours, reported after them).
 STAT_KEYS = (
     "models",
     "versions",

@@ -1,7 +1,7 @@
 """Cache warm: Postgres rows written back into Redis in the aidb layout, without a sync loop.
 
 After a restart or a FLUSHDB the applications find nothing in Redis although Postgres holds it
-all. The warm writes selected rows back, exactly as the layout (spec/redis-layout.md) has them:
+all. The warm writes selected rows back, exactly as the layout (docs/redis-layout.md) has them:
 hashes, indexes, `model:name_to_id`, metric series, prediction indexes scored by minus the time.
 
 No loop: every warmed record is, to the forward sync, the Postgres row it came from. Catalog rows

@@ -1,4 +1,4 @@
-"""The hot-path Redis client: writes the "aidb" layout (spec/redis-layout.md) atomically.
+"""The hot-path Redis client: writes the "aidb" layout (docs/redis-layout.md) atomically.
 
 Method and parameter names are those of the old Redis adapter, so applications
 can switch writers without changes, and the keys, fields and string values are

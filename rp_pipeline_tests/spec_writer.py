@@ -1,4 +1,4 @@
-"""A test-only writer that follows spec/redis-layout.md the way the original Redis adapter does.
+"""A test-only writer that follows docs/redis-layout.md the way the original Redis adapter does.
 
 Not the project's `RedisWriter`: this one reproduces the old adapter's habits, which
 real data carries — the id is allocated with INCR and the record written afterwards

@@ -1,4 +1,4 @@
-"""Every quirk of real aidb data (spec/redis-layout.md, "Quirks"), as a user finds it in Postgres afterwards.
+"""Every quirk of real aidb data (docs/redis-layout.md, "Quirks"), as a user finds it in Postgres afterwards.
 
 Covers: duplicate model names collapsing into one row that owns the versions of
 both; one (model, version) pair under two version ids; children whose parent has

@@ -1,6 +1,6 @@
 """Schema revisions: 0001 is frozen (it builds today what it always built), and every database —
 a new one, one at 0001, the old SQL adapter's own — ends at head with the analysts' indexes and the
-ON DELETE rules of postgres-schema.md, its rows intact, a sync on it working, and a second
+ON DELETE rules of docs/postgres-schema.md, its rows intact, a sync on it working, and a second
 migration changing nothing."""
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ TABLES = (
 
 
 class LayoutReader:
-    """An application's reads, written from spec/redis-layout.md alone (not the project's writer or extractor)."""
+    """An application's reads, written from docs/redis-layout.md alone (not the project's writer or extractor)."""
 
     def __init__(self, client, prefix: str):
         self.r, self.p = client, prefix

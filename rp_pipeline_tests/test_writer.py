@@ -1,4 +1,4 @@
-"""RedisWriter against a real Redis: the aidb layout of spec/redis-layout.md key by key.
+"""RedisWriter against a real Redis: the aidb layout of docs/redis-layout.md key by key.
 
 Covers every write method (key names and types, every field and its string
 value, index scores, the model name map, defaults for unset values), in-place

@@ -1,4 +1,4 @@
-"""The analysts' indexes and the ON DELETE rules of the old SQL adapter (postgres-schema.md, last section).
+"""The analysts' indexes and the ON DELETE rules of the old SQL adapter (docs/postgres-schema.md).
 
 New databases, databases at 0001 and the old adapter's own tables all end with the same indexes and
 foreign keys. Foreign keys are found by table, column and parent, whatever their name, and replaced
