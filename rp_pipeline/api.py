@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import unquote
 
 import dagster as dg
 
@@ -47,7 +46,7 @@ from .errors import (
 )
 from .resources import resources_for
 from .schedules import sync_job
-from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, split_url
+from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, hide_passwords
 
 log = logging.getLogger("rp_pipeline")
 
@@ -409,14 +408,9 @@ class RedisPgSync:
         return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
 
     def _redact(self, text: str) -> str:
-        """`text` without the URLs' passwords, as written in the URL or percent-decoded (as the drivers
-        read them); the URLs are split by the project's one parser (`settings.split_url`)."""
-        for url in (self.config.postgres_url or "", *(s.redis_url for s in self.config.sources)):
-            password = split_url(url).password
-            for form in sorted({password, unquote(password)} if password else (), key=len)[::-1]:
-                if form:
-                    text = text.replace(form, "***")
-        return text
+        return hide_passwords(
+            text, (self.config.postgres_url, *(s.redis_url for s in self.config.sources))
+        )
 
     def _log_total(self, outcome: SyncOutcome) -> None:
         failed = [label for label, o in outcome.by_source.items() if not o.success]

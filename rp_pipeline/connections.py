@@ -18,7 +18,14 @@ from redis.exceptions import RedisClusterException
 
 from .entities import BY_NAME
 from .errors import ConnectionProblem, PermissionProblem, first_line
-from .settings import ConfigError, SyncConfig, psycopg_url, redact_url, split_url
+from .settings import (
+    ConfigError,
+    SyncConfig,
+    hide_passwords,
+    psycopg_url,
+    redact_url,
+    split_url,
+)
 from .writer import is_cluster_node
 
 
@@ -84,7 +91,7 @@ def explain_postgres_error(exc: Exception, url: str) -> str:
     where = _where(url, 5432)
     parts = split_url(url)
     database = parts.path or "(default)"
-    text = str(exc).replace(parts.password, "***") if parts.password else str(exc)
+    text = hide_passwords(str(exc), (url,))
     if "password authentication failed" in text or "no password supplied" in text:
         return (
             f"Postgres at {where} rejected the credentials for user {parts.user!r}: "

@@ -35,7 +35,13 @@ from .connections import WatchedConnection
 from .entities import BY_NAME, ENTITIES, HASH_BY_ID, EntitySpec
 from .errors import first_line
 from .extract import GENERATION_KEY
-from .settings import ConfigError, SyncConfig, psycopg_url, redact_url, split_url
+from .settings import (
+    ConfigError,
+    SyncConfig,
+    hide_passwords,
+    psycopg_url,
+    redact_url,
+)
 from .writer import is_cluster_node
 
 log = logging.getLogger("rp_pipeline")
@@ -377,11 +383,7 @@ class SyncCollector:
 
     def _describe(self, exc: BaseException | None) -> str:
         text = first_line(exc) if exc is not None else "unknown error"
-        for url in (self.config.redis_url, self.config.postgres_url or ""):
-            password = split_url(url).password if url else None
-            if password:
-                text = text.replace(password, "***")
-        return text
+        return hide_passwords(text, (self.config.redis_url, self.config.postgres_url))
 
     def _close_postgres(self) -> None:
         if self._conn is not None:

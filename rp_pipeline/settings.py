@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields, replace
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote
 
 from .entities import BY_NAME
 from .errors import UserFacingError
@@ -488,6 +488,19 @@ def redact_url(url: str) -> str:
         return url
     user = rest[:at].partition(":")[0]
     return f"{scheme}://{user}:***@{rest[at + 1 :]}"
+
+
+def hide_passwords(text: str, urls) -> str:
+    """`text` with the passwords of `urls` replaced by ***, as written in the URL and percent-decoded
+    (as the drivers read them): for messages that may quote a driver's or server's words."""
+    for url in urls:
+        password = split_url(url).password if url else None
+        for form in sorted(
+            {password, unquote(password)} if password else (), key=len, reverse=True
+        ):
+            if form:
+                text = text.replace(form, "***")
+    return text
 
 
 def psycopg_url(url: str) -> str:
