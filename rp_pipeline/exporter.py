@@ -383,7 +383,8 @@ class SyncCollector:
 
     def _describe(self, exc: BaseException | None) -> str:
         text = first_line(exc) if exc is not None else "unknown error"
-        return hide_passwords(text, (self.config.redis_url, self.config.postgres_url))
+        urls = (self.config.postgres_url, *(s.redis_url for s in self.config.sources))
+        return hide_passwords(text, urls)
 
     def _close_postgres(self) -> None:
         if self._conn is not None:
