@@ -127,15 +127,16 @@ class EntityResult:
         return data
 
 
-def lock_key(config: SyncConfig, origin: Origin, entity: str) -> str:
+def lock_key(config: SyncConfig, origin: Origin, spec: EntitySpec | str) -> str:
     """Per data set, not per address: two syncs reaching one Redis by two names take turns.
 
     Rows matched by name (models, datasets, experiments, versions) are shared by every source, so
     their syncs take turns across sources too: two sources upserting the same names in different
     orders would otherwise lock each other's rows and deadlock."""
-    if shared_across_sources(BY_NAME[entity]):
-        return f"rp_pipeline/{config.sync_schema}/{entity}"
-    return f"rp_pipeline/{config.sync_schema}/{origin.name}/{entity}"
+    spec = BY_NAME[spec] if isinstance(spec, str) else spec  # a spec outside ENTITIES syncs too
+    if shared_across_sources(spec):
+        return f"rp_pipeline/{config.sync_schema}/{spec.name}"
+    return f"rp_pipeline/{config.sync_schema}/{origin.name}/{spec.name}"
 
 
 def shared_across_sources(spec: EntitySpec) -> bool:
@@ -236,7 +237,7 @@ def _sync_entity(
         # Two syncs of the same entity (a one-shot run while the schedule fires) take turns here.
         conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            (lock_key(config, origin, spec.name),),
+            (lock_key(config, origin, spec),),
         )
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
         result.origin = origin.name

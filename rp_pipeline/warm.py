@@ -585,7 +585,7 @@ class _Warm:
             # Takes turns with a forward sync of the same entity, as two syncs do.
             self.conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (lock_key(self.config, self.origin, spec.name),),
+                (lock_key(self.config, self.origin, spec),),
             )
             if spec.name in PARENT_ENTITIES:
                 book.map_ids(spec.name, ids, pg_ids)
