@@ -43,6 +43,7 @@ pytestmark = [
 ]
 
 SOURCE_TAG = "rp_pipeline/source"
+PARTITION_TAG = "dagster/partition"
 BATCH_TAG = "rp_pipeline_test/batch"
 TERMINAL = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
@@ -144,7 +145,7 @@ def _wait_for_runs(instance, batch: str, count: int, daemon_log: Path, timeout: 
         if len(records) == count and all(r.dagster_run.status in TERMINAL for r in records):
             return records
         time.sleep(2)
-    states = [(r.dagster_run.tags.get(SOURCE_TAG), r.dagster_run.status.value) for r in records]
+    states = [(r.dagster_run.tags.get(PARTITION_TAG), r.dagster_run.status.value) for r in records]
     pytest.fail(
         f"runs not finished after {timeout:.0f} s: {states}\n{daemon_log.read_text()[-4000:]}"
     )
@@ -173,11 +174,16 @@ def test_three_sources_sync_in_parallel_runs_under_the_daemon_and_a_down_source_
     )
 
     # Queue everything first, then start the daemon: its first pass finds all the runs waiting.
-    # Source "a" gets two runs, which the per-source limit must run one after the other.
+    # Source "a" gets two runs, which the per-source limits must run one after the other: one as
+    # the schedule requests it (partition and source tag), one as the UI launches a partition
+    # (only the partition tag while it waits in the queue).
     batch = uuid.uuid4().hex
     labels = ["a", "a", "b", "c", "down"]
+    schedule_like = {label: {PARTITION_TAG: label, SOURCE_TAG: label} for label in set(labels)}
     tag_sets = [
-        {"dagster/partition": label, SOURCE_TAG: label, BATCH_TAG: batch} for label in labels
+        {**schedule_like["a"], BATCH_TAG: batch},
+        {PARTITION_TAG: "a", BATCH_TAG: batch},  # queued before b, c and down: must wait anyway
+        *({**schedule_like[label], BATCH_TAG: batch} for label in ("b", "c", "down")),
     ]
     submitted = subprocess.run(
         [sys.executable, "-c", SUBMIT, JOB_NAME, json.dumps(tag_sets)],
@@ -206,7 +212,7 @@ def test_three_sources_sync_in_parallel_runs_under_the_daemon_and_a_down_source_
             records = _wait_for_runs(instance, batch, len(labels), daemon_log)
             runs = {}
             for record in records:
-                runs.setdefault(record.dagster_run.tags[SOURCE_TAG], []).append(record)
+                runs.setdefault(record.dagster_run.tags[PARTITION_TAG], []).append(record)
             statuses = {label: [r.dagster_run.status for r in rs] for label, rs in runs.items()}
             success, failure = dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE
             assert statuses == {
@@ -223,7 +229,7 @@ def test_three_sources_sync_in_parallel_runs_under_the_daemon_and_a_down_source_
                 (x, y)
                 for x in runs["a"] + runs["b"]
                 for y in runs["b"] + runs["c"] + runs["down"]
-                if x.dagster_run.tags[SOURCE_TAG] != y.dagster_run.tags[SOURCE_TAG]
+                if x.dagster_run.tags[PARTITION_TAG] != y.dagster_run.tags[PARTITION_TAG]
                 and _overlap(x, y)
             ]
             assert parallel, {
