@@ -4,8 +4,9 @@ coordinator, at most one run per source).
 Covers (issue 12): three sources (two key prefixes in one Redis database, and a second database)
 synced by runs the daemon launches in parallel processes: exact rows per source, a model name
 held by two sources converging on one row that both sources' versions attach to, each run's
-materializations and checks on its own partition, runs of different sources overlapping in time
-while two runs of the same source never do, and a source that is down failing its own run only.
+materializations on its own partition and its checks on those materializations, runs of
+different sources overlapping in time while two runs of the same source (one queued as the
+schedule does, one as the UI does) never do, and a source that is down failing its own run only.
 """
 
 from __future__ import annotations
@@ -28,19 +29,11 @@ import redis
 
 from rp_pipeline.entities import ENTITIES
 from rp_pipeline.schedules import JOB_NAME
-from rp_pipeline.settings import SyncConfig
 from rp_pipeline.writer import RedisWriter
 
 from .cli_support import REPO, clean_env
 
-pytestmark = [
-    pytest.mark.skipif(
-        not hasattr(SyncConfig, "sources"),
-        reason="needs many-sources support (SyncConfig.sources: REDIS_URL with several URLs, "
-        "one partition per source), which is not merged yet",
-    ),
-    pytest.mark.timeout(600),
-]
+pytestmark = pytest.mark.timeout(600)
 
 SOURCE_TAG = "rp_pipeline/source"
 PARTITION_TAG = "dagster/partition"
@@ -255,7 +248,8 @@ def test_three_sources_sync_in_parallel_runs_under_the_daemon_and_a_down_source_
                 ]
                 checked = {ev.asset_key.to_user_string() for ev in evaluations}
                 assert {"models", "model_versions", "predictions"} <= checked, label
-                assert {ev.partition for ev in evaluations} == {label}
+                # Each check evaluated this partition's materialization, written by this run.
+                assert {ev.target_materialization_data.run_id for ev in evaluations} == {run_id}
                 assert [ev.check_name for ev in evaluations if not ev.passed] == [], label
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
