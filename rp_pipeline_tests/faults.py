@@ -555,11 +555,14 @@ def write_prediction_by_hand(
     version_id: int,
     logged_at: float | None = None,
     pause: float = 0.0,
+    new_id: int | None = None,
     **fields,
 ) -> int:
-    """A prediction in the old adapter's order: INCR the counter, (pause,) then HSET the hash and ZADD its index."""
+    """A prediction in the old adapter's order: INCR the counter, (pause,) then HSET the hash and ZADD its index.
+    With `new_id`, the counter was already INCRed (by the caller, some time before)."""
     logged_at = time.time() if logged_at is None else logged_at
-    new_id = client.incr(f"{prefix}counter:prediction")
+    if new_id is None:
+        new_id = client.incr(f"{prefix}counter:prediction")
     if pause:
         time.sleep(pause)
     record = {
