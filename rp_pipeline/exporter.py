@@ -30,9 +30,10 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from .backlog import COUNTED, counter_keys, counter_value, unsynced_ids
 from .bookkeeping import source_labels, sync_status
 from .connections import WatchedConnection
-from .entities import BY_NAME, ENTITIES, HASH_BY_ID, EntitySpec
+from .entities import BY_NAME, EntitySpec
 from .errors import first_line
 from .extract import GENERATION_KEY
 from .settings import (
@@ -134,9 +135,6 @@ def created_field(spec: EntitySpec) -> str | None:
     return next((names[n] for n in ("timestamp", "created_at", "started_at") if n in names), None)
 
 
-COUNTED = tuple(spec for spec in ENTITIES if spec.strategy == HASH_BY_ID and spec.counter)
-
-
 class SyncCollector:
     """Reads Postgres and Redis at each `collect()` (one at a time) and yields the metric families."""
 
@@ -202,16 +200,11 @@ class SyncCollector:
         prefix = self.config.key_prefix
         pipe = self._client().pipeline(transaction=False)
         pipe.get(prefix + GENERATION_KEY)
-        for spec in COUNTED:
-            pipe.get(prefix + spec.counter)
+        for key in counter_keys(prefix):
+            pipe.get(key)
         marker, *values = pipe.execute(raise_on_error=False)
-        counters = {}
-        for spec, value in zip(COUNTED, values):
-            counters[spec.name] = (
-                int(value)
-                if isinstance(value, str) and value.isascii() and value.isdigit()
-                else (0 if value is None else None)
-            )  # None: unreadable, reported as no sample
+        # None: unreadable, reported as no sample
+        counters = {spec.name: counter_value(value) for spec, value in zip(COUNTED, values)}
         return (marker if isinstance(marker, str) else None), counters
 
     def _oldest_unsynced(self, first_ids: dict[str, int]) -> dict[str, float | None]:
@@ -305,20 +298,17 @@ class SyncCollector:
         """Backlog and lag of the configured Redis: counter minus the watermark of its current generation
         (a watermark from before a flush counts as 0), plus the records held as pending."""
         mine = {row["entity"]: row for row in rows if row["source"] == current}
-        backlog, waiting_from = {}, {}
-        for spec in COUNTED:
-            counter = counters.get(spec.name)
-            if counter is None:
-                continue
-            row = mine.get(spec.name, {})
-            synced = (
-                int(row["last_id"])
-                if row.get("last_id") is not None and row.get("generation") == marker
-                else 0
-            )
-            backlog[spec.name] = max(0, counter - synced) + int(row.get("pending") or 0)
-            if counter > synced:
-                waiting_from[spec.name] = synced + 1
+        synced = {
+            name: int(row["last_id"])
+            for name, row in mine.items()
+            if row.get("last_id") is not None and row.get("generation") == marker
+        }
+        unsynced = unsynced_ids(counters, synced)
+        backlog = {
+            name: ids + int(mine.get(name, {}).get("pending") or 0)
+            for name, ids in unsynced.items()
+        }
+        waiting_from = {name: synced.get(name, 0) + 1 for name, ids in unsynced.items() if ids}
         dated = self._oldest_unsynced(waiting_from)
         now = time.time()
         samples = []

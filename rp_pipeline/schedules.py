@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from .assets import SOURCE_TAG, build_sync_assets, redis_to_postgres, source_labels
-from .entities import ENTITIES
+from .backlog import COUNTED, counter_keys, counter_value, unsynced_ids
 from .resources import SyncResource
 from .settings import SyncConfig, schedule_interval_seconds, setting
 
@@ -141,11 +141,6 @@ def _started_recently(context, source: str | None, seconds: int) -> bool:
 sync_schedule = build_sync_schedule(schedule_interval_seconds(), LABELS)
 
 
-COUNTED = [
-    spec for spec in ENTITIES if spec.counter
-]  # entities whose ids a Redis counter allocates
-
-
 _clients: dict[str, "redis_py.Redis"] = {}
 
 
@@ -173,14 +168,12 @@ def records_waiting(config: SyncConfig, synced_up_to: dict[str, int]) -> int:
     (one per node on a cluster)."""
     source = config.require_one_source()
     client = _counter_client(source.redis_url)
-    keys = [f"{source.key_prefix}{spec.counter}" for spec in COUNTED]
-    counters = (
+    keys = counter_keys(source.key_prefix)
+    replies = (
         client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
     )
-    return sum(
-        max(0, int(value or 0) - synced_up_to.get(spec.name, 0))
-        for spec, value in zip(COUNTED, counters)
-    )
+    counters = {spec.name: counter_value(reply) for spec, reply in zip(COUNTED, replies)}
+    return sum(unsynced_ids(counters, synced_up_to).values())
 
 
 def synced_up_to(instance: dg.DagsterInstance, source: str | None = None) -> dict[str, int]:
