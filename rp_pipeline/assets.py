@@ -27,11 +27,11 @@ import pandas as pd
 import psycopg
 
 from . import engine, entities
+from .bookkeeping import run_history
 from .checks import WrittenRows, check_specs, table_checks
 from .connections import connect_postgres
 from .engine import EntityResult, stats_from_results, sync_entity
 from .entities import ENTITIES, STAT_KEYS, EntitySpec
-from .entities import sql_name as q
 from .errors import PermissionProblem, SyncFailed, UserFacingError
 from .extract import RedisSource
 from .resources import SyncResource
@@ -397,15 +397,11 @@ def run_statistics(
 ) -> tuple[dict[str, int], float]:
     """The guide's counters for one run, from the history the sync committed (on `conn` when it is
     still usable, else on a connection of its own)."""
-    sql = (
-        f"SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
-        f"- min(started_at) OVER ()) FROM {q(config.sync_schema)}.entity_runs WHERE run_id = %s"
-    )
     if conn is not None and not conn.closed and not conn.broken:
-        rows = conn.execute(sql, (run_id,)).fetchall()
+        rows = run_history(conn, config.sync_schema, run_id)
     else:
         with connect_postgres(config) as own:
-            rows = own.execute(sql, (run_id,)).fetchall()
+            rows = run_history(own, config.sync_schema, run_id)
     stats = stats_from_results(
         {"entity": e, "inserted": i, "updated": u, "rejected": r} for e, i, u, r, _ in rows
     )

@@ -1,6 +1,8 @@
 """The sync's own state in Postgres: watermarks, id map, pending and rejected records, history.
 
-Every function runs on the caller's connection inside the caller's transaction,
+This module is the only code that reads or writes the sync schema (`rp_sync` by default);
+checks, metrics, reports, retention and the cache warm ask it (a test holds every other module
+to that). Every function runs on the caller's connection inside the caller's transaction,
 so bookkeeping commits with the rows it describes: a crash can only replay a
 cycle, never skip one.
 """
@@ -82,6 +84,21 @@ class Bookkeeping:
             self._id_cache.update({(entity, r): p for r, p in rows})
         return {i: self._id_cache[(entity, i)] for i in redis_ids if (entity, i) in self._id_cache}
 
+    def map_staged_ids(self, staged: str) -> None:
+        """Remember Redis id → Postgres id for every record a load staged, so children can be mapped.
+
+        `staged` is the load's `FROM` item: its staging table as `s` (Redis ids in `_id`) joined to
+        the rows it loaded as `t`."""
+        self.conn.execute(
+            f"INSERT INTO {self.s}.id_map (source, entity, redis_id, generation, pg_id) "
+            f"SELECT DISTINCT ON (s._id) %(source)s, %(entity)s, s._id, %(generation)s, t.id "
+            f"FROM {staged} ORDER BY s._id "
+            "ON CONFLICT (source, entity, redis_id) DO UPDATE SET pg_id = EXCLUDED.pg_id, "
+            "generation = EXCLUDED.generation WHERE (id_map.pg_id, id_map.generation) "
+            "IS DISTINCT FROM (EXCLUDED.pg_id, EXCLUDED.generation)",
+            self._params(),
+        )
+
     # -- pending: records waiting for a parent, or ids allocated before their record was written -----
     def pending_keys(self) -> list[str]:
         return [
@@ -151,6 +168,17 @@ class Bookkeeping:
             self._params(),
         ).fetchone()[0]
 
+    def pending_among(self, keys: list[str]) -> set[str]:
+        """Which of these Redis keys wait as pending (any generation), for the reconciliation."""
+        return {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT redis_key FROM {self.s}.pending WHERE source = %(source)s "
+                "AND entity = %(entity)s AND redis_key = ANY(%(keys)s)",
+                self._params(keys=keys),
+            ).fetchall()
+        }
+
     # -- rejected records ------------------------------------------------------------------------
     def reject(self, rejected: pd.DataFrame) -> int:
         """Keep each bad record once (by key and content); seeing it again bumps times_seen.
@@ -203,6 +231,29 @@ class Bookkeeping:
                 "AND redis_key = ANY(%(keys)s)",
                 self._params(keys=keys),
             )
+
+    def rejected_among(self, keys: list[str]) -> set[str]:
+        """Which of these Redis keys are held as rejected records, for the reconciliation."""
+        return {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT DISTINCT redis_key FROM {self.s}.rejected_records WHERE source = %(source)s "
+                "AND entity = %(entity)s AND redis_key = ANY(%(keys)s)",
+                self._params(keys=keys),
+            ).fetchall()
+        }
+
+    def rejections_met_last_sync(self) -> list[tuple[str, str, int, int]]:
+        """(redis_key, reason, times_seen, how many in all) of the rejected records this entity's last
+        sync met, new or still bad: the first 10 by key."""
+        # A rejection that sync met has last_seen = its finished_at: both are now() of its transaction.
+        return self.conn.execute(
+            f"SELECT r.redis_key, r.reason, r.times_seen, count(*) OVER () FROM {self.s}.rejected_records r "
+            "WHERE r.source = %(source)s AND r.entity = %(entity)s AND r.last_seen = (SELECT finished_at FROM "
+            f"{self.s}.entity_runs WHERE source = %(source)s AND entity = %(entity)s ORDER BY id DESC LIMIT 1) "
+            "ORDER BY r.redis_key LIMIT 10",
+            self._params(),
+        ).fetchall()
 
     # -- small named state (metric series scan) ------------------------------------------------------
     def state(self, name: str) -> str | None:
@@ -426,3 +477,111 @@ def source_labels(
     return {origin: label for origin, label, _ in rows}, next(
         (origin for origin, _, cur in rows if cur), None
     )
+
+
+def run_history(conn: psycopg.Connection, sync_schema: str, run_id: str) -> list[tuple]:
+    """(entity, inserted, updated, rejected, the run's seconds) for each entity one run synced."""
+    return conn.execute(
+        "SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
+        f"- min(started_at) OVER ()) FROM {q(sync_schema)}.entity_runs WHERE run_id = %s",
+        (run_id,),
+    ).fetchall()
+
+
+class Sources:
+    """The `sources` table: each Redis data set (its marker, `generation`) and the origin name its
+    rows and bookkeeping carry (sources.py decides; this reads and writes)."""
+
+    def __init__(self, conn: psycopg.Connection, sync_schema: str):
+        self.conn, self.s = conn, q(sync_schema)
+        self.table = f"{self.s}.sources"
+
+    def origin_of(
+        self, generation: str, label: str | None, address: str, refresh_seconds: float
+    ) -> tuple[str, bool] | None:
+        """(origin, whether label and address are as given and last_seen is recent), or None when the
+        data set is not recorded yet."""
+        return self.conn.execute(
+            "SELECT origin, (%(label)s::text IS NULL OR label = %(label)s::text) "
+            "AND last_address = %(address)s AND last_seen > now() - make_interval(secs => %(refresh)s::float8) "
+            f"FROM {self.table} WHERE generation = %(generation)s",
+            {
+                "generation": generation,
+                "label": label,
+                "address": address,
+                "refresh": refresh_seconds,
+            },
+        ).fetchone()
+
+    def add(self, generation: str, origin: str, label: str | None, address: str) -> None:
+        """Record a data set's origin, unless a concurrent sync recorded one first."""
+        self.conn.execute(
+            f"INSERT INTO {self.table} (generation, origin, label, last_address) "
+            "VALUES (%(generation)s, %(origin)s, %(label)s, %(address)s) ON CONFLICT DO NOTHING",
+            {"generation": generation, "origin": origin, "label": label, "address": address},
+        )
+
+    def refresh(self, generation: str, label: str | None, address: str) -> None:
+        """Note the label (if any) and address a data set was just reached with."""
+        self.conn.execute(
+            f"UPDATE {self.table} SET label = COALESCE(%(label)s, label), last_address = %(address)s, "
+            "last_seen = now() WHERE generation = %(generation)s",
+            {"generation": generation, "label": label, "address": address},
+        )
+
+    def legacy_names(self, generation: str) -> list[str]:
+        """Source names an earlier version (naming sources by address) gave this data set in its
+        bookkeeping and no origin holds, the most used first."""
+        s = self.s
+        return [
+            r[0]
+            for r in self.conn.execute(
+                f"""WITH legacy AS (
+              SELECT source, count(*) AS ids, NULL::timestamptz AS latest FROM {s}.id_map
+              WHERE generation = %(g)s GROUP BY source
+              UNION ALL
+              SELECT source, 0, max(updated_at) FROM {s}.watermarks WHERE generation = %(g)s GROUP BY source)
+            SELECT source FROM legacy l
+            WHERE NOT EXISTS (SELECT 1 FROM {s}.sources o WHERE o.origin = l.source)
+            GROUP BY source ORDER BY sum(ids) DESC, max(latest) DESC NULLS LAST, source""",
+                {"g": generation},
+            ).fetchall()
+        ]
+
+
+class IdMapSql:
+    """SQL fragments over the id map for statements that join it to the analytics tables (the cache
+    warm's). Their parameters: %(source)s, %(generation)s, and %(lo)s/%(hi)s for a block of ids; the
+    analytics row is `t`."""
+
+    def __init__(self, sync_schema: str):
+        self.id_map = f"{q(sync_schema)}.id_map"
+
+    def unmapped(self) -> str:
+        """Rows of entity %(entity)s with no Redis id in this data set."""
+        return (
+            f"NOT EXISTS (SELECT 1 FROM {self.id_map} m WHERE m.source = %(source)s AND m.entity = "
+            f"%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)"
+        )
+
+    def mapped_in_block(self, entity: str) -> str:
+        """Rows mapped from a Redis id between %(lo)s and %(hi)s."""
+        return (
+            f"EXISTS (SELECT 1 FROM {self.id_map} m WHERE m.source = %(source)s AND m.entity = '{entity}' "
+            "AND m.generation = %(generation)s AND m.pg_id = t.id AND m.redis_id BETWEEN %(lo)s AND %(hi)s)"
+        )
+
+    def redis_id(self, entity: str) -> str:
+        """The row's largest Redis id in this data set (within %(lo)s..%(hi)s unless they are NULL)."""
+        return (
+            f"(SELECT max(m.redis_id) FROM {self.id_map} m WHERE m.source = %(source)s AND m.entity = "
+            f"'{entity}' AND m.generation = %(generation)s AND m.pg_id = t.id "
+            "AND (%(lo)s::bigint IS NULL OR m.redis_id BETWEEN %(lo)s AND %(hi)s))"
+        )
+
+    def redis_ids(self, entity: str) -> str:
+        """A relation (pg_id, redis_id): each row's largest Redis id in this data set."""
+        return (
+            f"(SELECT pg_id, max(redis_id) AS redis_id FROM {self.id_map} WHERE source = %(source)s "
+            f"AND entity = '{entity}' AND generation = %(generation)s GROUP BY pg_id)"
+        )

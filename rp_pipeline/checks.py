@@ -294,15 +294,9 @@ def check_reconciliation(
 
 def check_rejections(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
     """WARN while the table's last sync met records it could not load, new ones or ones still bad."""
-    s = q(config.sync_schema)
-    # A rejection that sync met has last_seen = its finished_at: both are now() of its transaction.
-    met = conn.execute(
-        f"SELECT r.redis_key, r.reason, r.times_seen, count(*) OVER () FROM {s}.rejected_records r "
-        "WHERE r.source = %(source)s AND r.entity = %(entity)s AND r.last_seen = (SELECT finished_at FROM "
-        f"{s}.entity_runs WHERE source = %(source)s AND entity = %(entity)s ORDER BY id DESC LIMIT 1) "
-        "ORDER BY r.redis_key LIMIT 10",
-        {"source": written.source, "entity": spec.name},
-    ).fetchall()
+    met = Bookkeeping(
+        conn, config.sync_schema, written.source, spec.name, ""
+    ).rejections_met_last_sync()
     metadata = {
         "rejected_last_sync": written.rejected,
         "rejected_seen_last_sync": met[0][3] if met else 0,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
+from .bookkeeping import Bookkeeping
 from .entities import PARENT_ENTITIES, TEXT, EntitySpec
 from .entities import sql_name as q
 from .errors import first_line
@@ -134,7 +135,7 @@ class Loader:
         self.conn, self.spec, self.source, self.generation = conn, spec, source, generation
         self.log = logger or log
         self.table = f"{q(schema)}.{q(spec.name)}"
-        self.id_map = f"{q(sync_schema)}.id_map"
+        self.book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
         self.stage_table = q(f"rp_stage_{spec.name}")
         self.casts = {p.column: f"NULLIF(s.{q(p.column)}, '')::bigint" for p in spec.parents}
         self.casts.update(
@@ -375,7 +376,9 @@ class Loader:
             ]
             result.non_finite = self._non_finite_written(cur, returned, bad_ords)
             if self.spec.name in PARENT_ENTITIES:
-                self._record_ids(cur)
+                self.book.map_staged_ids(
+                    f"{self.stage_table} s JOIN {self.table} t ON {self._match()}"
+                )
             if self.spec.log_each and returned:
                 self._log_synced(cur, [pg_id for pg_id, _ in returned])
             cur.execute(f"TRUNCATE {self.stage_table}")
@@ -449,18 +452,6 @@ class Loader:
         )
         return sum(counts.get(row[0], 0) for row in cur.fetchall())
 
-    def _record_ids(self, cur) -> None:
-        """Remember Redis id → Postgres id for every staged record, so children can be mapped."""
-        cur.execute(
-            f"INSERT INTO {self.id_map} (source, entity, redis_id, generation, pg_id) "
-            f"SELECT DISTINCT ON (s._id) %(source)s, %(entity)s, s._id, %(generation)s, t.id "
-            f"FROM {self.stage_table} s JOIN {self.table} t ON {self._match()} ORDER BY s._id "
-            "ON CONFLICT (source, entity, redis_id) DO UPDATE SET pg_id = EXCLUDED.pg_id, "
-            "generation = EXCLUDED.generation WHERE (id_map.pg_id, id_map.generation) "
-            "IS DISTINCT FROM (EXCLUDED.pg_id, EXCLUDED.generation)",
-            {"source": self.source, "entity": self.spec.name, "generation": self.generation},
-        )
-
     def _log_synced(self, cur, pg_ids: list[int]) -> None:
         cur.execute(
             f"SELECT s._id, t.id, t.{q(self.spec.display)} FROM {self.stage_table} s JOIN {self.table} t "
@@ -491,8 +482,6 @@ def find_in_postgres(
     """Validate and map records as the sync would, then say which ones Postgres holds (by identity, or
     with every value when `exact`). Returns (mapped records, found flags, invalid frames, waiting frame).
     Used by the reconciliation check and by retention; runs in the caller's transaction."""
-    from .bookkeeping import Bookkeeping  # bookkeeping is the caller's concern everywhere else
-
     ok, invalid = validate(spec, frame)
     book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
     mapped, waiting = map_parent_ids(spec, ok, book.resolve)

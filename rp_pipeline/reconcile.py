@@ -15,6 +15,7 @@ import pandas as pd
 import psycopg
 import redis
 
+from .bookkeeping import Bookkeeping
 from .entities import (
     EXPERIMENTS,
     HASH_BY_ID,
@@ -23,7 +24,6 @@ from .entities import (
     TRAINING_RUNS,
     EntitySpec,
 )
-from .entities import sql_name as q
 from .extract import (
     RedisSource,
     pipelined,
@@ -51,12 +51,8 @@ class Reconciliation:
         return not self.missing_keys
 
 
-def _last_ids(conn: psycopg.Connection, config: SyncConfig, entity: str, origin: Origin) -> int:
-    row = conn.execute(
-        f"SELECT last_id, generation FROM {q(config.sync_schema)}.watermarks WHERE source = %s AND entity = %s",
-        (origin.name, entity),
-    ).fetchone()
-    return int(row[0]) if row and row[1] == origin.generation else 0
+def _book(conn: psycopg.Connection, config: SyncConfig, entity: str, origin: Origin) -> Bookkeeping:
+    return Bookkeeping(conn, config.sync_schema, origin.name, entity, origin.generation)
 
 
 def _sample(ids: range, size: int) -> list[int]:
@@ -75,7 +71,7 @@ def reconcile(
     result = Reconciliation(spec.name)
     origin = resolve_origin(src, conn, config)
     with conn.transaction():
-        last = _last_ids(conn, config, spec.name, origin)
+        last = _book(conn, config, spec.name, origin).watermark()
         if spec.strategy == HASH_BY_ID:
             # A chunk at a time, within the sync's memory budget: sampled records can be wide.
             frames = (
@@ -89,13 +85,7 @@ def reconcile(
                 )
             )
         elif spec.strategy == METRIC_SERIES:
-            cards = dict(
-                conn.execute(
-                    f"SELECT redis_key, card FROM {q(config.sync_schema)}.metric_series WHERE source = %s "
-                    "AND generation = %s",
-                    (origin.name, origin.generation),
-                ).fetchall()
-            )
+            cards = _book(conn, config, spec.name, origin).series_cards()
             keys = random.sample(sorted(cards), min(len(cards), max(1, sample_size // 100)))
             current = [
                 c if isinstance(c, int) else -1
@@ -108,7 +98,7 @@ def reconcile(
         else:
             parent = TRAINING_RUNS if spec.strategy != MEMBERS_PER_EXPERIMENT else EXPERIMENTS
             parents = _sample(
-                range(1, _last_ids(conn, config, parent.name, origin) + 1),
+                range(1, _book(conn, config, parent.name, origin).watermark() + 1),
                 max(1, sample_size // 20),
             )
             reader = read_memberships if spec.strategy == MEMBERS_PER_EXPERIMENT else read_params
@@ -130,22 +120,9 @@ def _account(
 ) -> None:
     """Add the sampled records of `frame` to `result`: in Postgres, rejected, pending, or missing."""
     result.checked += len(frame)
-    s = q(config.sync_schema)
-    rejected = {
-        r[0]
-        for r in conn.execute(
-            f"SELECT DISTINCT redis_key FROM {s}.rejected_records WHERE source = %s AND entity = %s "
-            "AND redis_key = ANY(%s)",
-            (origin.name, spec.name, frame["_key"].tolist()),
-        ).fetchall()
-    }
-    pending = {
-        r[0]
-        for r in conn.execute(
-            f"SELECT redis_key FROM {s}.pending WHERE source = %s AND entity = %s AND redis_key = ANY(%s)",
-            (origin.name, spec.name, frame["_key"].tolist()),
-        ).fetchall()
-    }
+    book = _book(conn, config, spec.name, origin)
+    rejected = book.rejected_among(frame["_key"].tolist())
+    pending = book.pending_among(frame["_key"].tolist())
     accounted = frame["_key"].isin(rejected | pending)
     result.rejected += int(frame["_key"].isin(rejected).sum())
     result.pending += int((frame["_key"].isin(pending) & ~frame["_key"].isin(rejected)).sum())

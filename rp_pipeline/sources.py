@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from .bookkeeping import Sources
 from .connections import connect_postgres, connect_redis
-from .entities import sql_name as q
 from .extract import RedisSource
 from .settings import SyncConfig
 
@@ -44,60 +44,29 @@ def resolve_origin(
     """The origin of the data set `src` reads, recorded on first sight; commits at once when `conn`
     is outside a transaction, so concurrent syncs never wait on each other's `sources` row."""
     generation = src.generation()
-    s = q(config.sync_schema)
-    params = {
-        "generation": generation,
-        "label": config.source,
-        "address": config.redis_address,
-        "refresh": SEEN_REFRESH_SECONDS,
-    }
+    sources = Sources(conn, config.sync_schema)
+    seen = (config.source, config.redis_address)
     with conn.transaction():
         for _ in range(2):  # a second round only if a concurrent sync took the legacy name we chose
-            row = conn.execute(
-                "SELECT origin, (%(label)s::text IS NULL OR label = %(label)s::text) "
-                "AND last_address = %(address)s AND last_seen > now() - make_interval(secs => %(refresh)s::float8) "
-                f"FROM {s}.sources WHERE generation = %(generation)s",
-                params,
-            ).fetchone()
+            row = sources.origin_of(generation, *seen, SEEN_REFRESH_SECONDS)
             if row is not None:
                 break
-            conn.execute(
-                f"INSERT INTO {s}.sources (generation, origin, label, last_address) "
-                "VALUES (%(generation)s, %(origin)s, %(label)s, %(address)s) ON CONFLICT DO NOTHING",
-                {**params, "origin": _first_origin(conn, s, generation, logger or log)},
-            )
+            sources.add(generation, _first_origin(sources, generation, logger or log), *seen)
         else:
             raise RuntimeError(
-                f"could not record the origin of Redis data set {generation} in {s}.sources"
+                f"could not record the origin of Redis data set {generation} in {sources.table}"
             )
         origin, fresh = row
         if not fresh:
-            conn.execute(
-                f"UPDATE {s}.sources SET label = COALESCE(%(label)s, label), last_address = %(address)s, "
-                "last_seen = now() WHERE generation = %(generation)s",
-                params,
-            )
+            sources.refresh(generation, *seen)
     return Origin(generation, origin, config.source)
 
 
-def _first_origin(conn: psycopg.Connection, s: str, generation: str, logger: logging.Logger) -> str:
+def _first_origin(sources: Sources, generation: str, logger: logging.Logger) -> str:
     """The origin of a data set seen for the first time: the generation itself, unless a version that
     named sources by address already synced it (its bookkeeping rows carry this generation); then
     that name, so upgrading adds no duplicate of the rows it wrote."""
-    names = [
-        r[0]
-        for r in conn.execute(
-            f"""WITH legacy AS (
-              SELECT source, count(*) AS ids, NULL::timestamptz AS latest FROM {s}.id_map
-              WHERE generation = %(g)s GROUP BY source
-              UNION ALL
-              SELECT source, 0, max(updated_at) FROM {s}.watermarks WHERE generation = %(g)s GROUP BY source)
-            SELECT source FROM legacy l
-            WHERE NOT EXISTS (SELECT 1 FROM {s}.sources o WHERE o.origin = l.source)
-            GROUP BY source ORDER BY sum(ids) DESC, max(latest) DESC NULLS LAST, source""",
-            {"g": generation},
-        ).fetchall()
-    ]
+    names = sources.legacy_names(generation)
     if len(names) > 1:
         logger.warning(
             "Redis data set %s was synced under several names by an earlier version (%s), so Postgres may "

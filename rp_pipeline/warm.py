@@ -32,7 +32,7 @@ import psycopg
 import redis
 from redis.cluster import RedisCluster
 
-from .bookkeeping import Bookkeeping
+from .bookkeeping import Bookkeeping, IdMapSql
 from .connections import connect_postgres, connect_redis
 from .engine import lock_key, prefetched
 from .entities import (
@@ -280,7 +280,7 @@ class _Warm:
         self.result = WarmResult(dry_run=options.dry_run)
         self.windows, notes = warm_windows(config, options)
         self.result.notes += notes
-        self.s, self.schema = q(config.sync_schema), q(config.schema)
+        self.id_map, self.schema = IdMapSql(config.sync_schema), q(config.schema)
         # An eighth of the sync's memory budget: the batch, the records built from it and the next
         # batch read ahead are all in memory at once.
         self.batch_bytes = max(1 << 20, config.memory_budget_bytes // 8)
@@ -392,36 +392,24 @@ class _Warm:
                 "> now() - make_interval(secs => %(window)s)",
                 {"window": self.windows[spec.name]},
             )
-        return (
-            f"NOT EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-            f"%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)",
-            {"entity": spec.name},
-        )
+        return self.id_map.unmapped(), {"entity": spec.name}
 
     def _repair_where(self, spec: EntitySpec) -> str:
         """Rows of one block an interrupted warm allocated (its ids, so nothing else, are in the block)."""
         if has_redis_id(spec):
             return "t.origin_source = %(source)s AND t.origin_redis_id BETWEEN %(lo)s AND %(hi)s"
-        return (
-            f"EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = '{spec.name}' "
-            "AND m.generation = %(generation)s AND m.pg_id = t.id AND m.redis_id BETWEEN %(lo)s AND %(hi)s)"
-        )
+        return self.id_map.mapped_in_block(spec.name)
 
     def _redis_id_sql(self, spec: EntitySpec) -> str:
         if has_redis_id(spec):
             return "CASE WHEN t.origin_source = %(source)s THEN t.origin_redis_id END"
         # When completing a block, its own id: the row may also map from a record the application made.
-        return (
-            f"(SELECT max(m.redis_id) FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-            f"'{spec.name}' AND m.generation = %(generation)s AND m.pg_id = t.id "
-            "AND (%(lo)s::bigint IS NULL OR m.redis_id BETWEEN %(lo)s AND %(hi)s))"
-        )
+        return self.id_map.redis_id(spec.name)
 
     def _parent_join(self, column: str, entity: str) -> str:
         """The Redis id of each parent row in this data set (the latest, when two carry one name)."""
         return (
-            f"LEFT JOIN (SELECT pg_id, max(redis_id) AS redis_id FROM {self.s}.id_map WHERE source = %(source)s "
-            f"AND entity = '{entity}' AND generation = %(generation)s GROUP BY pg_id) {q('p_' + column)} "
+            f"LEFT JOIN {self.id_map.redis_ids(entity)} {q('p_' + column)} "
             f"ON {q('p_' + column)}.pg_id = t.{q(column)}"
         )
 
@@ -508,9 +496,8 @@ class _Warm:
         if "experiment_runs" in wanted:
             for run, experiment, variant, notes in self.reader.execute(
                 f"SELECT r.training_run_id, e.redis_id, COALESCE(r.variant_name, ''), COALESCE(r.notes, '') "
-                f"FROM {self.schema}.experiment_runs r JOIN (SELECT pg_id, max(redis_id) AS redis_id FROM "
-                f"{self.s}.id_map WHERE source = %(source)s AND entity = 'experiments' AND generation = "
-                "%(generation)s GROUP BY pg_id) e ON e.pg_id = r.experiment_id WHERE r.training_run_id = ANY(%(ids)s) "
+                f"FROM {self.schema}.experiment_runs r JOIN {self.id_map.redis_ids('experiments')} "
+                "e ON e.pg_id = r.experiment_id WHERE r.training_run_id = ANY(%(ids)s) "
                 "ORDER BY r.id",
                 {**self.params, "ids": ids},
             ):
@@ -556,8 +543,7 @@ class _Warm:
         pairs_sql = (
             f"SELECT k.redis_id, t.id FROM unnest(%(ids)s::bigint[], {unnest}) AS k(redis_id, "
             f"{', '.join(f'k{i}' for i in range(len(keys)))}) JOIN {self.schema}.{q(spec.name)} t ON {match} "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {self.s}.id_map m WHERE m.source = %(source)s AND m.entity = "
-            "%(entity)s AND m.generation = %(generation)s AND m.pg_id = t.id)"
+            f"WHERE {self.id_map.unmapped()}"
         )
         with self.conn.transaction():
             pairs = self.conn.execute(pairs_sql, params).fetchall()
