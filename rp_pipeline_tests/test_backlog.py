@@ -16,7 +16,7 @@ def exporter_backlog(sync_config) -> dict[str, float]:
     try:
         families = collector.scrape()
     finally:
-        collector._close_postgres()
+        collector.close()
     return {
         s.labels["entity"]: s.value
         for family in families
