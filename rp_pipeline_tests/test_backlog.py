@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from rp_pipeline.backlog import COUNTED
 from rp_pipeline.exporter import SyncCollector
-from rp_pipeline.resources import RedisResource
 from rp_pipeline.schedules import records_waiting
 from rp_pipeline.schema import migrate
 
@@ -25,16 +24,14 @@ def exporter_backlog(sync_config) -> dict[str, float]:
     }
 
 
-def test_exporter_and_sensor_count_the_same_backlog(
-    writer, sync_config, redis_client, redis_url, key_prefix
-):
+def test_exporter_and_sensor_count_the_same_backlog(writer, sync_config, redis_client, key_prefix):
     migrate(sync_config)
     model = writer.create_model("m")
     version = writer.create_model_version(model, "v1")
     writer.log_predictions(
         [{"model_version_id": version, "input_data": [i], "output_data": [i]} for i in range(10)]
     )
-    sensor = RedisResource(url=redis_url, key_prefix=key_prefix)
+    sensor = sync_config  # the sensor reads the counters of the one source it is given
 
     by_entity = exporter_backlog(sync_config)
     assert by_entity == {spec.name: 0.0 for spec in COUNTED} | {
