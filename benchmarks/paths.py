@@ -555,7 +555,9 @@ def _check_seconds(config) -> dict[str, float]:
         origin = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
         for spec in ENTITIES:
             written = WrittenRows.last_sync(
-                Bookkeeping(conn, config.sync_schema, origin, spec.name, "")
+                Bookkeeping(conn, config.sync_schema, origin, spec.name, ""),
+                config.schema,
+                spec.name,
             )
             for check in check_specs(spec):
                 clock = time.perf_counter()

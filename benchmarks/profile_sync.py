@@ -1,12 +1,18 @@
-"""Where the real sync's time goes: the predictions entity of `engine.sync_all`, by stage and thread.
+"""Where the real sync's time goes: the Dagster job as users run it, or the engine's predictions alone.
 
-    .venv/bin/python benchmarks/profile_sync.py [--n 100000] [--top 25] [--save sync.prof] [--no-cprofile]
-        [--redis-url redis://127.0.0.1:6379/12] [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres]
+    .venv/bin/python benchmarks/profile_sync.py [--n 100000] [--engine] [--top 25] [--save sync.prof]
+        [--no-cprofile] [--redis-url redis://127.0.0.1:6379/12]
+        [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres] [--db-suffix _mine]
 
 Fills the benchmark workload (run.py's) and syncs it into a fresh database `rp_bench_profile`
-(dropped after), twice: once with timers around the engine's stages (Redis read, DataFrame build,
-validation, parent mapping, COPY text build, Postgres load, bookkeeping, hand-offs between threads),
-which costs next to nothing, and once under cProfile (every thread), for the function-level view.
+(dropped after), twice: once with timers around the stages, which cost next to nothing, and once
+under cProfile (every thread), for the function-level view.
+
+By default it runs the job path (run.py's `job`): `RedisPgSync.sync_once()` in process on the
+default instance, and splits the run's wall time into Dagster's start and finish, each table's
+sync (the engine's stages inside it), each check, and the events Dagster stored (count and time
+per kind), with the run's timeline. `--engine` syncs only the predictions through
+`engine.sync_all` (the other tables first, unmeasured), for the engine's stages alone.
 """
 
 from __future__ import annotations
@@ -170,7 +176,6 @@ class StageTimers:
         ("rp_pipeline.mapping", "validate", "validation (mapping.validate)"),
         ("rp_pipeline.mapping", "map_parent_ids", "parent id mapping (map_parent_ids)"),
         ("rp_pipeline.load", "Loader.copy_payload", "COPY text build (Loader.copy_payload)"),
-        ("rp_pipeline.load", "Loader.load", "Postgres load: COPY, upsert, id map (Loader)"),
         ("rp_pipeline.load", "Loader.stage", "Postgres load: COPY, upsert, id map (Loader)"),
         ("rp_pipeline.load", "Loader.flush", "Postgres load: COPY, upsert, id map (Loader)"),
         (
@@ -184,12 +189,14 @@ class StageTimers:
 
     def __init__(self):
         self.totals: dict[str, dict[str, float]] = {}
+        self.by_table: dict[str, dict[str, float]] = {}  # the same, per table (all threads)
+        self.table: str | None = None  # the table being synced, where a stage cannot tell
         self.spans: dict[str, float] = {}
         self._undo: list[tuple[object, str, object]] = []
         self._local = threading.local()
 
     def _wrap(self, stage: str, fn):
-        local, totals = self._local, self.totals
+        local, totals, by_table = self._local, self.totals, self.by_table
 
         def timed(*args, **kwargs):
             stack = local.__dict__.setdefault("stack", [])
@@ -202,6 +209,10 @@ class StageTimers:
                 inner = stack.pop()
                 mine = totals.setdefault(threading.current_thread().name, {})
                 mine[stage] = mine.get(stage, 0.0) + spent - inner
+                table = next((a.name for a in args if type(a).__name__ == "EntitySpec"), self.table)
+                if table:
+                    theirs = by_table.setdefault(table, {})
+                    theirs[stage] = theirs.get(stage, 0.0) + spent - inner
                 if stack:
                     stack[-1] += spent
 
@@ -272,27 +283,188 @@ class StageTimers:
             print(f"  {'other':<62}{other:>9.2f}{other / alive:>8.0%}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument(
-        "--top", type=int, default=25, help="cProfile: the top functions by own time"
-    )
-    parser.add_argument(
-        "--no-cprofile", action="store_true", help="only the timers (unprofiled) run"
-    )
-    parser.add_argument("--save", help="write the raw cProfile data here (for snakeviz, pstats)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
-    args = parser.parse_args()
+class JobTimers(StageTimers):
+    """StageTimers plus what the job adds around the engine: each check, and Dagster's event writes."""
 
+    TIMED: ClassVar = [
+        *StageTimers.TIMED,
+        ("rp_pipeline.checks", "check_identity", "check: identity_is_unique"),
+        ("rp_pipeline.checks", "check_foreign_keys", "check: foreign_keys_resolve"),
+        ("rp_pipeline.checks", "check_reconciliation", "check: reconciles_with_redis"),
+        ("rp_pipeline.checks", "check_rejections", "check: no_rejected_records"),
+        ("rp_pipeline.sources", "resolve_origin", "origin lookup (resolve_origin)"),
+        ("rp_pipeline.assets", "record_statistics", "run statistics (run tags, summary line)"),
+        ("rp_pipeline.schema", "ensure_schema", "schema check (ensure_schema)"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.events: dict[str, list[float]] = {}  # kind -> [count, seconds]
+
+    def __enter__(self):
+        import logging
+
+        import dagster as dg
+
+        from rp_pipeline import assets
+
+        super().__enter__()
+        sync_entity, timers = assets.sync_entity, self
+
+        def syncing(spec, *args, **kwargs):
+            timers.table = spec.name
+            try:
+                return sync_entity(spec, *args, **kwargs)
+            finally:
+                timers.table = None
+
+        self._patch(assets, "sync_entity", syncing)
+        handle, events = dg.DagsterInstance.handle_new_event, self.events
+        wrapped_stage = self._wrap("Dagster: storing events (handle_new_event)", handle)
+
+        def timed(instance, event, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return wrapped_stage(instance, event, *args, **kwargs)
+            finally:
+                kind = (
+                    event.dagster_event.event_type_value
+                    if event.is_dagster_event
+                    else f"log line ({logging.getLevelName(event.level)})"
+                )
+                tally = events.setdefault(kind, [0, 0.0])
+                tally[0] += 1
+                tally[1] += time.perf_counter() - started
+
+        self._undo.append((dg.DagsterInstance, "handle_new_event", handle))
+        dg.DagsterInstance.handle_new_event = timed
+        return self
+
+    def print_tables(self) -> None:
+        print("per table, all threads (stages of 0.05 s or more):")
+        for table, stages in self.by_table.items():
+            shown = [(k, v) for k, v in sorted(stages.items(), key=lambda kv: -kv[1]) if v >= 0.05]
+            if shown:
+                print(f"  {table}: " + ", ".join(f"{k} {v:.2f}" for k, v in shown))
+
+    def print_events(self) -> None:
+        count = sum(n for n, _ in self.events.values())
+        seconds = sum(t for _, t in self.events.values())
+        print(
+            f"events stored: {count} in {seconds:.2f} s ({seconds / max(count, 1) * 1000:.0f} ms each)"
+        )
+        for kind, (n, t) in sorted(self.events.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {kind:<40}{n:>5}{t:>8.2f} s{t / n * 1000:>7.0f} ms each")
+
+
+def print_timeline(instance, run_id: str, started: float) -> None:
+    """The run's events in order, with the time since the cycle started and since the event before."""
+    entries = instance.all_logs(run_id)
+    print(
+        f"timeline of run {run_id[:8]} ({len(entries)} events; s since sync_once began, +s since the previous):"
+    )
+    last = started
+    for entry in entries:
+        kind = entry.dagster_event.event_type_value if entry.is_dagster_event else "LOG"
+        what = entry.user_message.splitlines()[0][:70] if entry.user_message else ""
+        if entry.is_dagster_event and entry.dagster_event.asset_key:
+            what = f"{entry.dagster_event.asset_key.to_user_string()} {what[:50]}"
+        print(
+            f"  {entry.timestamp - started:>7.2f} +{entry.timestamp - last:>5.2f}  {kind:<28} {what}"
+        )
+        last = entry.timestamp
+
+
+def job_tables(pg_url: str, run_id: str) -> list[tuple[str, int, float]]:
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        return conn.execute(
+            "SELECT entity, inserted + updated, duration_seconds FROM rp_sync.entity_runs "
+            "WHERE run_id = %s ORDER BY id",
+            (run_id,),
+        ).fetchall()
+
+
+def profile_job(args, db: str) -> None:
+    """The job path: RedisPgSync.sync_once() on the default instance in a temporary directory."""
+    import logging
+    import os
+    import shutil
+    import tempfile
+
+    from rp_pipeline import schema
+    from rp_pipeline.api import RedisPgSync, sync_instance
+    from rp_pipeline.settings import SyncConfig
+
+    pg_url = database_url(args.postgres_url, db)
+    config = SyncConfig(postgres_url=pg_url, redis_url=args.redis_url, key_prefix=PREFIX)
+    quiet = logging.getLogger("rp_bench_profile")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    here = os.getcwd()
+
+    def run_job(measure, title: str):
+        fresh_database(args.postgres_url, db)
+        schema._migrated.clear()  # the job migrates the fresh database, as run.py's job path does
+        home = Path(tempfile.mkdtemp(prefix="rp_bench_profile_"))
+        shutil.copy(HERE.parent / "dagster.yaml", home / "dagster.yaml")
+        for name in ("DAGSTER_HOME", "DAGSTER_POSTGRES_URL"):
+            os.environ.pop(name, None)
+        os.chdir(home)
+        try:
+            sync = RedisPgSync.from_config(config, quiet)
+            sync.preflight()  # the instance's storage is created before the clock starts
+            with measure:
+                started_at = time.time()
+                started = time.perf_counter()
+                outcome = sync.sync_once()
+                wall = time.perf_counter() - started
+            if not outcome.success:
+                raise RuntimeError("; ".join(outcome.failures))
+            tables = job_tables(pg_url, outcome.run_id)
+            print(
+                f"\n{title}: sync_once {wall:.2f} s = {args.n / wall:,.0f} predictions/s (whole run)"
+            )
+            synced = sum(t for _, _, t in tables)
+            print(f"  tables' own syncs (rp_sync.entity_runs) {synced:.2f} s:")
+            for entity, rows, seconds in tables:
+                if seconds >= 0.005:
+                    print(f"    {entity:<20}{rows:>10,} rows{seconds:>8.2f} s")
+            if isinstance(measure, JobTimers):
+                with sync_instance() as instance:
+                    print_timeline(instance, outcome.run_id, started_at)
+        finally:
+            os.chdir(here)
+            shutil.rmtree(home, ignore_errors=True)
+        return wall
+
+    timers = JobTimers()
+    wall = run_job(timers, "the job, timed per stage (no profiler)")
+    timers.print(wall)
+    timers.print_tables()
+    timers.print_events()
+    if not args.no_cprofile:
+        profiles = CProfiles()
+        wall = run_job(profiles, "the same under cProfile (Python-heavy code is inflated)")
+        profiles.print(args.top, args.save)
+
+
+def fresh_database(postgres_url: str, db: str) -> None:
+    with admin(postgres_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db}")
+        conn.execute("CHECKPOINT")
+
+
+def profile_engine(args, db: str) -> None:
+    """The engine alone: sync_all of the predictions, the other tables synced first, unmeasured."""
     from rp_pipeline.connections import connect_postgres, connect_redis
     from rp_pipeline.engine import sync_all
     from rp_pipeline.entities import ENTITIES, PREDICTIONS
     from rp_pipeline.schema import migrate
     from rp_pipeline.settings import SyncConfig
 
-    db = "rp_bench_profile"
     config = SyncConfig(
         postgres_url=database_url(args.postgres_url, db),
         redis_url=args.redis_url,
@@ -300,11 +472,7 @@ def main() -> None:
     )
 
     def sync_predictions(measure):
-        """Into a fresh database: everything but predictions first, unmeasured; then predictions, measured."""
-        with admin(args.postgres_url) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {db}")
-            conn.execute("CHECKPOINT")
+        fresh_database(args.postgres_url, db)
         migrate(config)
         client, conn = connect_redis(config), connect_postgres(config)
         try:
@@ -326,26 +494,52 @@ def main() -> None:
             conn.close()
         return result, wall
 
+    timers = StageTimers()
+    result, wall = sync_predictions(timers)
+    print(
+        f"sync_entity(PREDICTIONS), N = {args.n:,}, timed per stage (no profiler): {result.read:,} read, "
+        f"{result.inserted:,} inserted in {wall:.2f} s = {result.read / wall:,.0f} predictions/s"
+    )
+    timers.print(wall)
+    if not args.no_cprofile:
+        profiles = CProfiles()
+        result, wall = sync_predictions(profiles)
+        print(
+            f"\nthe same under cProfile: {wall:.2f} s ({result.read / wall:,.0f} predictions/s; wall time, so "
+            "waiting on a server counts; Python-heavy code is inflated by the profiler)"
+        )
+        profiles.print(args.top, args.save)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument(
+        "--engine", action="store_true", help="the engine's predictions alone, not the job"
+    )
+    parser.add_argument(
+        "--top", type=int, default=25, help="cProfile: the top functions by own time"
+    )
+    parser.add_argument(
+        "--no-cprofile", action="store_true", help="only the timers (unprofiled) run"
+    )
+    parser.add_argument("--save", help="write the raw cProfile data here (for snakeviz, pstats)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--db-suffix", default="", help="appended to the database's name")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the database (to time queries on it after)"
+    )
+    args = parser.parse_args()
+
+    db = f"rp_bench_profile{args.db_suffix}"
     fill(args.redis_url, args.n)
     try:
-        timers = StageTimers()
-        result, wall = sync_predictions(timers)
-        print(
-            f"sync_entity(PREDICTIONS), N = {args.n:,}, timed per stage (no profiler): {result.read:,} read, "
-            f"{result.inserted:,} inserted in {wall:.2f} s = {result.read / wall:,.0f} predictions/s"
-        )
-        timers.print(wall)
-        if not args.no_cprofile:
-            profiles = CProfiles()
-            result, wall = sync_predictions(profiles)
-            print(
-                f"\nthe same under cProfile: {wall:.2f} s ({result.read / wall:,.0f} predictions/s; wall time, so "
-                "waiting on a server counts; Python-heavy code is inflated by the profiler)"
-            )
-            profiles.print(args.top, args.save)
+        (profile_engine if args.engine else profile_job)(args, db)
     finally:
-        with admin(args.postgres_url) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        if not args.keep:
+            with admin(args.postgres_url) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         flush(args.redis_url)
 
 

@@ -310,8 +310,8 @@ def sync_tables(
             if any(p.entity in failed or p.entity in waiting for p in spec.parents):
                 waiting.append(spec.name)
                 continue
-            context.log.info(f"Syncing {spec.name}...")
-            lines = TableLog()
+            lines = TableLog()  # "Syncing ..." and the table's lines: one event
+            lines.info(f"Syncing {spec.name}...")
             try:
                 result = sync_entity(
                     spec, client, conn, config, run_id=context.run.run_id, logger=lines

@@ -5,8 +5,9 @@ Each check costs what the cycle changed, never what the table holds:
 - `identity_is_unique`: the unique index on the identity exists and is valid (so Postgres itself
   refuses a duplicate identity), and no row this sync inserted repeats another row's content
   under a different origin or identity (the same data synced twice from two sources);
-- `foreign_keys_resolve` (tables with parents): the foreign-key constraints exist and are
-  validated, and every parent id of the rows this sync inserted or updated points at a row;
+- `foreign_keys_resolve` (tables with parents): each foreign-key constraint exists, is validated
+  and enforced (so Postgres itself refused a row whose parent is missing); for a column without
+  one, every parent id of the rows this sync inserted or updated is looked up in the parent table;
 - `reconciles_with_redis`: a sample of the records the last sync covered is in Postgres
   (or was kept as rejected or pending): nothing lost;
 - `no_rejected_records` (WARN): the last sync met no record it could not load (new, or still bad since
@@ -89,6 +90,7 @@ class WrittenRows:
     source: str = (
         ""  # the origin of the rows: what `origin_source` and the bookkeeping's `source` hold
     )
+    table_rows: int | None = None  # the table's rows, if known: picks the duplicate search's plan
 
     @classmethod
     def of(cls, result: EntityResult) -> WrittenRows:
@@ -98,10 +100,11 @@ class WrittenRows:
             result.updated_ids,
             result.rejected,
             result.origin,
+            result.row_count,
         )
 
     @classmethod
-    def last_sync(cls, book: Bookkeeping) -> WrittenRows:
+    def last_sync(cls, book: Bookkeeping, schema: str, table: str) -> WrittenRows:
         """What the table's last sync from this origin wrote (nothing before the first)."""
         row = book.last_run()
         if not row:
@@ -112,6 +115,7 @@ class WrittenRows:
             row["updated_ids"] or [],
             row["rejected"],
             book.source,
+            book.row_count(schema, table),
         )
 
     def where(self, alias: str) -> str:
@@ -154,9 +158,10 @@ def content_duplicates(
 
     Only origin-identified tables can have them: elsewhere the identity is part of the content and
     the unique index already rules them out. Candidates are the rows sharing the new rows' NOT NULL
-    columns (found through the table's indexes, e.g. predictions by model version and timestamp),
-    grouped by a hash of their whole content: a batch logged at one time costs one index probe per
-    new row, and hashing only where another row shares those columns.
+    columns (e.g. predictions by model version and timestamp), grouped by a hash of their whole
+    content, so hashing happens only where another row shares those columns. The candidates cost
+    one index probe per new row; when the new rows are half the table or more (a first load),
+    one pass grouping the whole table is cheaper, and costs at most twice as many rows.
     """
     if not spec.by_origin or written.up_to_id <= written.after_id:
         return []
@@ -170,17 +175,30 @@ def content_duplicates(
     ]
     table = f"{q(config.schema)}.{q(spec.name)}"
     new = "c.id > %(after)s AND c.id <= %(up_to)s AND c.origin_source = %(source)s"
-    match = " AND ".join(f"o.{q(c)} = n.{q(c)}" for c in not_null)
+    keys = ", ".join(map(q, not_null))
+    inserted = written.up_to_id - written.after_id
     with conn.transaction():
-        # Right after a bulk load the table has no statistics yet, and the planner may scan it once
-        # per new row; the lookups must go through the indexes whatever the statistics say.
-        conn.execute("SET LOCAL enable_seqscan = off")
-        # First the new rows that share their NOT NULL columns with any other row (one index probe
-        # each, nothing hashed: almost always none), then only those are compared by whole content.
+        if written.table_rows is not None and 2 * inserted >= written.table_rows:
+            conn.execute("SET LOCAL work_mem = '64MB'")  # a million keys group without spilling
+            candidates = (
+                f"k AS (SELECT {keys} FROM {table} c GROUP BY {keys} "
+                f"HAVING count(*) > 1 AND bool_or({new})), "
+            )
+        else:
+            # Right after a bulk load the table has no statistics yet, and the planner may scan it
+            # once per new row; the lookups must go through the indexes whatever the statistics say.
+            conn.execute("SET LOCAL enable_seqscan = off")
+            # The new rows that share their NOT NULL columns with any other row (one index probe
+            # each, nothing hashed: almost always none).
+            match = " AND ".join(f"o.{q(c)} = n.{q(c)}" for c in not_null)
+            candidates = (
+                f"n AS MATERIALIZED (SELECT n.* FROM {table} n WHERE {new.replace('c.', 'n.')} AND "
+                f"EXISTS (SELECT 1 FROM {table} o WHERE {match} AND o.id <> n.id)), "
+                f"k AS (SELECT DISTINCT {', '.join(f'n.{q(c)}' for c in not_null)} FROM n), "
+            )
+        # Only those candidates are compared by whole content.
         return conn.execute(
-            f"WITH n AS MATERIALIZED (SELECT n.* FROM {table} n WHERE {new.replace('c.', 'n.')} AND EXISTS "
-            f"(SELECT 1 FROM {table} o WHERE {match} AND o.id <> n.id)), "
-            f"k AS (SELECT DISTINCT {', '.join(f'n.{q(c)}' for c in not_null)} FROM n), "
+            f"WITH {candidates}"
             f"c AS MATERIALIZED (SELECT t.id, t.origin_source, md5(ROW({', '.join(f't.{q(c)}' for c in content)})::text) "
             f"AS h FROM k JOIN {table} t ON "
             + " AND ".join(f"t.{q(c)} = k.{q(c)}" for c in not_null)
@@ -191,45 +209,54 @@ def content_duplicates(
         ).fetchall()
 
 
-def unenforced_foreign_keys(
+def enforcing_constraints(
     conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec
-) -> list[str]:
-    """Parent columns without a validated foreign-key constraint."""
-    enforced = {
-        row[0]
-        for row in conn.execute(
-            "SELECT a.attname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
-            "JOIN pg_namespace n ON n.oid = t.relnamespace "
-            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum] "
-            "WHERE c.contype = 'f' AND c.convalidated AND n.nspname = %s AND t.relname = %s",
-            (config.schema, spec.name),
-        ).fetchall()
-    }
-    return [p.column for p in spec.parents if p.column not in enforced]
+) -> dict[str, str]:
+    """Per parent column, the foreign-key constraint that vouches for every row's parent id: one on
+    that column alone, onto the parent table, validated, its check triggers enabled (so Postgres
+    itself refused any row whose parent does not exist). Columns missing here have none."""
+    rows = conn.execute(
+        "SELECT a.attname, p.relname, c.conname FROM pg_constraint c "
+        "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_class p ON p.oid = c.confrelid AND p.relnamespace = n.oid "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum] "
+        "WHERE c.contype = 'f' AND c.convalidated AND n.nspname = %s AND t.relname = %s "
+        "AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgconstraint = c.oid "
+        "AND g.tgrelid = c.conrelid AND g.tgenabled = 'D')",
+        (config.schema, spec.name),
+    ).fetchall()
+    parents = {p.column: p.entity for p in spec.parents}
+    return {column: name for column, parent, name in rows if parents.get(column) == parent}
 
 
 def dangling_foreign_keys(
-    conn: psycopg.Connection, config: SyncConfig, spec: EntitySpec, written: WrittenRows
+    conn: psycopg.Connection,
+    config: SyncConfig,
+    spec: EntitySpec,
+    written: WrittenRows,
+    columns: list[str] | None = None,
 ) -> dict[str, int]:
-    """Per foreign-key column, rows this sync wrote whose parent id points at no row."""
-    if not spec.parents:
+    """Per foreign-key column (`columns`, default all), rows this sync wrote whose parent id points
+    at no row."""
+    parents = [p for p in spec.parents if columns is None or p.column in columns]
+    if not parents:
         return {}
     if written.up_to_id <= written.after_id and not written.updated_ids:
-        return {p.column: 0 for p in spec.parents}
+        return {p.column: 0 for p in parents}
     s = q(config.schema)
     joins = " ".join(
         f"LEFT JOIN {s}.{q(p.entity)} p{i} ON p{i}.id = c.{q(p.column)}"
-        for i, p in enumerate(spec.parents)
+        for i, p in enumerate(parents)
     )
     counts = ", ".join(
         f"count(*) FILTER (WHERE c.{q(p.column)} IS NOT NULL AND p{i}.id IS NULL)"
-        for i, p in enumerate(spec.parents)
+        for i, p in enumerate(parents)
     )
     row = conn.execute(
         f"SELECT {counts} FROM {s}.{q(spec.name)} c {joins} WHERE {written.where('c')}",
         written.params(),
     ).fetchone()
-    return {p.column: int(n) for p, n in zip(spec.parents, row)}
+    return {p.column: int(n) for p, n in zip(parents, row)}
 
 
 def check_identity(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
@@ -257,12 +284,18 @@ def check_identity(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.A
 
 
 def check_foreign_keys(conn, config, spec: EntitySpec, written: WrittenRows) -> dg.AssetCheckResult:
-    unenforced = unenforced_foreign_keys(conn, config, spec)
-    dangling = dangling_foreign_keys(conn, config, spec, written)
+    """A validated, enforced constraint vouches for every row of its column, so only the columns
+    without one have their written rows looked up in the parent table."""
+    enforced = enforcing_constraints(conn, config, spec)
+    unenforced = [p.column for p in spec.parents if p.column not in enforced]
+    dangling = {p.column: 0 for p in spec.parents}
+    dangling.update(dangling_foreign_keys(conn, config, spec, written, unenforced))
+    written_count = max(written.up_to_id - written.after_id, 0) + len(written.updated_ids)
     metadata = {f"dangling_{column}": n for column, n in dangling.items()}
-    metadata["rows_checked"] = max(written.up_to_id - written.after_id, 0) + len(
-        written.updated_ids
-    )
+    metadata["rows_checked"] = written_count
+    metadata["rows_looked_up"] = written_count if unenforced else 0
+    if enforced:
+        metadata["enforced_by"] = ", ".join(f"{c}: {name}" for c, name in enforced.items())
     if unenforced:
         metadata["not_enforced"] = ", ".join(unenforced)
     return dg.AssetCheckResult(
@@ -330,7 +363,7 @@ def table_checks(
         return
     if written is None:
         written = WrittenRows.last_sync(
-            Bookkeeping(conn, config.sync_schema, source, spec.name, "")
+            Bookkeeping(conn, config.sync_schema, source, spec.name, ""), config.schema, spec.name
         )
     if IDENTITY_IS_UNIQUE in names:
         yield check_identity(conn, config, spec, written)

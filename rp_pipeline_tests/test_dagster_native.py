@@ -140,6 +140,65 @@ def test_the_same_data_under_a_second_origin_fails_the_identity_check(
     assert evaluations[("predictions", "foreign_keys_resolve")].passed
 
 
+def test_a_prediction_logged_twice_fails_the_identity_check_in_a_small_cycle(
+    writer, sync_config, redis_client, key_prefix
+):
+    fill(writer)
+    run_job(sync_config)
+    # The same record again under a new id: one new row among many, its content already there.
+    original = redis_client.hgetall(f"{key_prefix}prediction:1")
+    copy = redis_client.incr(f"{key_prefix}counter:prediction")
+    redis_client.hset(f"{key_prefix}prediction:{copy}", mapping={**original, "id": str(copy)})
+    result, _ = run_job(sync_config)
+    evaluations = {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.get_asset_check_evaluations()
+    }
+    failed = evaluations[("predictions", "identity_is_unique")]
+    assert failed.passed is False
+    assert failed.metadata["content_duplicates"].value == 1
+
+
+def _checks_alone(config, table: str):
+    only_checks = dg.define_asset_job(
+        f"only_{table}_checks", selection=dg.AssetSelection.checks_for_assets(table)
+    )
+    project = dg.Definitions(
+        assets=[redis_to_postgres], jobs=[only_checks], resources=resources_for(config)
+    )
+    result = project.resolve_job_def(f"only_{table}_checks").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, run_config=QUIET
+    )
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_an_enforced_foreign_key_vouches_for_the_rows_and_a_missing_one_has_them_looked_up(
+    writer, sync_config, pg_conn
+):
+    fill(writer)
+    first, _ = run_job(sync_config)
+    enforced = next(
+        e
+        for e in first.get_asset_check_evaluations()
+        if (e.asset_key.to_user_string(), e.check_name) == ("predictions", "foreign_keys_resolve")
+    )
+    assert enforced.passed
+    assert enforced.metadata["rows_checked"].value == 30
+    assert enforced.metadata["rows_looked_up"].value == 0  # Postgres already refused any orphan
+    assert "fk_predictions_model_version_id" in enforced.metadata["enforced_by"].value
+    # Without the constraint, a deleted version leaves the predictions the sync wrote dangling.
+    schema = sync_config.schema
+    pg_conn.execute(
+        f'ALTER TABLE "{schema}".predictions DROP CONSTRAINT fk_predictions_model_version_id'
+    )
+    pg_conn.execute(f'DELETE FROM "{schema}".model_versions')
+    failed = _checks_alone(sync_config, "predictions")["foreign_keys_resolve"]
+    assert failed.passed is False
+    assert failed.metadata["not_enforced"].value == "model_version_id"
+    assert failed.metadata["rows_looked_up"].value == 30
+    assert failed.metadata["dangling_model_version_id"].value == 30
+
+
 def test_a_missing_unique_index_fails_the_identity_check(writer, sync_config, pg_conn):
     writer.create_model("ResNet50-Redis")
     run_job(sync_config)
