@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/profile_sync.py [--n 100000] [--engine] [--top 25] [--save sync.prof]
         [--no-cprofile] [--redis-url redis://127.0.0.1:6379/12]
-        [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres] [--db-suffix _mine]
+        [--postgres-url postgresql://postgres@127.0.0.1:5432/postgres] [--db-suffix _mine] [--keep]
 
 Fills the benchmark workload (run.py's) and syncs it into a fresh database `rp_bench_profile`
 (dropped after), twice: once with timers around the stages, which cost next to nothing, and once
