@@ -595,10 +595,11 @@ def job(redis_url: str, pg_url: str, n: int, rss) -> dict:
         if not outcome.success:
             raise RuntimeError("; ".join(outcome.failures))
         with psycopg.connect(pg_url) as conn:
-            predictions_seconds = conn.execute(
-                "SELECT duration_seconds FROM rp_sync.entity_runs WHERE run_id = %s AND entity = 'predictions'",
+            predictions_seconds, tables_seconds = conn.execute(
+                "SELECT sum(duration_seconds) FILTER (WHERE entity = 'predictions'), "
+                "sum(duration_seconds) FROM rp_sync.entity_runs WHERE run_id = %s",
                 (outcome.run_id,),
-            ).fetchone()[0]
+            ).fetchone()
             loaded = _count(conn)
         idle = []
         for _ in range(3):
@@ -632,6 +633,8 @@ def job(redis_url: str, pg_url: str, n: int, rss) -> dict:
         "peak_rss": bulk_rss,
         "start_rss": start_rss,
         "job_wall_seconds": wall,
+        "tables_seconds": tables_seconds,
+        "engine_predictions_seconds": predictions_seconds,
         "bulk_events": bulk_events,
         "idle_seconds": idle_seconds,
         "idle_all": [round(t, 3) for t, _ in idle],

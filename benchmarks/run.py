@@ -523,7 +523,15 @@ def report(data: dict, args) -> list[str]:
         if "idle_seconds" in job:
             say(
                 f"job (RedisPgSync.full_sync, default instance): bulk run {job['job_wall_seconds']:.1f} s "
-                f"({job['bulk_events']} events; predictions alone {job['engine_predictions_per_s']:,.0f}/s); "
+                f"({job['bulk_events']} events; predictions alone {job['engine_predictions_per_s']:,.0f}/s"
+                + (
+                    f"; the tables' own syncs {job['tables_seconds']:.1f} s, predictions "
+                    f"{job['engine_predictions_seconds']:.1f} s of them; Dagster, checks and events "
+                    f"{job['job_wall_seconds'] - job['tables_seconds']:.1f} s"
+                    if "tables_seconds" in job
+                    else ""
+                )
+                + "); "
                 f"nothing new {job['idle_seconds']:.2f} s (median of {job['idle_all']}), {job['idle_events']} events "
                 f"per run; {job['increment_new']:,} new: {job['increment_seconds']:.2f} s"
             )

@@ -179,7 +179,6 @@ def content_duplicates(
     inserted = written.up_to_id - written.after_id
     with conn.transaction():
         if written.table_rows is not None and 2 * inserted >= written.table_rows:
-            conn.execute("SET LOCAL work_mem = '64MB'")  # a million keys group without spilling
             candidates = (
                 f"k AS (SELECT {keys} FROM {table} c GROUP BY {keys} "
                 f"HAVING count(*) > 1 AND bool_or({new})), "
