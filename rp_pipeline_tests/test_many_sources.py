@@ -2,8 +2,8 @@
 
 Covers: the REDIS_URL format (URLs separated by commas, `key_prefix=` and `label=` per URL) and its
 refusals; three sources (two prefixes in one Redis db and a second db) synced through the API with
-exact rows per source; the Dagster job partitioned by source only when there are several; one
-RunRequest per source at a schedule tick and from the backlog sensor; a source that is down failing
+exact rows per source and each source's check evaluations in a table's check history; the Dagster
+job partitioned by source only when there are several; one RunRequest per source at a schedule tick and from the backlog sensor; a source that is down failing
 its own run only (API and CLI); and models of the same name in two sources converging on one row
 when both sources load at the same moment.
 """
@@ -167,6 +167,22 @@ def test_three_sources_sync_through_the_api_with_exact_rows_per_source(
         runs = instance.get_runs(dg.RunsFilter(job_name="redis_to_postgres_sync"))
         assert sorted(r.tags["rp_pipeline/source"] for r in runs) == ["first", "second", "third"]
         assert sorted(r.tags["dagster/partition"] for r in runs) == ["first", "second", "third"]
+        # A table's check history (its Checks tab) holds one evaluation per source: each names
+        # its run, whose partition is the source, and checked that run's own materialization.
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("predictions"), "no_rejected_records"), limit=10
+        )
+        partition_of = {r.run_id: r.tags["dagster/partition"] for r in runs}
+        assert sorted(partition_of[record.run_id] for record in history) == [
+            "first",
+            "second",
+            "third",
+        ]
+        for record in history:
+            evaluation = record.event.dagster_event.event_specific_data
+            assert evaluation.passed and evaluation.target_materialization_data.run_id == (
+                record.run_id
+            )
     # Syncing one source by name runs that source only.
     fill(*sources["second"], ["shared"], 2)
     assert sync.full_sync(sources=["second"])["predictions"] == 2
