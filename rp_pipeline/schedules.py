@@ -20,29 +20,37 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.Dagste
 
 # In process: the whole sync is one step, so a separate process per step would buy nothing.
 # Another executor can be chosen in the run config (execution: config: multiprocess: ...).
-def build_sync_job(assets: dg.AssetsDefinition):
+def build_sync_job(assets: dg.AssetsDefinition, labels: tuple[str, ...] = ()):
+    # With one source the job carries its tag, so a run launched from the UI has it while queued
+    # and the per-source limit in dagster.yaml holds it to one at a time; with several, each run
+    # is tagged by its request (schedule, sensor) or carries its partition's tag.
+    source_tag = {SOURCE_TAG: labels[0]} if len(labels) == 1 else {}
     return dg.define_asset_job(
         name=JOB_NAME,
         selection=dg.AssetSelection.assets(assets),
         executor_def=dg.in_process_executor,
         description="One Redis → Postgres sync of every table and its checks; the guide's statistics "
         "as run tags. With several Redis sources, one run per source (partition).",
-        tags={"dagster/max_retries": 0},
+        tags={"dagster/max_retries": 0, **source_tag},
     )
 
 
-redis_to_postgres_sync_job = build_sync_job(redis_to_postgres)
 LABELS = source_labels()
+redis_to_postgres_sync_job = build_sync_job(redis_to_postgres, LABELS)
 
 
 @functools.lru_cache(maxsize=8)
 def assets_and_job_for(labels: tuple[str, ...]):
     """The sync's assets and job (unresolved) for these sources: the code location's own when its
     REDIS_URL names the same sources, else built alike (partitioned the same way)."""
-    if (len(labels) > 1) == (len(LABELS) > 1) and (len(labels) < 2 or labels == LABELS):
+    if labels == LABELS:
         return redis_to_postgres, redis_to_postgres_sync_job
+    if (
+        len(labels) < 2 and len(LABELS) < 2
+    ):  # unpartitioned both: the same assets, this source's tag
+        return redis_to_postgres, build_sync_job(redis_to_postgres, labels)
     assets = build_sync_assets(labels, schedule_interval_seconds())
-    return assets, build_sync_job(assets)
+    return assets, build_sync_job(assets, labels)
 
 
 @functools.lru_cache(maxsize=8)

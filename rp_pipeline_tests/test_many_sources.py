@@ -275,6 +275,61 @@ def test_the_code_location_has_one_partition_per_source_in_redis_url(work_dir):
     )
 
 
+QUEUE_FROM_JOB = """
+import json
+import dagster as dg
+from dagster import __version__
+from dagster._cli.job import _create_run
+from dagster._cli.workspace.cli_target import (
+    WorkspaceOpts, get_code_location_from_workspace, get_remote_job_from_remote_repo,
+    get_remote_repository_from_code_location, get_workspace_from_cli_opts)
+
+instance = dg.DagsterInstance.get()
+opts = WorkspaceOpts(module_name=("rp_pipeline",))
+with get_workspace_from_cli_opts(instance, version=__version__, workspace_opts=opts) as workspace:
+    location = get_code_location_from_workspace(workspace, None)
+    repo = get_remote_repository_from_code_location(location, None)
+    job = get_remote_job_from_remote_repo(repo, "redis_to_postgres_sync")
+    run = _create_run(instance=instance, code_location=location, remote_repo=repo,
+                      remote_job=job, run_config={}, tags={}, op_selection=None, run_id=None)
+    instance.submit_run(run.run_id, workspace)
+    queued = instance.get_run_by_id(run.run_id)
+    print(json.dumps([queued.status.value, queued.tags.get("rp_pipeline/source")]))
+"""
+
+
+def test_with_one_source_a_run_launched_from_the_job_is_tagged_with_its_source_while_queued(
+    work_dir,
+):
+    """The job carries the source tag, so a run launched from the UI is held by dagster.yaml's
+    per-source limit like the schedule's; with several sources each run is tagged per partition."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from rp_pipeline.schedules import sync_job
+
+    from .cli_support import REPO
+
+    assert sync_job(("only",)).tags["rp_pipeline/source"] == "only"
+    assert "rp_pipeline/source" not in sync_job(("a", "b")).tags
+    home = work_dir / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the queued run coordinator
+    done = subprocess.run(
+        [sys.executable, "-c", QUEUE_FROM_JOB],
+        cwd=work_dir,
+        env=clean_env(REDIS_URL="redis://127.0.0.1:6379/0?label=solo", DAGSTER_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith('["')]
+    assert json.loads(line) == ["QUEUED", "solo"]
+
+
 def test_a_schedule_tick_requests_one_run_per_source_skipping_one_in_flight():
     from rp_pipeline.schedules import build_sync_schedule, sync_job
 
