@@ -237,11 +237,6 @@ def start_exporter(
 ):
     from .exporter import serve_metrics
 
-    if len(config.sources) > 1:
-        raise ConfigError(
-            f"the metrics exporter reads one Redis source, and REDIS_URL names {len(config.sources)} "
-            f"({', '.join(config.labels)}): run one exporter per source, each with REDIS_URL set to it"
-        )
     exporter = serve_metrics(config, host, port, sync_interval_seconds=interval)
     logger.info("Prometheus metrics on http://%s:%d/metrics", host, exporter.port)
     return exporter

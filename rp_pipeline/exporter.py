@@ -5,7 +5,8 @@ Nothing is counted in this process: every scrape reads the bookkeeping in Postgr
 record) and the id counters in Redis, so the figures are right however the syncs run
 (Dagster schedule, CLI, API, one process or many). One scrape costs a fixed number of
 round trips (README, "Monitoring"): Redis 1 pipeline (generation marker + 6 counters)
-and 1 more when something waits (one HMGET per waiting entity), Postgres 2 statements.
+and 1 more when something waits (one HMGET per waiting entity), Postgres 2 statements; with
+several sources in REDIS_URL, that per source, the sources read side by side.
 
 Each server is read under a short deadline. A server that is down, silent or refuses
 the credentials turns `rp_pipeline_up{target=...}` to 0 and the values read from it
@@ -19,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -167,6 +169,7 @@ class SyncCollector:
         self._last = {"postgres": Reading(), "backlog": Reading()}
         self._current: str | None = None  # origin of the data set the marker names, once known
         self._up = {"redis": None, "postgres": None}
+        self.named = ""  # " (source <label>)" in its log lines when the exporter reads several
 
     # -- reading ---------------------------------------------------------------------------------
     def _postgres(self) -> psycopg.Connection:
@@ -363,12 +366,13 @@ class SyncCollector:
     def _set_up(self, target: str, ok: bool, exc: BaseException | None = None) -> None:
         if not ok and self._up[target] is not False:
             log.warning(
-                "metrics: %s unreachable (%s); serving its last values with their timestamps",
+                "metrics: %s%s unreachable (%s); serving its last values with their timestamps",
                 target,
+                self.named,
                 self._describe(exc),
             )
         elif ok and self._up[target] is False:
-            log.info("metrics: %s answers again", target)
+            log.info("metrics: %s%s answers again", target, self.named)
         self._up[target] = ok
 
     def _describe(self, exc: BaseException | None) -> str:
@@ -393,6 +397,61 @@ class SyncCollector:
             self._redis.close()
 
 
+class SourcesCollector:
+    """Several sources: one SyncCollector per source, read side by side at each scrape (so a scrape
+    still answers within one source's deadline), their series merged, each labelled source=<label>.
+    `rp_pipeline_up` gains the `source` label: each source's Redis and its Postgres connection."""
+
+    def __init__(
+        self,
+        config: SyncConfig,
+        deadline_seconds: float = READ_DEADLINE_SECONDS,
+        sync_interval_seconds: float | None = None,
+    ):
+        self.collectors: list[SyncCollector] = []
+        try:
+            for label in config.labels:
+                collector = SyncCollector(
+                    config.for_source(label), deadline_seconds, sync_interval_seconds
+                )
+                collector.named = f" (source {label})"
+                self.collectors.append(collector)
+        except ConfigError:
+            self.close()
+            raise
+        self._pool = ThreadPoolExecutor(len(self.collectors), thread_name_prefix="rp_metrics")
+
+    def scrape(self) -> list[Metric]:
+        readings = list(self._pool.map(SyncCollector.scrape, self.collectors))
+        merged: dict[str, Metric] = {}
+        up = GaugeMetricFamily(
+            "rp_pipeline_up",
+            "1 if the server answered this scrape within the deadline, else 0",
+            labels=["target", "source"],
+        )
+        for collector, families in zip(self.collectors, readings):
+            for family in families:
+                if family.name == "rp_pipeline_up":
+                    for sample in family.samples:
+                        up.add_metric(
+                            [sample.labels["target"], collector.config.label], sample.value
+                        )
+                elif family.name not in merged:
+                    merged[family.name] = family
+                elif family.name not in ("rp_pipeline_build", "rp_pipeline_sync_interval_seconds"):
+                    merged[family.name].samples.extend(family.samples)
+        return [*merged.values(), up]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.scrape()
+
+    def close(self) -> None:
+        if hasattr(self, "_pool"):
+            self._pool.shutdown(wait=True)
+        for collector in self.collectors:
+            collector.close()
+
+
 def build_info() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
@@ -408,7 +467,7 @@ def build_info() -> dict[str, str]:
 class Exporter:
     """A running `/metrics` endpoint; `close()` stops it."""
 
-    collector: SyncCollector
+    collector: SyncCollector | SourcesCollector
     server: object
     thread: threading.Thread
     host: str
@@ -430,7 +489,8 @@ def serve_metrics(
     """Serve `/metrics` on host:port from a background thread."""
     from prometheus_client import start_http_server
 
-    collector = SyncCollector(config, deadline_seconds, sync_interval_seconds)
+    kind = SourcesCollector if len(config.sources) > 1 else SyncCollector
+    collector = kind(config, deadline_seconds, sync_interval_seconds)
     registry = CollectorRegistry()
     registry.register(collector)
     try:

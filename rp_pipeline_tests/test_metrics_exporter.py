@@ -7,7 +7,8 @@ entity and source, a failed attempt moving the last attempt but not the last suc
 a flushed Redis (old watermarks do not hide the new records), the `metrics` command
 (one clear line when the port is taken, no password anywhere), continuous mode's
 `--metrics-port`, the history of a deployment synced before revision 0005 folded into
-sync_status, and the `source` label taken from the sources table where it exists.
+sync_status, the `source` label taken from the sources table where it exists, and one exporter
+serving several sources (two prefixes and one that is down), each series under its label.
 """
 
 from __future__ import annotations
@@ -388,3 +389,84 @@ def revision_before(revision: str) -> str:
     from rp_pipeline.schema import MIGRATIONS_DIR
 
     return ScriptDirectory(str(MIGRATIONS_DIR)).get_revision(revision).down_revision
+
+
+def test_one_exporter_serves_every_source_each_series_labelled_with_its_source(
+    redis_url, key_prefix, postgres_url, pg_schemas, writer
+):
+    """REDIS_URL naming several sources (here two prefixes in one Redis, and one that is down): one
+    `/metrics` with each source's series under source=<label>, and each source's Redis in
+    `rp_pipeline_up`; a source that is down leaves the others' figures whole."""
+    import uuid
+
+    from rp_pipeline.engine import sync_all
+    from rp_pipeline.settings import SyncConfig
+    from rp_pipeline.writer import RedisWriter
+
+    second = f"{key_prefix}b:"  # removed with the test's prefix
+    schema, sync_schema = pg_schemas
+    config = SyncConfig(
+        redis_url=f"{redis_url}?key_prefix={key_prefix}&label=tenant-a,"
+        f"{redis_url}?key_prefix={second}&label=tenant-b,"
+        f"redis://127.0.0.1:{free_port()}/0?label=down",
+        postgres_url=postgres_url,
+        schema=schema,
+        sync_schema=sync_schema,
+    )
+    other = RedisWriter.from_url(redis_url, key_prefix=second)
+    versions = {
+        "tenant-a": fill(writer, models=1, predictions=10)["versions"],
+        "tenant-b": fill(other, models=2, predictions=3, tag="b")["versions"],
+    }
+    for label in versions:
+        one = config.for_source(label)
+        migrate(one)
+        with connect_redis(one) as client, connect_postgres(one) as conn:
+            sync_all(client, conn, one, run_id=uuid.uuid4().hex)
+    log_predictions(other, versions["tenant-b"], 4)
+    other.close()
+
+    running = serve_metrics(config, port=0, deadline_seconds=1, sync_interval_seconds=300)
+    try:
+        text = scrape_text(running.port)
+    finally:
+        running.close()
+    parsed = samples(text)
+
+    def rows(source: str) -> float | None:
+        return value(
+            parsed,
+            "rp_pipeline_rows_total",
+            entity="predictions",
+            source=source,
+            outcome="inserted",
+        )
+
+    assert (rows("tenant-a"), rows("tenant-b")) == (10, 3)
+    backlog = {
+        source: value(parsed, "rp_pipeline_backlog_records", entity="predictions", source=source)
+        for source in ("tenant-a", "tenant-b")
+    }
+    assert backlog == {"tenant-a": 0, "tenant-b": 4}
+    assert (
+        value(
+            parsed, "rp_pipeline_rows_total", entity="models", source="tenant-b", outcome="inserted"
+        )
+        == 2
+    )
+    up = {k: v for k, v in parsed.items() if k[0] == "rp_pipeline_up"}
+    assert up == {
+        ("rp_pipeline_up", ("source", source), ("target", target)): ok
+        for source, ok in (("tenant-a", 1), ("tenant-b", 1), ("down", 0))
+        for target, ok in (("redis", ok), ("postgres", 1))
+    }
+    # Every other series names a source of REDIS_URL, and the build and interval appear once.
+    unsourced = {"rp_pipeline_build_info", "rp_pipeline_sync_interval_seconds"}
+    assert {dict(k[1:]).get("source") for k in parsed if k[0] not in unsourced} == {
+        "tenant-a",
+        "tenant-b",
+        "down",
+    }
+    lines = text.splitlines()
+    for once in ("rp_pipeline_build_info{", "rp_pipeline_sync_interval_seconds "):
+        assert len([line for line in lines if line.startswith(once)]) == 1, once
