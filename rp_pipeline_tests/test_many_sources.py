@@ -3,9 +3,11 @@
 Covers: the REDIS_URL format (URLs separated by commas, `key_prefix=` and `label=` per URL) and its
 refusals; three sources (two prefixes in one Redis db and a second db) synced through the API with
 exact rows per source and each source's check evaluations in a table's check history; the Dagster
-job partitioned by source only when there are several; one RunRequest per source at a schedule tick and from the backlog sensor; a source that is down failing
-its own run only (API and CLI); and models of the same name in two sources converging on one row
-when both sources load at the same moment.
+job partitioned by source only when there are several; one RunRequest per source at a schedule tick
+and from the backlog sensor; a source that is down failing its own run only (API and CLI); models of
+the same name in two sources converging on one row when both sources load at the same moment, that
+row holding the values of the last source to sync; and with one source, the job's source tag on a
+run queued from the UI.
 """
 
 from __future__ import annotations
@@ -448,3 +450,45 @@ def test_models_of_one_name_in_two_sources_converge_when_both_load_at_once(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_a_model_in_two_sources_holds_the_values_of_the_last_source_to_sync(
+    redis_url, key_prefix, postgres_url, pg_schemas, pg_conn
+):
+    """One row for the name; each source's sync writes its own values when they differ from the
+    row's (counted as updated), so the row holds those of the source that synced last."""
+    from rp_pipeline.connections import connect_postgres, connect_redis
+    from rp_pipeline.engine import sync_all
+    from rp_pipeline.schema import migrate
+    from rp_pipeline.writer import RedisWriter
+
+    schema, sync_schema = pg_schemas
+    config = SyncConfig(
+        redis_url=f"{redis_url}?key_prefix={key_prefix}&label=a,"
+        f"{redis_url}?key_prefix={key_prefix}b:&label=b",
+        postgres_url=postgres_url,
+        schema=schema,
+        sync_schema=sync_schema,
+    )
+    for label, prefix in (("a", key_prefix), ("b", f"{key_prefix}b:")):
+        writer = RedisWriter.from_url(redis_url, key_prefix=prefix)
+        writer.create_model("shared", description=f"from {label}", architecture=label)
+        writer.close()
+
+    def sync(label: str) -> tuple[int, int, int]:
+        one = config.for_source(label)
+        migrate(one)
+        with connect_redis(one) as client, connect_postgres(one) as conn:
+            models = sync_all(client, conn, one, run_id=uuid.uuid4().hex)["models"]
+        return models.inserted, models.updated, models.unchanged
+
+    def row() -> list[tuple]:
+        return pg_conn.execute(
+            f'SELECT description, architecture FROM "{schema}".models WHERE name = %s',
+            ("shared",),
+        ).fetchall()
+
+    assert sync("a") == (1, 0, 0) and row() == [("from a", "a")]
+    assert sync("b") == (0, 1, 0) and row() == [("from b", "b")]  # b synced last: b's values
+    assert sync("b") == (0, 0, 1)  # b's values are the row's: nothing to write
+    assert sync("a") == (0, 1, 0) and row() == [("from a", "a")]
