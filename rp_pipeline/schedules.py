@@ -150,6 +150,12 @@ sync_schedule = build_sync_schedule(schedule_interval_seconds(), LABELS)
 
 
 _clients: dict[str, "redis_py.Redis"] = {}
+try:  # redis-py ≥ 7.1 names it driver_info (lib_name/lib_version are deprecated there)
+    from redis.driver_info import DriverInfo as _DriverInfo  # noqa: F401
+
+    _NO_CLIENT_SETINFO: dict = {"driver_info": None}
+except ImportError:
+    _NO_CLIENT_SETINFO = {"lib_name": None, "lib_version": None}
 
 
 def _counter_client(url: str) -> "redis_py.Redis":
@@ -162,7 +168,7 @@ def _counter_client(url: str) -> "redis_py.Redis":
         from .writer import is_cluster_node
 
         client = redis_py.Redis.from_url(
-            url, socket_connect_timeout=5, socket_timeout=10, lib_name=None, lib_version=None
+            url, socket_connect_timeout=5, socket_timeout=10, **_NO_CLIENT_SETINFO
         )
         if is_cluster_node(client):
             client.close()
