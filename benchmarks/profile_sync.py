@@ -39,7 +39,10 @@ LOCK_WAIT = ("~", "<method 'acquire' of '_thread.lock' objects>")
 PSYCOPG_WAIT = ("psycopg/connection.py", "wait")
 REDIS_READ = [("rp_pipeline/extract.py", "pipelined"), ("rp_pipeline/extract.py", "hmget_many")]
 COPY_TEXT = [("rp_pipeline/load.py", "copy_payload")]
-COPY_TEXT_PARTS = [("rp_pipeline/load.py", "copy_text"), ("rp_pipeline/load.py", "_as_text")]
+COPY_TEXT_PARTS = [
+    ("rp_pipeline/copy_encoding.py", "copy_text"),
+    ("rp_pipeline/copy_encoding.py", "as_text"),
+]
 
 
 def cumulative(stats: pstats.Stats, wanted: list[tuple[str, str]]) -> float:

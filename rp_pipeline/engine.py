@@ -8,7 +8,6 @@ the Python API all call `sync_entity`; nothing here knows about Dagster.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -32,41 +31,19 @@ from .connections import (
     explain_redis_refusal,
     refused_by_acl,
 )
-from .entities import (
-    BY_NAME,
-    ENTITIES,
-    HASH_BY_ID,
-    METRIC_SERIES,
-    STAT_KEYS,
-    TRAINING_RUNS,
-    EntitySpec,
-)
+from .entities import BY_NAME, ENTITIES, STAT_KEYS, EntitySpec
 from .entities import sql_name as q
 from .errors import PermissionProblem, SyncFailed, first_line
-from .extract import GENERATION_KEY, Read, RedisSource, extract_all, pipelined, read_hash_chunks
+from .extract import Read, RedisSource
+from .layout import GENERATION_KEY
 from .load import Loader, LoadResult
 from .mapping import map_parent_ids, null_non_finite_json, validate
-from .retention import apply_retention
 from .settings import SyncConfig
 from .sources import Origin, resolve_origin
+from .strategies import ReadPlan, apply_retention, strategy_of
 
 log = logging.getLogger("rp_pipeline")
 
-TERMINAL_RUN_STATUSES = frozenset(
-    {
-        "completed",
-        "failed",
-        "cancelled",
-        "canceled",
-        "crashed",
-        "stopped",
-        "killed",
-        "finished",
-        "succeeded",
-        "success",
-        "error",
-    }
-)
 NOT_WRITTEN_YET = "id allocated, record not written yet"
 NO_WAITING = pd.DataFrame(columns=["_key", "reason"])  # (read-only) no record waits for anything
 # Memory a chunk takes at its peak, per byte read from Redis: the strings as read, the frame's and the
@@ -256,64 +233,10 @@ def _sync_entity(
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query
         table = f"{q(config.schema)}.{q(spec.name)}"
         result.inserted_after_id = book.largest_id(table)
-        series_cards: dict[str, int] = {}
         in_flight = InFlight(config.memory_budget_bytes // MEMORY_PER_BYTE_READ)
-        reads = _plan_reads(
-            spec, src, book, config, pending, result, series_cards, in_flight.chunk_bytes
-        )
-
-        def account(
-            loaded: LoadResult,
-            rejected: list[pd.DataFrame] = (),
-            waiting: pd.DataFrame = NO_WAITING,
-        ) -> None:
-            result.inserted += loaded.inserted
-            result.updated += loaded.updated
-            result.unchanged += loaded.unchanged
-            result.skipped += loaded.skipped
-            result.json_non_finite_nulled += loaded.non_finite
-            result.updated_ids.extend(loaded.updated_ids)
-            rejected = [
-                r
-                for r in [
-                    *rejected,
-                    *loaded.rejected,
-                    book.wait(waiting, config.pending_max_age_seconds),
-                ]
-                if not r.empty
-            ]
-            rejected = (
-                pd.concat(rejected, ignore_index=True)
-                if rejected
-                else pd.DataFrame(columns=["_key", "raw", "reason"])
-            )
-            if pending:
-                book.done(
-                    [k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending]
-                )
-            if (
-                spec.incremental
-            ):  # read once: only a retried (pending) record can load after a rejection
-                loaded_again = [k for k in loaded.loaded_keys if k in pending] if pending else []
-            else:
-                loaded_again = loaded.loaded_keys
-            book.forget_rejected(loaded_again, still_rejected=rejected["_key"].tolist())
-            new = book.reject(rejected)
-            result.rejected += new
-            if series_cards:
-                _keep_series_waiting(series_cards, waiting)
-            for key, reason in zip(rejected["_key"], rejected["reason"]):
-                if len(result.rejection_samples) < 5:
-                    result.rejection_samples.append({"key": key, "reason": reason})
-            if len(rejected):
-                logger.warning(
-                    "  %s: %d record(s) rejected (%d of them for the first time), e.g. %s: %s",
-                    spec.name,
-                    len(rejected),
-                    new,
-                    rejected["_key"].iloc[0],
-                    rejected["reason"].iloc[0],
-                )
+        plan = strategy_of(spec).plan(spec, src, book, config, pending, in_flight.chunk_bytes)
+        result.watermark = plan.watermark
+        tally = Tally(spec, book, config, pending, plan, result, logger)
 
         # Extract, validate, map and COPY formatting run in a thread, a chunk or two ahead of the
         # loads; this thread only talks to Postgres, so the server is never waiting on Python.
@@ -321,7 +244,8 @@ def _sync_entity(
         # loaded, so what is held at once stays within the memory budget.
         nothing, staged, progress = LoadResult(), 0, Progress(spec.name, logger)
         for batch in prefetched(
-            _prepare(spec, in_flight.gate(reads), book.resolve, loader), stopping=in_flight.close
+            _prepare(spec, in_flight.gate(plan.reads), book.resolve, loader),
+            stopping=in_flight.close,
         ):
             result.read += batch.read
             result.bytes_read += batch.bytes
@@ -332,23 +256,23 @@ def _sync_entity(
             # updates what an earlier one wrote, which settles on the latest too.
             staged += batch.bytes
             flush = not spec.mutable or staged > in_flight.chunk_bytes
-            account(loader.flush() if flush else nothing, batch.rejected, batch.waiting)
+            tally.add(loader.flush() if flush else nothing, batch.rejected, batch.waiting)
             staged = 0 if flush else staged
             in_flight.release(batch.bytes)
             progress.update(result.read, result.bytes_read)
             del batch  # before waiting for the next: its memory is free for the reader
         if spec.mutable:
-            account(loader.flush())
+            tally.add(loader.flush())
         progress.finish(result.read, result.bytes_read)
         if (
             src.problems
         ):  # an unreadable counter or index: reported like a bad record, the rest synced
             keys, reasons = zip(*dict(src.problems).items())
-            account(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})])
+            tally.add(LoadResult(), [pd.DataFrame({"_key": keys, "raw": None, "reason": reasons})])
         if not spec.incremental:
             book.forget_unseen()
-        if series_cards:
-            book.set_series_cards(series_cards)
+        if plan.series_cards:
+            book.set_series_cards(plan.series_cards)
         if result.watermark is not None:
             book.set_watermark(result.watermark)
         result.pending = book.pending_count()
@@ -382,40 +306,73 @@ def _sync_entity(
     return result
 
 
-def _plan_reads(
-    spec: EntitySpec,
-    src: RedisSource,
-    book: Bookkeeping,
-    config: SyncConfig,
-    pending: set[str],
-    result: EntityResult,
-    series_cards: dict[str, int],
-    chunk_bytes: int,
-) -> Iterator[Read]:
-    """Decide what to read (this touches Postgres, so it runs here, in the caller's thread) and
-    return an iterator that only reads Redis: chunks to load (closing at `config.chunk_size` records
-    or `chunk_bytes` bytes), each with the ids that had no record yet (only incremental entities)."""
-    if spec.incremental:
-        watermark, counter = book.watermark(), src.counter(spec)
-        retry = sorted(int(k.rsplit(":", 1)[1]) for k in pending if k.rsplit(":", 1)[1].isdigit())
-        result.watermark = max(watermark, counter)
+class Tally:
+    """Adds each flush's outcome to the entity's result and bookkeeping: counts, records that
+    loaded or were rejected (and no longer pending), records that wait for a parent."""
 
-        def incremental():
-            for ids in (retry, range(watermark + 1, counter + 1)):
-                yield from read_hash_chunks(src, spec, ids, config.chunk_size, chunk_bytes)
+    def __init__(
+        self,
+        spec: EntitySpec,
+        book: Bookkeeping,
+        config: SyncConfig,
+        pending: set[str],
+        plan: ReadPlan,
+        result: EntityResult,
+        logger: logging.Logger,
+    ):
+        self.spec, self.book, self.config, self.pending = spec, book, config, pending
+        self.plan, self.result, self.log = plan, result, logger
 
-        return incremental()
-    series, ids = (), None
-    if spec.strategy == METRIC_SERIES:
-        series = changed_metric_series(src, book, config, series_cards)
-    elif spec.strategy == HASH_BY_ID:
-        ids = src.all_ids(spec)
-        result.watermark = max(
-            ids, default=0
-        )  # what the reconciliation check may expect in Postgres
-    return extract_all(
-        src, spec, config.chunk_size, ids=ids, series_keys=series, max_bytes=chunk_bytes
-    )
+    def add(
+        self,
+        loaded: LoadResult,
+        rejected: list[pd.DataFrame] = (),
+        waiting: pd.DataFrame = NO_WAITING,
+    ) -> None:
+        result, book, pending = self.result, self.book, self.pending
+        result.inserted += loaded.inserted
+        result.updated += loaded.updated
+        result.unchanged += loaded.unchanged
+        result.skipped += loaded.skipped
+        result.json_non_finite_nulled += loaded.non_finite
+        result.updated_ids.extend(loaded.updated_ids)
+        rejected = [
+            r
+            for r in [
+                *rejected,
+                *loaded.rejected,
+                book.wait(waiting, self.config.pending_max_age_seconds),
+            ]
+            if not r.empty
+        ]
+        rejected = (
+            pd.concat(rejected, ignore_index=True)
+            if rejected
+            else pd.DataFrame(columns=["_key", "raw", "reason"])
+        )
+        if pending:
+            book.done([k for k in loaded.loaded_keys + rejected["_key"].tolist() if k in pending])
+        if self.spec.incremental:
+            # Read once: only a retried (pending) record can load after a rejection.
+            loaded_again = [k for k in loaded.loaded_keys if k in pending] if pending else []
+        else:
+            loaded_again = loaded.loaded_keys
+        book.forget_rejected(loaded_again, still_rejected=rejected["_key"].tolist())
+        new = book.reject(rejected)
+        result.rejected += new
+        self.plan.keep_waiting(waiting)
+        for key, reason in zip(rejected["_key"], rejected["reason"]):
+            if len(result.rejection_samples) < 5:
+                result.rejection_samples.append({"key": key, "reason": reason})
+        if len(rejected):
+            self.log.warning(
+                "  %s: %d record(s) rejected (%d of them for the first time), e.g. %s: %s",
+                self.spec.name,
+                len(rejected),
+                new,
+                rejected["_key"].iloc[0],
+                rejected["reason"].iloc[0],
+            )
 
 
 @dataclass
@@ -599,49 +556,6 @@ def prefetched(items: Iterator, depth: int = 2, stopping=lambda: None) -> Iterat
 @dataclass
 class _Failure:
     exc: BaseException
-
-
-def _keep_series_waiting(series_cards: dict[str, int], waiting: pd.DataFrame) -> None:
-    """A series with a point still waiting for its run is re-read next cycle: don't record its size."""
-    for key in set(waiting["_key"].tolist()):
-        series_cards.pop(key, None)
-
-
-def changed_metric_series(
-    src: RedisSource, book: Bookkeeping, config: SyncConfig, series_cards: dict[str, int]
-) -> list[str]:
-    """Metric series that gained points since last synced.
-
-    Finding new series needs a SCAN of the whole keyspace, which costs in proportion to
-    everything in Redis (predictions included), so it runs only when runs are active or
-    changed, or every `metric_rescan_seconds`; known series are checked by ZCARD each cycle.
-    """
-    known = book.series_cards()
-    run_ids = src.all_ids(TRAINING_RUNS)
-    statuses = [
-        s if isinstance(s, str) else ""
-        for s in pipelined(
-            src.client, (("HGET", src.key(TRAINING_RUNS.key, id=i), "status") for i in run_ids)
-        )
-    ]
-    # The generation is part of it: after a flush the same run ids and statuses are new runs.
-    signature = hashlib.md5(
-        repr((book.generation, list(zip(run_ids, statuses)))).encode("utf-8", "surrogateescape")
-    ).hexdigest()
-    active = any(status not in TERMINAL_RUN_STATUSES for status in statuses)
-    last = (book.state("metric_scan") or "0|").split("|", 1)
-    stale = time.time() - float(last[0]) > config.metric_rescan_seconds
-    keys = set(known)
-    if active or stale or last[1] != signature:
-        keys.update(src.scan_keys("metric:*"))
-        book.set_state("metric_scan", f"{time.time()}|{signature}")
-    keys = sorted(keys)
-    cards = [
-        c if isinstance(c, int) else -1 for c in pipelined(src.client, (("ZCARD", k) for k in keys))
-    ]
-    changed = [k for k, c in zip(keys, cards) if known.get(k) != c and c != 0]
-    series_cards.update({k: c for k, c in zip(keys, cards) if k in set(changed)})
-    return changed
 
 
 def sync_all(

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# How records are found in Redis (see extract.py for each strategy).
+from . import layout
+from .layout import HashRecords
+
+# How records are found in Redis: each name is one `ReadStrategy` object (strategies.py).
 HASH_BY_ID = "hash_by_id"  # {key}:{id} hashes, ids from the counter and the index
 PARAMS_PER_RUN = "params_per_run"  # one hash per run, one row per field
 METRIC_SERIES = "metric_series"  # sorted sets of JSON members, found by SCAN
@@ -54,26 +57,37 @@ class Parent:
     optional: bool = False  # '' or '0' means "no parent" (dataset_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EntitySpec:
     name: str  # asset name and Postgres table
     stat: str  # the guide's statistics counter it adds to
     label: str  # for log lines: "Model synced: ..."
-    strategy: str
-    key: str  # record key pattern, relative to the key prefix
+    strategy: str  # how its records are found (strategies.py)
     columns: tuple[Column, ...]
-    natural_key: tuple[
-        str, ...
-    ]  # the columns that identify a row (nullable ones compare NULL = NULL)
+    natural_key: tuple[str, ...]  # the columns that identify a row (nullable: NULL = NULL)
+    records: HashRecords | None = None  # its layout, for entities with ids (HASH_BY_ID)
+    key: str = ""  # record key pattern, relative to the key prefix (default: `records.record`)
     parents: tuple[Parent, ...] = ()
-    counter: str | None = None  # counter key allocating ids (HASH_BY_ID)
-    index: str | None = None  # sorted set of ids (HASH_BY_ID), when there is a single one
     by_origin: bool = False  # identity includes origin_source (runs, predictions, metrics)
     incremental: bool = False  # read only ids past the watermark (predictions)
     mutable: bool = True  # records can change in Redis: upsert updates them
     log_each: bool = False  # one log line per synced record
     display: str = "name"  # column shown in per-record log lines
     retention_field: str | None = None  # timestamp column used by the retention policy
+
+    def __post_init__(self):
+        if not self.key and self.records:
+            object.__setattr__(self, "key", self.records.record)
+
+    @property
+    def counter(self) -> str | None:
+        """The counter key allocating ids (HASH_BY_ID)."""
+        return self.records.counter if self.records else None
+
+    @property
+    def index(self) -> str | None:
+        """The sorted set of ids (HASH_BY_ID), when there is a single one (not one per parent)."""
+        return self.records.index if self.records and not self.records.per_parent else None
 
     @property
     def key_where(self) -> str | None:
@@ -95,9 +109,6 @@ class EntitySpec:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
-
 
 def sql_name(name: str) -> str:
     """A quoted SQL identifier ("timestamp" is a keyword)."""
@@ -111,9 +122,7 @@ MODELS = EntitySpec(
     stat="models",
     label="Model",
     strategy=HASH_BY_ID,
-    key="model:{id}",
-    counter="counter:model",
-    index="idx:models",
+    records=layout.MODEL,
     columns=(
         C("name", required=True),
         C("description"),
@@ -134,8 +143,7 @@ MODEL_VERSIONS = EntitySpec(
     stat="versions",
     label="Version",
     strategy=HASH_BY_ID,
-    key="version:{id}",
-    counter="counter:version",
+    records=layout.VERSION,
     columns=(
         C("version", required=True),
         C("checkpoint_path"),
@@ -154,9 +162,7 @@ DATASETS = EntitySpec(
     stat="datasets",
     label="Dataset",
     strategy=HASH_BY_ID,
-    key="dataset:{id}",
-    counter="counter:dataset",
-    index="idx:datasets",
+    records=layout.DATASET,
     columns=(
         C("name", required=True),
         C("description"),
@@ -177,17 +183,15 @@ TRAINING_RUNS = EntitySpec(
     stat="runs",
     label="Run",
     strategy=HASH_BY_ID,
-    key="run:{id}",
-    counter="counter:run",
-    index="idx:runs",
+    records=layout.RUN,
     columns=(
         C("run_name"),
         C("status"),
         C("started_at", TIMESTAMPTZ, required=True),
         C("completed_at", TIMESTAMPTZ),
-        C("duration_seconds", FLOAT, unset="0"),
-        C("final_loss", FLOAT, unset="0"),
-        C("best_metric_value", FLOAT, unset="0"),
+        C("duration_seconds", FLOAT, unset=layout.NOT_SET),
+        C("final_loss", FLOAT, unset=layout.NOT_SET),
+        C("best_metric_value", FLOAT, unset=layout.NOT_SET),
         C("artifacts", JSONB),
     ),
     parents=(
@@ -205,7 +209,7 @@ HYPERPARAMETERS = EntitySpec(
     stat="hyperparams",
     label="Hyperparameter",
     strategy=PARAMS_PER_RUN,
-    key="hyperparam:{id}",
+    key=layout.HYPERPARAMS,
     columns=(C("param_name", required=True), C("param_value")),
     parents=(Parent("training_run_id", "training_runs", "training_run_id"),),
     natural_key=("training_run_id", "param_name"),
@@ -216,7 +220,7 @@ METRICS = EntitySpec(
     stat="metrics",
     label="Metric",
     strategy=METRIC_SERIES,
-    key="metric:{id}:*",
+    key=layout.METRIC_SERIES,
     columns=(
         C("epoch", BIGINT),
         C("step", BIGINT),
@@ -237,9 +241,7 @@ EXPERIMENTS = EntitySpec(
     stat="experiments",
     label="Experiment",
     strategy=HASH_BY_ID,
-    key="experiment:{id}",
-    counter="counter:experiment",
-    index="idx:experiments",
+    records=layout.EXPERIMENT,
     columns=(
         C("name", required=True),
         C("description"),
@@ -258,7 +260,7 @@ EXPERIMENT_RUNS = EntitySpec(
     stat="experiment_runs",
     label="Experiment run",
     strategy=MEMBERS_PER_EXPERIMENT,
-    key="exprun:{experiment_id}:{run_id}",
+    key=layout.MEMBERSHIP,
     columns=(C("variant_name"), C("notes")),
     parents=(
         Parent("experiment_id", "experiments", "experiment_id"),
@@ -272,13 +274,12 @@ PREDICTIONS = EntitySpec(
     stat="predictions",
     label="Prediction",
     strategy=HASH_BY_ID,
-    key="prediction:{id}",
-    counter="counter:prediction",
+    records=layout.PREDICTION,
     columns=(
         C("input_data", JSONB, field="input"),
         C("output_data", JSONB, field="output"),
-        C("confidence", FLOAT, unset="0"),
-        C("inference_time_ms", FLOAT, unset="0"),
+        C("confidence", FLOAT, unset=layout.NOT_SET),
+        C("inference_time_ms", FLOAT, unset=layout.NOT_SET),
         C("timestamp", TIMESTAMPTZ, required=True),
         C("metadata", JSONB),
     ),

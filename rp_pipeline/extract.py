@@ -1,4 +1,4 @@
-"""Extract: Redis records → DataFrame chunks of raw strings, one strategy per way of finding them.
+"""Extract: Redis records → DataFrame chunks of raw strings (how each layout is walked: strategies.py).
 
 Every chunk has the columns ``_key`` (the record's full Redis key), ``_id`` (its
 Redis id where it has one), ``_error`` (why the record could not be read, else
@@ -12,31 +12,22 @@ All reads are pipelined: one round trip per batch of keys, never per record.
 from __future__ import annotations
 
 import bisect
-import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+import hiredis
 import pandas as pd
 import redis
 from redis.cluster import RedisCluster
 
 from .connections import refused_by_acl
-from .entities import (
-    EXPERIMENTS,
-    HASH_BY_ID,
-    JSONB,
-    MEMBERS_PER_EXPERIMENT,
-    METRIC_SERIES,
-    PARAMS_PER_RUN,
-    TRAINING_RUNS,
-    EntitySpec,
-)
+from .entities import JSONB, EntitySpec
+from .layout import GENERATION_KEY
 
 PIPELINE_BATCH = 5_000
 META_COLUMNS = ["_key", "_id", "_error"]
-GENERATION_KEY = "rp_pipeline:generation"
 
 
 @dataclass(frozen=True)
@@ -167,19 +158,6 @@ def hmget_stream(
     largest reply seen so that about `window_bytes` wait in Redis's output buffer, never more than
     PIPELINE_BATCH commands. Error replies come back as exception objects, in place.
     """
-    try:
-        import hiredis
-    except ImportError:  # pragma: no cover - hiredis is a dependency; keep working without it
-        for reply in pipelined(client, (("HMGET", k, *fields) for k in keys)):
-            yield (
-                [reply],
-                [
-                    sum(len(v) for v in reply if isinstance(v, str))
-                    if isinstance(reply, list)
-                    else 0
-                ],
-            )
-        return
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in (f.encode() for f in fields))
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
     conn = client.connection_pool.get_connection()
@@ -295,18 +273,6 @@ def hmget_sized(
         largest = max(largest, *sizes)
         start += len(window)
         yield replies, sizes
-
-
-def _frame(records: list[dict], spec: EntitySpec) -> pd.DataFrame:
-    """Records as a frame of strings and None (absent fields are None, never NaN)."""
-    columns = (
-        META_COLUMNS
-        + [p.column for p in spec.parents]
-        + spec.column_names
-        + (["_member"] if spec.strategy == METRIC_SERIES else [])
-    )
-    rows = [[record.get(c) for c in columns] for record in records]
-    return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
 @dataclass
@@ -491,144 +457,6 @@ def _hash_frame(
     return frame, missing
 
 
-def read_params(src: RedisSource, spec: EntitySpec, run_ids: Sequence[int]) -> pd.DataFrame:
-    """One row per (run, parameter) from each run's hyperparameter hash."""
-    keys = [src.key(spec.key, id=i) for i in run_ids]
-    records = []
-    for run_id, key, reply in zip(
-        run_ids, keys, pipelined(src.client, (("HGETALL", k) for k in keys))
-    ):
-        if isinstance(reply, Exception):
-            records.append(
-                {"_key": key, "_error": f"cannot read: {reply}", "training_run_id": str(run_id)}
-            )
-            continue
-        for name, value in (reply or {}).items():
-            records.append(
-                {
-                    "_key": f"{key}#{name}",
-                    "_error": None,
-                    "training_run_id": str(run_id),
-                    "param_name": name,
-                    "param_value": value,
-                }
-            )
-    return _frame(records, spec)
-
-
-def _text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(value, default=str)
-
-
-def metric_run_id(src: RedisSource, key: str) -> str:
-    """The run id of a metric series key: the segment after 'metric:' (names may contain ':')."""
-    return key[len(src.prefix) + len("metric:") :].split(":", 1)[0]
-
-
-def read_metric_series(src: RedisSource, spec: EntitySpec, keys: Sequence[str]) -> pd.DataFrame:
-    """One row per point: the JSON member's fields, never parsed out of the key."""
-    records = []
-    for key, reply in zip(keys, pipelined(src.client, (("ZRANGE", k, 0, -1) for k in keys))):
-        run_id = metric_run_id(src, key)
-        if isinstance(reply, Exception):
-            records.append(
-                {"_key": key, "_error": f"cannot read: {reply}", "training_run_id": run_id}
-            )
-            continue
-        for member in reply:
-            record = {"_key": key, "_member": member, "_error": None, "training_run_id": run_id}
-            try:
-                point = json.loads(member)
-                if not isinstance(point, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                record["_error"] = f"metric point is not a JSON object: {exc}"
-            else:
-                for column in spec.columns:
-                    record[column.name] = _text(point.get(column.redis_field))
-            records.append(record)
-    return _frame(records, spec)
-
-
-def read_memberships(
-    src: RedisSource, spec: EntitySpec, experiment_ids: Sequence[int]
-) -> pd.DataFrame:
-    """One row per (experiment, run) pair listed in the experiment's run set."""
-    set_keys = [src.key("exprun:{id}:runs", id=e) for e in experiment_ids]
-    pairs = []
-    for experiment_id, reply in zip(
-        experiment_ids, pipelined(src.client, (("SMEMBERS", k) for k in set_keys))
-    ):
-        if not isinstance(reply, Exception):
-            pairs.extend((experiment_id, run_id) for run_id in sorted(reply))
-    fields = [c.redis_field for c in spec.columns]
-    keys = [src.key(spec.key, experiment_id=e, run_id=r) for e, r in pairs]
-    records = []
-    for (experiment_id, run_id), key, reply in zip(
-        pairs, keys, pipelined(src.client, (("HMGET", k, *fields) for k in keys))
-    ):
-        record = {
-            "_key": key,
-            "_error": None,
-            "experiment_id": str(experiment_id),
-            "training_run_id": run_id,
-        }
-        if isinstance(reply, Exception):
-            record["_error"] = f"cannot read: {reply}"
-        else:
-            record.update(zip(spec.column_names, reply))
-        records.append(record)
-    return _frame(records, spec)
-
-
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def extract_all(
-    src: RedisSource,
-    spec: EntitySpec,
-    chunk_size: int,
-    ids: Sequence[int] | None = None,
-    series_keys: Sequence[str] = (),
-    max_bytes: int = 1 << 62,
-) -> Iterator[Read]:
-    """Every current record of a fully re-read entity, in chunks (not for incremental predictions).
-
-    Hashes chunk on records or bytes, whichever comes first; the other layouts (parameters,
-    memberships, metric points) are narrow by nature and chunk on records."""
-    if spec.strategy == HASH_BY_ID:
-        yield from read_hash_chunks(
-            src, spec, src.all_ids(spec) if ids is None else ids, chunk_size, max_bytes
-        )
-        return
-    if spec.strategy == PARAMS_PER_RUN:
-        frames = (
-            read_params(src, spec, ids)
-            for ids in chunks(src.all_ids(TRAINING_RUNS), max(1, chunk_size // 20))
-        )
-    elif spec.strategy == MEMBERS_PER_EXPERIMENT:
-        frames = (
-            read_memberships(src, spec, ids)
-            for ids in chunks(src.all_ids(EXPERIMENTS), max(1, chunk_size // 20))
-        )
-    elif spec.strategy == METRIC_SERIES:
-        frames = (
-            read_metric_series(src, spec, keys)
-            for keys in chunks(list(series_keys), max(1, chunk_size // 100))
-        )
-    else:
-        raise ValueError(f"unknown strategy {spec.strategy!r} for {spec.name}")
-    for frame in frames:
-        sizes = sum(
-            (frame[c].str.len().fillna(0) for c in frame.columns if c not in ("_id", "_error")),
-            pd.Series(0, index=frame.index),
-        )
-        yield Read(frame, int(sizes.sum()), int(sizes.max()) if len(sizes) else 0)

@@ -15,6 +15,7 @@ import pandas as pd
 import psycopg
 
 from .bookkeeping import Bookkeeping
+from .copy_encoding import as_text, copy_text
 from .entities import PARENT_ENTITIES, TEXT, EntitySpec
 from .entities import sql_name as q
 from .errors import first_line
@@ -30,7 +31,6 @@ from .schema import has_redis_id
 
 log = logging.getLogger(__name__)
 
-_COPY_SPECIALS = ("\\", "\t", "\n", "\r")
 # What Postgres says about a record's own values (a value it cannot convert, a missing required one,
 # an identity too long for its index): the record is isolated and rejected, the rest loads.
 REFUSED = (
@@ -38,55 +38,6 @@ REFUSED = (
     psycopg.errors.IntegrityError,
     psycopg.errors.ProgramLimitExceeded,
 )
-
-
-def copy_text(columns: list[list]) -> bytes:
-    """COPY text-format rows from columns of str/None, escaping in bulk (one pass per column)."""
-    escaped = []
-    for values in columns:
-        if None in values:
-            escaped.append(["\\N" if v is None else _escape(v) for v in values])
-            continue
-        blob = "\x00".join(values)  # validated text never holds NUL, so it can separate values
-        if any(c in blob for c in _COPY_SPECIALS):
-            blob = (
-                blob.replace("\\", "\\\\")
-                .replace("\t", "\\t")
-                .replace("\n", "\\n")
-                .replace("\r", "\\r")
-            )
-        escaped.append(blob.split("\x00") if values else [])
-    if not escaped or not escaped[0]:
-        return b""
-    rows = list(map("\t".join, zip(*escaped)))
-    del escaped
-    rows.append("")  # the last newline, without one more copy of the whole text
-    text = "\n".join(rows)
-    del rows  # wide records: at most two copies of the chunk's text are alive at once
-    return text.encode("utf-8")
-
-
-def _escape(value: str) -> str:
-    if any(c in value for c in _COPY_SPECIALS):
-        return (
-            value.replace("\\", "\\\\")
-            .replace("\t", "\\t")
-            .replace("\n", "\\n")
-            .replace("\r", "\\r")
-        )
-    return value
-
-
-def _as_text(series: pd.Series) -> list:
-    if series.dtype == object:
-        return series.tolist()
-    missing = series.isna()
-    text = (
-        series.astype(str).tolist()
-        if not missing.any()
-        else series.astype(object).astype(str).tolist()
-    )
-    return text if not missing.any() else [None if m else t for t, m in zip(text, missing.tolist())]
 
 
 @dataclass
@@ -242,7 +193,7 @@ class Loader:
             if name == "origin_source":
                 columns.append([self.source] * len(frame))
                 continue
-            values = _as_text(frame["_id" if name == "origin_redis_id" else name])
+            values = as_text(frame["_id" if name == "origin_redis_id" else name])
             unset = next((c.unset for c in self.spec.columns if c.name == name), None)
             if unset is not None:
                 zero = (pd.to_numeric(frame[name], errors="coerce") == float(unset)).tolist()
@@ -254,10 +205,10 @@ class Loader:
 
     def _stage_payload(self, frame: pd.DataFrame, start: int) -> bytes:
         """The staging rows as COPY text of raw strings, numbered from `start`."""
-        columns = [list(map(str, range(start, start + len(frame)))), _as_text(frame["_id"])]
+        columns = [list(map(str, range(start, start + len(frame)))), as_text(frame["_id"])]
         for c in self.stage_columns[2:]:
             columns.append(
-                [self.source] * len(frame) if c == "origin_source" else _as_text(frame[c])
+                [self.source] * len(frame) if c == "origin_source" else as_text(frame[c])
             )
         return copy_text(columns)
 

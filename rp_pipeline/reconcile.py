@@ -8,7 +8,6 @@ kept it as rejected or pending; anything else is missing, i.e. lost.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -16,25 +15,12 @@ import psycopg
 import redis
 
 from .bookkeeping import Bookkeeping
-from .entities import (
-    EXPERIMENTS,
-    HASH_BY_ID,
-    MEMBERS_PER_EXPERIMENT,
-    METRIC_SERIES,
-    TRAINING_RUNS,
-    EntitySpec,
-)
-from .extract import (
-    RedisSource,
-    pipelined,
-    read_hash_chunks,
-    read_memberships,
-    read_metric_series,
-    read_params,
-)
+from .entities import EntitySpec
+from .extract import RedisSource
 from .load import find_in_postgres
 from .settings import SyncConfig
 from .sources import Origin, resolve_origin
+from .strategies import strategy_of
 
 
 @dataclass
@@ -55,10 +41,6 @@ def _book(conn: psycopg.Connection, config: SyncConfig, entity: str, origin: Ori
     return Bookkeeping(conn, config.sync_schema, origin.name, entity, origin.generation)
 
 
-def _sample(ids: range, size: int) -> list[int]:
-    return sorted(random.sample(ids, min(size, len(ids))))
-
-
 def reconcile(
     spec: EntitySpec,
     client: redis.Redis,
@@ -71,38 +53,13 @@ def reconcile(
     result = Reconciliation(spec.name)
     origin = resolve_origin(src, conn, config)
     with conn.transaction():
-        last = _book(conn, config, spec.name, origin).watermark()
-        if spec.strategy == HASH_BY_ID:
-            # A chunk at a time, within the sync's memory budget: sampled records can be wide.
-            frames = (
-                read.frame
-                for read in read_hash_chunks(
-                    src,
-                    spec,
-                    _sample(range(1, last + 1), sample_size),
-                    sample_size,
-                    max(1, config.memory_budget_bytes // 8),
-                )
-            )
-        elif spec.strategy == METRIC_SERIES:
-            cards = _book(conn, config, spec.name, origin).series_cards()
-            keys = random.sample(sorted(cards), min(len(cards), max(1, sample_size // 100)))
-            current = [
-                c if isinstance(c, int) else -1
-                for c in pipelined(client, (("ZCARD", k) for k in keys))
-            ]
-            # Series that grew since the sync are the next cycle's work, not a loss.
-            frames = [
-                read_metric_series(src, spec, [k for k, c in zip(keys, current) if c == cards[k]])
-            ]
-        else:
-            parent = TRAINING_RUNS if spec.strategy != MEMBERS_PER_EXPERIMENT else EXPERIMENTS
-            parents = _sample(
-                range(1, _book(conn, config, parent.name, origin).watermark() + 1),
-                max(1, sample_size // 20),
-            )
-            reader = read_memberships if spec.strategy == MEMBERS_PER_EXPERIMENT else read_params
-            frames = [reader(src, spec, parents)]
+        frames = strategy_of(spec).sample(
+            spec,
+            src,
+            lambda entity: _book(conn, config, entity, origin),
+            sample_size,
+            max(1, config.memory_budget_bytes // 8),
+        )
         for frame in frames:
             if not frame.empty:
                 _account(spec, frame, conn, config, origin, result)

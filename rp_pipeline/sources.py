@@ -1,6 +1,6 @@
 """Where rows come from: the Redis data set, identified by its data, never by the address that reached it.
 
-A data set is named by its marker `{prefix}rp_pipeline:generation` (a uuid the sync sets once
+A data set is named by its marker `{prefix}` + `layout.GENERATION_KEY` (a uuid the sync sets once
 with SET NX; a flush, or a restart without persistence, removes it, and the next sync starts a
 new data set). `localhost`, `127.0.0.1`, a DNS alias, a port-forward and a replica all show the
 same marker, so they resolve to one origin. `{sync_schema}.sources` maps each marker to its

@@ -1,8 +1,9 @@
 """Cache warm: Postgres rows written back into Redis in the aidb layout, without a sync loop.
 
 After a restart or a FLUSHDB the applications find nothing in Redis although Postgres holds it
-all. The warm writes selected rows back, exactly as the layout (docs/redis-layout.md) has them:
-hashes, indexes, `model:name_to_id`, metric series, prediction indexes scored by minus the time.
+all. The warm writes selected rows back, exactly as the layout (docs/redis-layout.md, declared in
+`layout.py`) has them: hashes, indexes, `model:name_to_id`, metric series, prediction indexes
+scored by minus the time.
 
 No loop: every warmed record is, to the forward sync, the Postgres row it came from. Catalog rows
 (models, datasets, experiments, versions) get id-map rows for the Redis ids the warm allocated;
@@ -32,6 +33,7 @@ import psycopg
 import redis
 from redis.cluster import RedisCluster
 
+from . import layout
 from .bookkeeping import Bookkeeping, IdMapSql
 from .connections import connect_postgres, connect_redis
 from .engine import lock_key, prefetched
@@ -52,11 +54,11 @@ from .entities import (
     sql_name as q,
 )
 from .errors import SyncFailed, first_line
-from .extract import GENERATION_KEY, RedisSource, read_hashes
+from .extract import RedisSource, read_hashes
+from .layout import GENERATION_KEY
 from .schema import has_redis_id
 from .settings import ConfigError, SyncConfig
 from .sources import resolve_origin
-from .writer import LAYOUT
 
 log = logging.getLogger("rp_pipeline")
 
@@ -415,17 +417,17 @@ class _Warm:
 
     def _select_sql(self, spec: EntitySpec, where: str) -> str:
         """Each row as the layout's strings, in the layout's field order, plus its index score."""
-        layout = LAYOUT[spec.name]
+        records = spec.records
         parents = {p.field: p for p in spec.parents}
         columns = {c.redis_field: c for c in spec.columns}
         select = ["t.id", self._redis_id_sql(spec)]
-        for name in layout.fields:
+        for name in records.fields:
             if name in parents:
                 parent = parents[name]
                 ref = f"{q('p_' + parent.column)}.redis_id::text"
                 # A row without the optional parent says 0; one whose parent is not in Redis is left out.
                 select.append(
-                    f"CASE WHEN t.{q(parent.column)} IS NULL THEN '0' ELSE {ref} END"
+                    f"CASE WHEN t.{q(parent.column)} IS NULL THEN '{layout.NO_PARENT}' ELSE {ref} END"
                     if parent.optional
                     else ref
                 )
@@ -554,7 +556,7 @@ class _Warm:
     # -- ids, bookkeeping, records ----------------------------------------------------------------------
     def _allocate(self, spec: EntitySpec, n: int) -> list[int]:
         """A contiguous block of n ids from the entity's counter: what an application's INCR can never get."""
-        last = int(self.client.incrby(self.config.key_prefix + LAYOUT[spec.name].counter, n))
+        last = int(self.client.incrby(self.config.key_prefix + spec.counter, n))
         return list(range(last - n + 1, last + 1))
 
     def _commit(self, batch: _Batch, ids: list[int]) -> None:
@@ -581,7 +583,7 @@ class _Warm:
                     if part in self.options.entities:
                         self._rehome(BY_NAME[part], pg_ids, by="training_run_id")
                 cards = {
-                    self._key("metric:{id}:", id=i) + name: len(points)
+                    self._key(layout.METRIC_SERIES_HEAD) + f"{i}:{name}": len(points)
                     for i, pg in zip(ids, pg_ids)
                     for name, points in batch.parts[pg]["series"].items()
                 }
@@ -638,53 +640,42 @@ class _Warm:
 
     def _record(self, spec: EntitySpec, row: tuple, redis_id: int, parts: dict | None) -> list[str]:
         """One record as the script's arguments: its guard keys, then its commands."""
-        layout = LAYOUT[spec.name]
+        records = spec.records
         rid = str(redis_id)
         values = row[2:-1]
-        key = self._key(layout.record) + rid
+        key = self._key(records.record, id=rid)
         hash_args = ["HSET", key, "id", rid]
-        for name, value in zip(layout.fields, values):
+        for name, value in zip(records.fields, values):
             hash_args += (name, value)
-        parent = values[0] if "{parent}" in layout.index else None
+        parent = values[0] if records.per_parent else None
         commands = [
             hash_args,
-            ["ZADD", self._key(layout.index.format(parent=parent)), row[-1] or rid, rid],
+            ["ZADD", self._key(records.index.format(parent=parent)), row[-1] or rid, rid],
         ]
         guards = [key]
-        if layout.name_map:  # the application's own model of that name keeps the name
-            commands.append(["HSETNX", self._key(layout.name_map), values[0], rid])
+        if records.name_map:  # the application's own model of that name keeps the name
+            commands.append(["HSETNX", self._key(records.name_map), values[0], rid])
         if parts:
             if parts["params"]:
-                guards.append(self._key("hyperparam:{id}", id=rid))
+                guards.append(self._key(layout.HYPERPARAMS, id=rid))
                 for start in range(0, len(parts["params"]), SCRIPT_ARGS):
                     commands.append(
                         ["HSET", guards[-1], *parts["params"][start : start + SCRIPT_ARGS]]
                     )
             for name, points in parts["series"].items():
                 series = (
-                    self._key("metric:{id}:", id=rid) + name
+                    self._key(layout.METRIC_SERIES_HEAD) + f"{rid}:{name}"
                 )  # a name may hold braces: not a pattern
                 flat = [v for point in points for v in point]
                 for start in range(0, len(flat), SCRIPT_ARGS):
                     commands.append(["ZADD", series, *flat[start : start + SCRIPT_ARGS]])
             for experiment, variant, notes in parts["members"]:
-                member = self._key("exprun:{e}:{r}", e=experiment, r=rid)
+                member = self._key(layout.MEMBERSHIP, experiment_id=experiment, run_id=rid)
                 guards.append(member)
-                commands.append(
-                    [
-                        "HSET",
-                        member,
-                        "experiment_id",
-                        experiment,
-                        "training_run_id",
-                        rid,
-                        "variant_name",
-                        variant,
-                        "notes",
-                        notes,
-                    ]
-                )
-                commands.append(["SADD", self._key("exprun:{e}:runs", e=experiment), rid])
+                values = (experiment, rid, variant, notes)
+                pairs = zip(layout.MEMBERSHIP_FIELDS, values)
+                commands.append(["HSET", member, *[a for pair in pairs for a in pair]])
+                commands.append(["SADD", self._key(layout.EXPERIMENT_RUN_SET, id=experiment), rid])
         args = [str(len(guards)), *guards, str(len(commands))]
         for command in commands:
             args.append(str(len(command)))
@@ -694,14 +685,12 @@ class _Warm:
     def _packed(self, spec: EntitySpec, row: tuple, redis_id: int) -> bytes:
         """A record without parts as the script's arguments, packed through a per-entity template:
         a prediction has some 30 arguments, of which only 12 vary."""
-        layout, (template, _) = LAYOUT[spec.name], self._template(spec)
+        records, (template, _) = spec.records, self._template(spec)
         rid, values = str(redis_id), row[2:-1]
-        key = self.config.key_prefix + layout.record + rid
-        index = self._key(
-            layout.index.format(parent=values[0] if "{parent}" in layout.index else "")
-        )
+        key = self.config.key_prefix + records.record_head + rid
+        index = self._key(records.index.format(parent=values[0] if records.per_parent else ""))
         variables = [key, key, rid, *values, index, row[-1] or rid, rid]
-        if layout.name_map:
+        if records.name_map:
             variables += (values[0], rid)
         return template % tuple(map(_one, variables))
 
@@ -710,13 +699,13 @@ class _Warm:
         argument, and its argument count."""
         if spec.name in self._templates:
             return self._templates[spec.name]
-        layout, slot = LAYOUT[spec.name], None
+        records, slot = spec.records, None
         commands = [
-            ["HSET", slot, "id", slot, *[a for name in layout.fields for a in (name, slot)]],
+            ["HSET", slot, "id", slot, *[a for name in records.fields for a in (name, slot)]],
             ["ZADD", slot, slot, slot],
         ]
-        if layout.name_map:
-            commands.append(["HSETNX", self._key(layout.name_map), slot, slot])
+        if records.name_map:
+            commands.append(["HSETNX", self._key(records.name_map), slot, slot])
         args = ["1", slot, str(len(commands))]
         for command in commands:
             args += [str(len(command)), *command]

@@ -1,5 +1,7 @@
 """The hot-path Redis client: writes the "aidb" layout (docs/redis-layout.md) atomically.
 
+The layout's keys, fields and encodings are declared once, in `layout.py`.
+
 Method and parameter names are those of the old Redis adapter, so applications
 can switch writers without changes, and the keys, fields and string values are
 the ones it writes, so old and new writers can share one Redis. Unlike the old
@@ -27,16 +29,27 @@ slots). On a cluster its ACL user needs +cluster|slots as well (the rules below 
 
 from __future__ import annotations
 
-import json
-import numbers
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+
+from . import layout
+from .layout import (
+    EXPERIMENT,
+    MODEL,
+    PREDICTION,
+    RUN,
+    VERSION,
+    HashRecords,
+    encode_json,
+    encode_scalar,
+    naive_utc,
+    utc_now,
+)
 
 # One script serves every entity and both single and batch writes. Per call:
 #   KEYS[1]         the id counter
@@ -76,125 +89,15 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
-_JSON = json.JSONEncoder(default=str)  # same output as json.dumps(obj, default=str), built once
-
 # A batch is written as chunks of this many records, one atomic script call each,
 # so that Redis is never blocked by one huge script.
 BATCH_CHUNK = 1000
 
 
-@dataclass(frozen=True)
-class _Entity:
-    """Where an entity's records live: counter, record key, index and hash fields after `id`."""
-
-    counter: str
-    record: str
-    index: str  # "{parent}" is replaced by the parent id
-    fields: tuple[str, ...]
-    name_map: str | None = None  # hash mapping the first field's value to the latest id
-
-
-_MODEL = _Entity(
-    "counter:model",
-    "model:",
-    "idx:models",
-    (
-        "name",
-        "description",
-        "architecture",
-        "framework",
-        "task_type",
-        "input_shape",
-        "output_shape",
-        "created_at",
-        "updated_at",
-    ),
-    name_map="model:name_to_id",
-)
-_VERSION = _Entity(
-    "counter:version",
-    "version:",
-    "idx:versions:{parent}",
-    ("model_id", "version", "checkpoint_path", "config", "status", "created_at"),
-)
-_DATASET = _Entity(
-    "counter:dataset",
-    "dataset:",
-    "idx:datasets",
-    (
-        "name",
-        "description",
-        "source_path",
-        "format",
-        "size_bytes",
-        "num_samples",
-        "split_info",
-        "preprocessing",
-        "created_at",
-    ),
-)
-_RUN = _Entity(
-    "counter:run",
-    "run:",
-    "idx:runs",
-    (
-        "model_version_id",
-        "dataset_id",
-        "run_name",
-        "status",
-        "started_at",
-        "completed_at",
-        "duration_seconds",
-        "final_loss",
-        "best_metric_value",
-        "artifacts",
-    ),
-)
-_EXPERIMENT = _Entity(
-    "counter:experiment",
-    "experiment:",
-    "idx:experiments",
-    ("name", "description", "hypothesis", "status", "created_at", "completed_at", "results"),
-)
-_PREDICTION = _Entity(
-    "counter:prediction",
-    "prediction:",
-    "idx:predictions:{parent}",
-    (
-        "model_version_id",
-        "input",
-        "output",
-        "confidence",
-        "inference_time_ms",
-        "timestamp",
-        "metadata",
-    ),
-)
-
-# Each table's layout, for code that writes existing rows back (the cache warm, warm.py).
-LAYOUT: dict[str, _Entity] = {
-    "models": _MODEL,
-    "model_versions": _VERSION,
-    "datasets": _DATASET,
-    "training_runs": _RUN,
-    "experiments": _EXPERIMENT,
-    "predictions": _PREDICTION,
-}
-
-_RUN_UPDATABLE = (
-    "status",
-    "completed_at",
-    "duration_seconds",
-    "final_loss",
-    "best_metric_value",
-    "artifacts",
-)
-
-
 class RedisWriter:
     """Writes models, runs, metrics, predictions... into Redis in the aidb layout."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str = "aidb:"):
+    def __init__(self, client: redis.Redis, key_prefix: str = layout.DEFAULT_PREFIX):
         self.client = client
         self.key_prefix = key_prefix
         self.on_cluster = isinstance(
@@ -205,17 +108,17 @@ class RedisWriter:
         # The constant head of the script's ARGV, per entity.
         self._heads = {
             entity: [
-                key_prefix + entity.record,
+                key_prefix + entity.record_head,
                 None,  # n, filled per call
                 len(entity.fields),
                 1 if entity.name_map else 0,
                 *entity.fields,
             ]
-            for entity in (_MODEL, _VERSION, _DATASET, _RUN, _EXPERIMENT, _PREDICTION)
+            for entity in (MODEL, VERSION, layout.DATASET, RUN, EXPERIMENT, PREDICTION)
         }
 
     @classmethod
-    def from_url(cls, url: str, key_prefix: str = "aidb:") -> RedisWriter:
+    def from_url(cls, url: str, key_prefix: str = layout.DEFAULT_PREFIX) -> RedisWriter:
         """A writer with its own connection pool to `url` (e.g. redis://host:6379/0); a Redis Cluster
         node's URL gives a cluster client (every node found from it)."""
         client = redis.Redis.from_url(url, decode_responses=True)
@@ -246,7 +149,7 @@ class RedisWriter:
         output_shape: str = "",
     ) -> int:
         """Register a model and point `model:name_to_id` at it; returns its id."""
-        now = _utc_now()
+        now = utc_now()
         values = (
             name,
             description,
@@ -258,7 +161,7 @@ class RedisWriter:
             now,
             now,
         )
-        return self._insert_one(_MODEL, values)
+        return self._insert_one(MODEL, values)
 
     def create_model_version(
         self,
@@ -269,8 +172,8 @@ class RedisWriter:
         status: str = "active",
     ) -> int:
         """Register a version of a model; returns its id. `status` defaults to "active", as in the old adapter."""
-        values = (model_id, version, checkpoint_path, _json(config or {}), status, _utc_now())
-        return self._insert_one(_VERSION, values, parent=model_id)
+        values = (model_id, version, checkpoint_path, encode_json(config or {}), status, utc_now())
+        return self._insert_one(VERSION, values, parent=model_id)
 
     def create_dataset(
         self,
@@ -291,11 +194,11 @@ class RedisWriter:
             format,
             size_bytes,
             num_samples,
-            _json(split_info or {}),
-            _json(preprocessing or {}),
-            _utc_now(),
+            encode_json(split_info or {}),
+            encode_json(preprocessing or {}),
+            utc_now(),
         )
-        return self._insert_one(_DATASET, values)
+        return self._insert_one(layout.DATASET, values)
 
     def create_training_run(
         self,
@@ -310,14 +213,14 @@ class RedisWriter:
             dataset_id or 0,
             run_name,
             status,
-            _utc_now(),
+            utc_now(),
             "",
             0,
             0,
             0,
             "{}",
         )
-        return self._insert_one(_RUN, values)
+        return self._insert_one(RUN, values)
 
     def create_experiment(
         self,
@@ -327,8 +230,8 @@ class RedisWriter:
         status: str = "active",
     ) -> int:
         """Register an experiment; returns its id. `status` defaults to "active", as in the old adapter."""
-        values = (name, description, hypothesis, status, _utc_now(), "", "{}")
-        return self._insert_one(_EXPERIMENT, values)
+        values = (name, description, hypothesis, status, utc_now(), "", "{}")
+        return self._insert_one(EXPERIMENT, values)
 
     def log_prediction(
         self,
@@ -350,7 +253,7 @@ class RedisWriter:
             metadata,
             timestamp,
         )
-        return self._insert_one(_PREDICTION, values, parent=model_version_id, score=score)
+        return self._insert_one(PREDICTION, values, parent=model_version_id, score=score)
 
     def log_predictions(self, records: Iterable[Mapping[str, Any]]) -> list[int]:
         """Log many predictions (dicts of log_prediction's arguments); returns their ids in order.
@@ -375,10 +278,10 @@ class RedisWriter:
             )
             chunk.append((parent, score, values))
             if len(chunk) == BATCH_CHUNK:
-                ids += self._insert_many(_PREDICTION, chunk)
+                ids += self._insert_many(PREDICTION, chunk)
                 chunk = []
         if chunk:
-            ids += self._insert_many(_PREDICTION, chunk)
+            ids += self._insert_many(PREDICTION, chunk)
         return ids
 
     # -- writes without an id ------------------------------------------------
@@ -395,15 +298,15 @@ class RedisWriter:
     ) -> bool:
         """Rewrite the given (not None) fields of an existing run; False if the run has no hash."""
         if isinstance(completed_at, datetime):
-            completed_at = _naive_utc(completed_at).isoformat()
+            completed_at = naive_utc(completed_at).isoformat()
         if artifacts is not None:
-            artifacts = _json(artifacts)
+            artifacts = encode_json(artifacts)
         given = (status, completed_at, duration_seconds, final_loss, best_metric_value, artifacts)
         args = []
-        for field, value in zip(_RUN_UPDATABLE, given):
+        for field, value in zip(layout.RUN_UPDATABLE, given):
             if value is not None:
-                args += (field, _scalar(value))
-        key = self._key(f"{_RUN.record}{run_id}")
+                args += (field, encode_scalar(value))
+        key = self._key(RUN.record.format(id=run_id))
         if not args:
             return bool(self.client.exists(key))
         return bool(self._update(keys=[key], args=args))
@@ -412,7 +315,7 @@ class RedisWriter:
         """Add or overwrite hyperparameters of a run, each stored as str(value)."""
         if params:
             self.client.hset(
-                self._key(f"hyperparam:{training_run_id}"),
+                self._key(layout.HYPERPARAMS.format(id=training_run_id)),
                 mapping={k: str(v) for k, v in params.items()},
             )
 
@@ -426,38 +329,41 @@ class RedisWriter:
         split: str = "train",
     ) -> None:
         """Add one point to the run's metric series; its score is the epoch, else the step, else 0."""
-        point = {
-            "epoch": epoch,
-            "step": step,
-            "metric_name": metric_name,
-            "metric_value": metric_value,
-            "split": split,
-            "timestamp": _utc_now(),
-        }
+        point = dict(
+            zip(
+                layout.METRIC_POINT_FIELDS,
+                (epoch, step, metric_name, metric_value, split, utc_now()),
+            )
+        )
         score = epoch if epoch is not None else step if step is not None else 0
         self.client.zadd(
-            self._key(f"metric:{training_run_id}:{metric_name}:{split}"), {_json(point): score}
+            self._key(
+                layout.METRIC_SERIES.format(
+                    id=training_run_id, metric_name=metric_name, split=split
+                )
+            ),
+            {encode_json(point): score},
         )
 
     def add_experiment_run(
         self, experiment_id: int, training_run_id: int, variant_name: str = "", notes: str = ""
     ) -> None:
         """Make a run a member of an experiment (membership hash and run set, in one transaction)."""
-        fields = {
-            "experiment_id": _scalar(experiment_id),
-            "training_run_id": _scalar(training_run_id),
-            "variant_name": _scalar(variant_name),
-            "notes": _scalar(notes),
-        }
+        values = (experiment_id, training_run_id, variant_name, notes)
+        fields = dict(zip(layout.MEMBERSHIP_FIELDS, map(encode_scalar, values)))
+        member = self._key(
+            layout.MEMBERSHIP.format(experiment_id=experiment_id, run_id=training_run_id)
+        )
+        runs = self._key(layout.EXPERIMENT_RUN_SET.format(id=experiment_id))
         if (
             self.on_cluster
         ):  # two slots: the hash first, so the run set never names a membership not written
-            self.client.hset(self._key(f"exprun:{experiment_id}:{training_run_id}"), mapping=fields)
-            self.client.sadd(self._key(f"exprun:{experiment_id}:runs"), training_run_id)
+            self.client.hset(member, mapping=fields)
+            self.client.sadd(runs, training_run_id)
             return
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(f"exprun:{experiment_id}:{training_run_id}"), mapping=fields)
-            pipe.sadd(self._key(f"exprun:{experiment_id}:runs"), training_run_id)
+            pipe.hset(member, mapping=fields)
+            pipe.sadd(runs, training_run_id)
             pipe.execute()
 
     # -- reads ---------------------------------------------------------------
@@ -471,14 +377,14 @@ class RedisWriter:
         indexed runs whose status is "completed".
         """
         with self.client.pipeline(transaction=False) as pipe:
-            for entity in (_MODEL, _DATASET, _RUN, _EXPERIMENT):
+            for entity in (MODEL, layout.DATASET, RUN, EXPERIMENT):
                 pipe.zcard(self._key(entity.index))
-            pipe.get(self._key(_VERSION.counter))
-            pipe.get(self._key(_PREDICTION.counter))
-            pipe.zrange(self._key(_RUN.index), 0, -1)
+            pipe.get(self._key(VERSION.counter))
+            pipe.get(self._key(PREDICTION.counter))
+            pipe.zrange(self._key(RUN.index), 0, -1)
             models, datasets, runs, experiments, versions, predictions, run_ids = pipe.execute()
             for run_id in run_ids:
-                pipe.hget(self._key(f"{_RUN.record}{_text(run_id)}"), "status")
+                pipe.hget(self._key(RUN.record.format(id=_text(run_id))), "status")
             statuses = pipe.execute() if run_ids else []
         return {
             "models": models,
@@ -498,11 +404,11 @@ class RedisWriter:
         return self.key_prefix + suffix
 
     def _insert_one(
-        self, entity: _Entity, values: tuple, parent: Any = None, score: str = ""
+        self, entity: HashRecords, values: tuple, parent: Any = None, score: str = ""
     ) -> int:
         return self._insert_many(entity, [(parent, score, values)])[0]
 
-    def _insert_many(self, entity: _Entity, rows: list[tuple[Any, str, tuple]]) -> list[int]:
+    def _insert_many(self, entity: HashRecords, rows: list[tuple[Any, str, tuple]]) -> list[int]:
         """Allocate ids for rows of (parent id, index score or '' for the id, field values) and write them."""
         if self.on_cluster:
             return self._insert_many_in_order(entity, rows)
@@ -512,14 +418,14 @@ class RedisWriter:
         for parent, score, values in rows:
             keys.append(self._key(entity.index.format(parent=parent)))
             args.append(score)
-            args += map(_scalar, values)
+            args += map(encode_scalar, values)
         if entity.name_map:
             keys.append(self._key(entity.name_map))
         first = int(self._insert(keys=keys, args=args))
         return list(range(first, first + len(rows)))
 
     def _insert_many_in_order(
-        self, entity: _Entity, rows: list[tuple[Any, str, tuple]]
+        self, entity: HashRecords, rows: list[tuple[Any, str, tuple]]
     ) -> list[int]:
         """The cluster's way (module docstring): counter, then every hash, then the index entries."""
         first = int(self.client.incrby(self._key(entity.counter), len(rows))) - len(rows) + 1
@@ -527,8 +433,8 @@ class RedisWriter:
         pipe = self.client.pipeline(transaction=False)  # grouped by node, one round trip per node
         for record_id, (_, _, values) in zip(ids, rows):
             pipe.hset(
-                self._key(f"{entity.record}{record_id}"),
-                mapping={"id": record_id, **dict(zip(entity.fields, map(_scalar, values)))},
+                self._key(entity.record.format(id=record_id)),
+                mapping={"id": record_id, **dict(zip(entity.fields, map(encode_scalar, values)))},
             )
         pipe.execute()
         for record_id, (parent, score, values) in zip(ids, rows):
@@ -536,7 +442,7 @@ class RedisWriter:
                 self._key(entity.index.format(parent=parent)), {str(record_id): score or record_id}
             )
             if entity.name_map:
-                pipe.hset(self._key(entity.name_map), _scalar(values[0]), record_id)
+                pipe.hset(self._key(entity.name_map), encode_scalar(values[0]), record_id)
         pipe.execute()
         return ids
 
@@ -568,15 +474,15 @@ def _prediction_values(
     metadata: Any,
     timestamp: str,
 ) -> tuple:
-    """A prediction's hash values after `id`, in _PREDICTION.fields order."""
+    """A prediction's hash values after `id`, in `layout.PREDICTION.fields` order."""
     return (
         model_version_id,
-        _json(input_data if isinstance(input_data, dict) else {"data": input_data}),
-        _json(output_data if isinstance(output_data, dict) else {"data": output_data}),
+        encode_json(layout.wrapped(input_data)),
+        encode_json(layout.wrapped(output_data)),
         confidence or 0,
         inference_time_ms or 0,
         timestamp,
-        _json(metadata) if metadata else "{}",
+        encode_json(metadata) if metadata else "{}",
     )
 
 
@@ -586,35 +492,5 @@ def _logging_time() -> tuple[str, str]:
     return repr(-now), datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None).isoformat()
 
 
-def _json(obj: Any) -> str:
-    return _JSON.encode(obj)
-
-
-def _scalar(value: Any) -> str:
-    """A hash value as redis-py would store it (str, repr of numbers), numpy scalars included."""
-    kind = type(value)
-    if kind is str:
-        return value
-    if kind is int:
-        return str(value)
-    if kind is float:
-        return repr(value)
-    # numpy scalars repr as "np.float64(0.5)": store the plain number instead.
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        return repr(float(value))
-    return str(value)
-
-
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _utc_now() -> str:
-    """Naive UTC ISO-8601, as datetime.utcnow().isoformat() gives."""
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)

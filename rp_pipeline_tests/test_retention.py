@@ -18,7 +18,7 @@ import time
 
 from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.entities import PREDICTIONS
-from rp_pipeline.retention import apply_retention
+from rp_pipeline.strategies import apply_retention
 
 from .faults import fill, utc_iso, write_prediction_by_hand
 
