@@ -1,8 +1,8 @@
 """Read strategies: one object per way the layout keeps an entity's records.
 
-A strategy owns everything that depends on that way: what a sync reads (`plan`), reading it
-in chunks (`read`), which records the reconciliation check looks up in Postgres (`sample`) and
-what retention deletes from Redis (`expire`). An `EntitySpec` names its strategy; `strategy_of`
+A strategy owns everything that depends on that way: what a sync reads and how, in chunks
+(`plan`), which records the reconciliation check looks up in Postgres (`sample`) and what
+retention deletes from Redis (`expire`). An `EntitySpec` names its strategy; `strategy_of`
 is the one place that turns the name into the object. A new way of storing records is one new
 class here, registered in STRATEGIES; a new entity stored an existing way is one more spec.
 """
@@ -82,7 +82,8 @@ class ReadPlan:
 
 
 class ReadStrategy:
-    """The base: a full re-read every cycle, chunked on records; no retention."""
+    """The base: every record read again each cycle (`frames`), chunks closing on records (the
+    records are narrow); no retention."""
 
     name: str
 
@@ -97,15 +98,15 @@ class ReadStrategy:
     ) -> ReadPlan:
         """Decide what to read (touching Postgres, so in the caller's thread); the plan's reads
         close at `config.chunk_size` records or `chunk_bytes` bytes."""
-        return ReadPlan(self.read(src, spec, config.chunk_size, chunk_bytes))
+        return ReadPlan(self.read(spec, src, config.chunk_size, chunk_bytes))
 
     def read(
-        self, src: RedisSource, spec: EntitySpec, chunk_size: int, max_bytes: int
+        self, spec: EntitySpec, src: RedisSource, chunk_size: int, max_bytes: int
     ) -> Iterator[Read]:
         """Every current record, in chunks: narrow records, so chunks close on records."""
-        return _sized(self.frames(src, spec, chunk_size))
+        return _sized(self.frames(spec, src, chunk_size))
 
-    def frames(self, src: RedisSource, spec: EntitySpec, chunk_size: int) -> Iterator[pd.DataFrame]:
+    def frames(self, spec: EntitySpec, src: RedisSource, chunk_size: int) -> Iterator[pd.DataFrame]:
         raise NotImplementedError
 
     def sample(
@@ -172,10 +173,6 @@ class HashById(ReadStrategy):
             read_hash_chunks(src, spec, ids, config.chunk_size, chunk_bytes),
             watermark=max(ids, default=0),
         )
-
-    def read(self, src, spec, chunk_size, max_bytes) -> Iterator[Read]:
-        """Chunks close on records or bytes, whichever comes first: hashes can be wide."""
-        return read_hash_chunks(src, spec, src.all_ids(spec), chunk_size, max_bytes)
 
     def sample(self, spec, src, book_of, size, max_bytes) -> Iterable[pd.DataFrame]:
         # A chunk at a time, within the sync's memory budget: sampled records can be wide.
@@ -261,15 +258,15 @@ class ParamsPerRun(ReadStrategy):
     name = PARAMS_PER_RUN
     parent = TRAINING_RUNS
 
-    def frames(self, src, spec, chunk_size) -> Iterator[pd.DataFrame]:
+    def frames(self, spec, src, chunk_size) -> Iterator[pd.DataFrame]:
         for ids in chunks(src.all_ids(self.parent), max(1, chunk_size // 20)):
-            yield self.read_parents(src, spec, ids)
+            yield self.read_parents(spec, src, ids)
 
     def sample(self, spec, src, book_of, size, max_bytes) -> Iterable[pd.DataFrame]:
         parents = _sample(range(1, book_of(self.parent.name).watermark() + 1), max(1, size // 20))
-        return [self.read_parents(src, spec, parents)]
+        return [self.read_parents(spec, src, parents)]
 
-    def read_parents(self, src: RedisSource, spec: EntitySpec, run_ids: Sequence[int]):
+    def read_parents(self, spec: EntitySpec, src: RedisSource, run_ids: Sequence[int]):
         """One row per (run, parameter) from each run's hash."""
         keys = [src.key(spec.key, id=i) for i in run_ids]
         records = []
@@ -300,15 +297,15 @@ class MembersPerExperiment(ReadStrategy):
     name = MEMBERS_PER_EXPERIMENT
     parent = EXPERIMENTS
 
-    def frames(self, src, spec, chunk_size) -> Iterator[pd.DataFrame]:
+    def frames(self, spec, src, chunk_size) -> Iterator[pd.DataFrame]:
         for ids in chunks(src.all_ids(self.parent), max(1, chunk_size // 20)):
-            yield self.read_parents(src, spec, ids)
+            yield self.read_parents(spec, src, ids)
 
     def sample(self, spec, src, book_of, size, max_bytes) -> Iterable[pd.DataFrame]:
         parents = _sample(range(1, book_of(self.parent.name).watermark() + 1), max(1, size // 20))
-        return [self.read_parents(src, spec, parents)]
+        return [self.read_parents(spec, src, parents)]
 
-    def read_parents(self, src: RedisSource, spec: EntitySpec, experiment_ids: Sequence[int]):
+    def read_parents(self, spec: EntitySpec, src: RedisSource, experiment_ids: Sequence[int]):
         """One row per (experiment, run) pair listed in the experiment's run set."""
         set_keys = [src.key(layout.EXPERIMENT_RUN_SET, id=e) for e in experiment_ids]
         pairs = []
@@ -357,15 +354,10 @@ class MetricSeries(ReadStrategy):
         cards: dict[str, int] = {}
         series = self.changed_series(src, book, config, cards)
         frames = (
-            self.read_series(src, spec, keys)
+            self.read_series(spec, src, keys)
             for keys in chunks(series, max(1, config.chunk_size // 100))
         )
         return ReadPlan(_sized(frames), series_cards=cards)
-
-    def frames(self, src, spec, chunk_size) -> Iterator[pd.DataFrame]:
-        keys = sorted(src.scan_keys(layout.METRIC_SERIES_HEAD + "*"))
-        for batch in chunks(keys, max(1, chunk_size // 100)):
-            yield self.read_series(src, spec, batch)
 
     def changed_series(
         self, src: RedisSource, book: Bookkeeping, config: SyncConfig, cards: dict[str, int]
@@ -415,7 +407,7 @@ class MetricSeries(ReadStrategy):
         """The run id of a series key: the segment after the head (names may contain ':')."""
         return key[len(src.prefix) + len(layout.METRIC_SERIES_HEAD) :].split(":", 1)[0]
 
-    def read_series(self, src: RedisSource, spec: EntitySpec, keys: Sequence[str]) -> pd.DataFrame:
+    def read_series(self, spec: EntitySpec, src: RedisSource, keys: Sequence[str]) -> pd.DataFrame:
         """One row per point: the JSON member's fields, never parsed out of the key."""
         records = []
         for key, reply in zip(keys, pipelined(src.client, (("ZRANGE", k, 0, -1) for k in keys))):
@@ -444,7 +436,7 @@ class MetricSeries(ReadStrategy):
         keys = random.sample(sorted(cards), min(len(cards), max(1, size // 100)))
         current = self.sizes(src, keys)
         # Series that grew since the sync are the next cycle's work, not a loss.
-        return [self.read_series(src, spec, [k for k, c in zip(keys, current) if c == cards[k]])]
+        return [self.read_series(spec, src, [k for k, c in zip(keys, current) if c == cards[k]])]
 
     def expire(self, spec, src, conn, config, cutoff) -> int:
         """Points older than the cutoff (by the spec's retention field), each removed by its
@@ -459,7 +451,7 @@ class MetricSeries(ReadStrategy):
         before = _before(datetime.fromtimestamp(cutoff, timezone.utc))
         moment = spec.retention_field
         for keys in chunks(series, 200):
-            frame = self.read_series(src, spec, keys)
+            frame = self.read_series(spec, src, keys)
             old = frame[frame["_error"].isna() & frame[moment].notna()]
             old = old[old[moment].map(before)]
             if old.empty:
