@@ -65,8 +65,12 @@ class EntitySpec:
     strategy: str  # how its records are found (strategies.py)
     columns: tuple[Column, ...]
     natural_key: tuple[str, ...]  # the columns that identify a row (nullable: NULL = NULL)
-    records: HashRecords | None = None  # its layout, for entities with ids (HASH_BY_ID)
-    key: str = ""  # record key pattern, relative to the key prefix (default: `records.record`)
+    # Where its records are, relative to the key prefix: an entity with ids (HASH_BY_ID) gives its
+    # layout (`records`), which fills key, counter and index; any other gives `key`.
+    records: HashRecords | None = None
+    key: str = ""  # record key pattern
+    counter: str | None = None  # counter key allocating ids (HASH_BY_ID)
+    index: str | None = None  # sorted set of ids (HASH_BY_ID), when there is a single one
     parents: tuple[Parent, ...] = ()
     by_origin: bool = False  # identity includes origin_source (runs, predictions, metrics)
     incremental: bool = False  # read only ids past the watermark (predictions)
@@ -76,18 +80,11 @@ class EntitySpec:
     retention_field: str | None = None  # timestamp column used by the retention policy
 
     def __post_init__(self):
-        if not self.key and self.records:
-            object.__setattr__(self, "key", self.records.record)
-
-    @property
-    def counter(self) -> str | None:
-        """The counter key allocating ids (HASH_BY_ID)."""
-        return self.records.counter if self.records else None
-
-    @property
-    def index(self) -> str | None:
-        """The sorted set of ids (HASH_BY_ID), when there is a single one (not one per parent)."""
-        return self.records.index if self.records and not self.records.per_parent else None
+        if self.records:
+            records, set_ = self.records, object.__setattr__
+            set_(self, "key", self.key or records.record)
+            set_(self, "counter", self.counter or records.counter)
+            set_(self, "index", self.index or (None if records.per_parent else records.index))
 
     @property
     def key_where(self) -> str | None:
