@@ -218,16 +218,7 @@ def _sync_entity(
         )
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
         result.origin = origin.name
-        loader = Loader(
-            conn,
-            spec,
-            schema=config.schema,
-            sync_schema=config.sync_schema,
-            source=origin.name,
-            generation=origin.generation,
-            policy=config.policy(spec.name),
-            logger=logger,
-        )
+        loader = Loader(conn, spec, config, origin, logger)
         book.drop_other_generations()
         pending = set(book.pending_keys())
         book.preload_ids({parent.entity for parent in spec.parents})  # so mapping needs no query

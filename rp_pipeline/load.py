@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import psycopg
@@ -28,6 +29,10 @@ from .mapping import (
     validate,
 )
 from .schema import has_redis_id
+
+if TYPE_CHECKING:
+    from .settings import SyncConfig
+    from .sources import Origin
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +80,12 @@ class Loader:
         self,
         conn: psycopg.Connection,
         spec: EntitySpec,
-        *,
-        schema: str,
-        sync_schema: str,
-        source: str,
-        generation: str,
-        policy: str,
+        config: SyncConfig,
+        origin: Origin,
         logger: logging.Logger | None = None,
     ):
+        source, generation = origin.name, origin.generation
+        schema, sync_schema = config.schema, config.sync_schema
         self.conn, self.spec, self.source, self.generation = conn, spec, source, generation
         self.log = logger or log
         self.table = f"{q(schema)}.{q(spec.name)}"
@@ -97,7 +100,7 @@ class Loader:
             self.casts["origin_redis_id"] = "s._id"
         self.columns = list(self.casts)
         self.stage_columns = ["_ord", "_id"] + [c for c in self.columns if c != "origin_redis_id"]
-        self.policy = policy
+        self.policy = config.policy(spec.name)
         self.upsert_sql = self._upsert_sql()
         self._next_ord = 0  # ordinals number staged records across the whole cycle
         self._chunks: list[_Chunk] = []
@@ -423,27 +426,16 @@ def find_in_postgres(
     conn: psycopg.Connection,
     spec: EntitySpec,
     frame: pd.DataFrame,
-    *,
-    schema: str,
-    sync_schema: str,
-    source: str,
-    generation: str,
+    config: SyncConfig,
+    origin: Origin,
     exact: bool = False,
 ):
     """Validate and map records as the sync would, then say which ones Postgres holds (by identity, or
     with every value when `exact`). Returns (mapped records, found flags, invalid frames, waiting frame).
     Used by the reconciliation check and by retention; runs in the caller's transaction."""
     ok, invalid = validate(spec, frame)
-    book = Bookkeeping(conn, sync_schema, source, spec.name, generation)
+    book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
     mapped, waiting = map_parent_ids(spec, ok, book.resolve)
     mapped = null_non_finite_json(spec, mapped).reset_index(drop=True)
-    loader = Loader(
-        conn,
-        spec,
-        schema=schema,
-        sync_schema=sync_schema,
-        source=source,
-        generation=generation,
-        policy="skip",
-    )
+    loader = Loader(conn, spec, config, origin)
     return mapped, loader.find_existing(mapped, exact=exact), invalid, waiting

@@ -84,15 +84,7 @@ def _account(
     result.rejected += int(frame["_key"].isin(rejected).sum())
     result.pending += int((frame["_key"].isin(pending) & ~frame["_key"].isin(rejected)).sum())
     frame = frame[~accounted]
-    mapped, found, invalid, waiting = find_in_postgres(
-        conn,
-        spec,
-        frame,
-        schema=config.schema,
-        sync_schema=config.sync_schema,
-        source=origin.name,
-        generation=origin.generation,
-    )
+    mapped, found, invalid, waiting = find_in_postgres(conn, spec, frame, config, origin)
     result.in_postgres += sum(found)
     lost = [k for k, hit in zip(mapped["_key"], found) if not hit]
     lost += [k for r in invalid for k in r["_key"]] + waiting["_key"].tolist()

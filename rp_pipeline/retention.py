@@ -54,16 +54,7 @@ def confirmed(
 ) -> pd.DataFrame:
     """The records of `frame` that Postgres holds with exactly these values (committed rows)."""
     with conn.transaction():
-        mapped, found, _, _ = find_in_postgres(
-            conn,
-            spec,
-            frame,
-            schema=config.schema,
-            sync_schema=config.sync_schema,
-            source=origin.name,
-            generation=origin.generation,
-            exact=True,
-        )
+        mapped, found, _, _ = find_in_postgres(conn, spec, frame, config, origin, exact=True)
     return mapped[pd.Series(found, dtype=bool)] if len(mapped) else mapped
 
 

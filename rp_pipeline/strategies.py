@@ -252,11 +252,10 @@ class HashById(ReadStrategy):
         return deleted
 
 
-class ParamsPerRun(ReadStrategy):
-    """One hash per training run, one row per field (hyperparameters)."""
+class _PerParent(ReadStrategy):
+    """Records kept per parent record (a training run, an experiment): read parent by parent."""
 
-    name = PARAMS_PER_RUN
-    parent = TRAINING_RUNS
+    parent: EntitySpec
 
     def frames(self, spec, src, chunk_size) -> Iterator[pd.DataFrame]:
         for ids in chunks(src.all_ids(self.parent), max(1, chunk_size // 20)):
@@ -265,6 +264,16 @@ class ParamsPerRun(ReadStrategy):
     def sample(self, spec, src, book_of, size, max_bytes) -> Iterable[pd.DataFrame]:
         parents = _sample(range(1, book_of(self.parent.name).watermark() + 1), max(1, size // 20))
         return [self.read_parents(spec, src, parents)]
+
+    def read_parents(self, spec: EntitySpec, src: RedisSource, ids: Sequence[int]) -> pd.DataFrame:
+        raise NotImplementedError
+
+
+class ParamsPerRun(_PerParent):
+    """One hash per training run, one row per field (hyperparameters)."""
+
+    name = PARAMS_PER_RUN
+    parent = TRAINING_RUNS
 
     def read_parents(self, spec: EntitySpec, src: RedisSource, run_ids: Sequence[int]):
         """One row per (run, parameter) from each run's hash."""
@@ -291,19 +300,11 @@ class ParamsPerRun(ReadStrategy):
         return _frame(records, spec)
 
 
-class MembersPerExperiment(ReadStrategy):
+class MembersPerExperiment(_PerParent):
     """A set of run ids per experiment and one hash per (experiment, run) pair."""
 
     name = MEMBERS_PER_EXPERIMENT
     parent = EXPERIMENTS
-
-    def frames(self, spec, src, chunk_size) -> Iterator[pd.DataFrame]:
-        for ids in chunks(src.all_ids(self.parent), max(1, chunk_size // 20)):
-            yield self.read_parents(spec, src, ids)
-
-    def sample(self, spec, src, book_of, size, max_bytes) -> Iterable[pd.DataFrame]:
-        parents = _sample(range(1, book_of(self.parent.name).watermark() + 1), max(1, size // 20))
-        return [self.read_parents(spec, src, parents)]
 
     def read_parents(self, spec: EntitySpec, src: RedisSource, experiment_ids: Sequence[int]):
         """One row per (experiment, run) pair listed in the experiment's run set."""
