@@ -37,7 +37,9 @@ def test_every_spec_names_a_known_read_strategy():
     assert {strategy_of(spec).name for spec in ENTITIES} == {spec.strategy for spec in ENTITIES}
 
 
-def test_an_entity_declared_by_its_layout_syncs_with_no_other_code(sync_config, redis_client, key_prefix):
+def test_an_entity_declared_by_its_layout_syncs_with_no_other_code(
+    sync_config, redis_client, key_prefix
+):
     """A throwaway entity: its layout and its spec, a table for it, and the engine syncs it
     (an id allocated but not written waits, a record changed in place is updated) with no other code."""
     records = layout.HashRecords(
