@@ -25,145 +25,41 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 import dagster as dg
 
-# No public API builds an instance from ./dagster.yaml with its home in ./.dagster_home (or from
-# overrides when there is no dagster.yaml): DagsterInstance.get() needs DAGSTER_HOME to hold both.
-from dagster._core.instance.ref import InstanceRef
-
 from .assets import SOURCE_TAG, run_statistics
-from .connections import connect_postgres, connect_redis, explain_postgres_error
-from .entities import BY_NAME, STAT_KEYS
-from .errors import (
-    ConnectionProblem,
-    PermissionProblem,
-    SyncFailed,
-    UserFacingError,
-    user_facing_class,
+from .connections import connect_postgres, connect_redis
+from .errors import ConnectionProblem, PermissionProblem, UserFacingError
+from .instance_storage import PACKAGED_INSTANCE, InstanceProblem, sync_instance
+from .report import (
+    COUNTERS,
+    SyncOutcome,
+    SyncRunFailed,
+    combined,
+    counter_label,
+    error_lines,
+    run_failures,
 )
 from .resources import resources_for
 from .schedules import sync_job
 from .settings import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, ConfigError, SyncConfig, hide_passwords
 
+# Kept importable from here, where they lived before instance discovery and the report moved out.
+__all__ = [
+    "COUNTERS",
+    "PACKAGED_INSTANCE",
+    "InstanceProblem",
+    "RedisPgSync",
+    "SyncOutcome",
+    "SyncRunFailed",
+    "combined",
+    "sync_instance",
+]
+
 log = logging.getLogger("rp_pipeline")
-
-# The guide's counters in its order, plus ours (experiment membership) before the errors.
-COUNTERS = (*STAT_KEYS[:-1], "experiment_runs", "errors")
-
-# Storage for a working directory without a dagster.yaml (an installed package, a container):
-# the same environment-driven choice as the repository's dagster.yaml.
-PACKAGED_INSTANCE = {
-    **{
-        kind: {"module": "rp_pipeline.instance_storage", "class": cls}
-        for kind, cls in (
-            ("run_storage", "RunStorage"),
-            ("event_log_storage", "EventLogStorage"),
-            ("schedule_storage", "ScheduleStorage"),
-        )
-    },
-    "telemetry": {"enabled": False},
-}
-
-
-class InstanceProblem(ConnectionProblem):
-    """The Dagster instance's storage (the run history) could not be opened or reached."""
-
-
-class SyncRunFailed(SyncFailed):
-    """A sync cycle ran but a step failed; `outcome` holds what committed before the failure."""
-
-    def __init__(self, outcome: SyncOutcome):
-        super().__init__("; ".join(outcome.failures))
-        self.outcome = outcome
-
-
-@dataclass(frozen=True)
-class SyncOutcome:
-    """One cycle: the Dagster run, whether it succeeded, the guide's counters and the wall time.
-
-    `problem` is set when a step failed on configuration (a missing Redis ACL right or Postgres
-    grant): one line naming the grant, the same every cycle until it is made.
-    """
-
-    run_id: str
-    success: bool
-    stats: dict[str, int]
-    seconds: float
-    failures: list[str] = field(default_factory=list)
-    problem: str | None = None
-    # With several sources: each source's own outcome, by label (the fields above sum them up).
-    by_source: dict[str, SyncOutcome] = field(default_factory=dict)
-
-
-def combined(outcomes: dict[str, SyncOutcome]) -> SyncOutcome:
-    """Several sources' outcomes as one: counters summed, failures named by source."""
-    stats = {key: sum(o.stats.get(key, 0) for o in outcomes.values()) for key in COUNTERS}
-    return SyncOutcome(
-        run_id=",".join(o.run_id for o in outcomes.values() if o.run_id),
-        success=all(o.success for o in outcomes.values()),
-        stats=stats,
-        seconds=sum(o.seconds for o in outcomes.values()),
-        failures=[f"{label}: {line}" for label, o in outcomes.items() for line in o.failures],
-        problem=next((o.problem for o in outcomes.values() if o.problem), None),
-        by_source=outcomes,
-    )
-
-
-@contextmanager
-def sync_instance() -> Iterator[dg.DagsterInstance]:
-    """The instance runs are recorded in: $DAGSTER_HOME's if set, else the one `dagster dev` uses here.
-
-    `dagster dev` started without DAGSTER_HOME in a directory reads ./dagster.yaml, whose
-    storage (rp_pipeline.instance_storage) is Postgres at DAGSTER_POSTGRES_URL or SQLite
-    in ./.dagster_home/storage; this builds the same instance, so runs of the CLI and the
-    API show up in that UI. Without a ./dagster.yaml the same storage choice is applied.
-    """
-    try:
-        if os.environ.get("DAGSTER_HOME"):
-            instance = dg.DagsterInstance.get()
-        else:
-            cwd = Path.cwd()
-            has_yaml = (cwd / "dagster.yaml").exists()
-            instance = dg.DagsterInstance.from_ref(
-                InstanceRef.from_dir(
-                    str(cwd / ".dagster_home"),
-                    config_dir=str(cwd),
-                    overrides=None if has_yaml else PACKAGED_INSTANCE,
-                )
-            )
-    except Exception as exc:
-        raise InstanceProblem(_instance_error(exc)) from None
-    with instance:
-        yield instance
-
-
-def _instance_error(exc: Exception) -> str:
-    where = (
-        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
-        if os.environ.get("DAGSTER_HOME")
-        else f"{Path.cwd() / 'dagster.yaml'} semantics, storage in ./.dagster_home"
-    )
-    url = os.environ.get("DAGSTER_POSTGRES_URL")
-    if url:
-        detail = explain_postgres_error(exc, url) + " (DAGSTER_POSTGRES_URL, Dagster's run storage)"
-    else:
-        lines = str(exc).strip().splitlines()
-        detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    return f"cannot open the Dagster instance ({where}): {detail}"
-
-
-def _innermost(error):
-    """The exception a step raised, out of the wrappers Dagster puts around it."""
-    while error.cause is not None:
-        error = error.cause
-    return error
-
-
-def _counter_label(key: str) -> str:
-    return key.replace("_", " ").capitalize()
 
 
 class RedisPgSync:
@@ -314,7 +210,7 @@ class RedisPgSync:
                 )
             )
         seconds = time.perf_counter() - clock
-        failures, failed_steps, problem = self._failures(result)
+        failures, failed_steps, problem = run_failures(result, self._redact)
         try:
             found = run_statistics(config, run_id)
             stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
@@ -369,43 +265,9 @@ class RedisPgSync:
             f" ({details})" if details else "",
         )
 
-    def _failures(self, result) -> tuple[list[str], int, str | None]:
-        """(the failure lines: one per distinct failure naming the tables that failed alike, then those
-        left waiting behind them, or the run's own failure when no step got to run; how many tables
-        failed; the configuration problem, without the tables' names, if the step failed on one)."""
-        failures, run_failures, problem = [], [], None
-        for event in result.all_events:
-            if event.is_step_failure:
-                error = _innermost(event.step_failure_data.error)
-                lines = self._error_lines(event.step_key, error)
-                failures.extend(lines)
-                # A missing grant is configuration: the CLI reports it like a bad setting (exit 2).
-                if _is_error(error, PermissionProblem) and problem is None and lines:
-                    problem = lines[0].split(": ", 1)[1] if _tables_named(lines[0]) else lines[0]
-            elif event.event_type == dg.DagsterEventType.RUN_FAILURE and event.event_specific_data:
-                error = getattr(event.event_specific_data, "error", None)
-                if error is not None:
-                    run_failures.extend(self._error_lines("run", _innermost(error)))
-        failures = failures or run_failures
-        if not result.success and not failures:
-            failures.append(f"run {result.run_id} failed; see it in the Dagster UI")
-        return failures, sum(len(_tables_named(line)) for line in failures), problem
-
     def _error_lines(self, step: str, error) -> list[str]:
-        """The lines of the exception a step raised, redacted: the sync's own failure names each table
-        ('models, datasets: ...'); anything else is 'step: Class: message'."""
-        lines = error.message.strip().splitlines() or [error.cls_name or "error"]
-        _qualified_name, sep, first = lines[0].partition(": ")
-        if not sep:
-            first = lines[0]
-        if _is_error(error, UserFacingError):  # written for the user: shown as is, no class name
-            return [
-                self._redact(line)
-                for line in [first, *lines[1:]]
-                if line.strip() and not line.startswith(" ")
-            ]
-        text = f"{error.cls_name}: {first}" if sep else first
-        return [self._redact(text if text.startswith(f"{step}:") else f"{step}: {text}")]
+        """A failed step's lines as this sync shows them (report.error_lines, redacted here)."""
+        return error_lines(step, error, self._redact)
 
     def _redact(self, text: str) -> str:
         return hide_passwords(
@@ -422,7 +284,7 @@ class RedisPgSync:
             f"; failed: {', '.join(failed)}" if failed else "",
         )
         for key in COUNTERS:
-            self.log.info("  %s: %s", _counter_label(key), outcome.stats.get(key, 0))
+            self.log.info("  %s: %s", counter_label(key), outcome.stats.get(key, 0))
 
     def _log_outcome(self, outcome: SyncOutcome) -> None:
         if outcome.success:
@@ -434,7 +296,7 @@ class RedisPgSync:
             for failure in outcome.failures:
                 self.log.error("  %s", failure)
         for key in COUNTERS:
-            self.log.info("  %s: %s", _counter_label(key), outcome.stats.get(key, 0))
+            self.log.info("  %s: %s", counter_label(key), outcome.stats.get(key, 0))
 
     # -- cache warm ----------------------------------------------------------
 
@@ -561,16 +423,3 @@ class RedisPgSync:
         if "error" in box:
             raise box["error"]
         return box["value"]
-
-
-def _is_error(error, kind: type[Exception]) -> bool:
-    """Whether a step's serialized error (Dagster keeps the class's name only) is a `kind`."""
-    cls = user_facing_class(error.cls_name)
-    return cls is not None and issubclass(cls, kind)
-
-
-def _tables_named(line: str) -> list[str]:
-    """The tables a failure line starts with ('models, datasets: ...'); [] for any other line."""
-    head, sep, _ = line.partition(": ")
-    names = head.split(", ") if sep else []
-    return names if names and all(name in BY_NAME for name in names) else []

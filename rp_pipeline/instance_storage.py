@@ -6,16 +6,26 @@ default `dagster`), never among the analytics tables. Without it they are SQLite
 files under `.dagster_home/` (or $DAGSTER_HOME): nothing extra to run.
 Each class returns the concrete storage from `from_config_value`, keeping its own
 `inst_data` so that run workers rebuild the same choice.
+
+`sync_instance()` finds the instance the CLI and the Python API record their runs in: the one
+`dagster dev` shows for this directory.
 """
+
+from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 from dagster._core.storage.event_log.base import EventLogStorage as BaseEventLogStorage
 from dagster._core.storage.runs.base import RunStorage as BaseRunStorage
 from dagster._core.storage.schedules.base import ScheduleStorage as BaseScheduleStorage
 from dagster._serdes import ConfigurableClass
+
+from .errors import ConnectionProblem
 
 SCHEMA_ENV, URL_ENV = "DAGSTER_POSTGRES_SCHEMA", "DAGSTER_POSTGRES_URL"
 
@@ -84,3 +94,72 @@ class ScheduleStorage(_EnvSelected, BaseScheduleStorage):
         from dagster._core.storage.schedules import SqliteScheduleStorage
 
         return _storage(inst_data, "PostgresScheduleStorage", SqliteScheduleStorage.from_local)
+
+
+# Storage for a working directory without a dagster.yaml (an installed package, a container):
+# the same environment-driven choice as the repository's dagster.yaml.
+PACKAGED_INSTANCE = {
+    **{
+        kind: {"module": "rp_pipeline.instance_storage", "class": cls}
+        for kind, cls in (
+            ("run_storage", "RunStorage"),
+            ("event_log_storage", "EventLogStorage"),
+            ("schedule_storage", "ScheduleStorage"),
+        )
+    },
+    "telemetry": {"enabled": False},
+}
+
+
+class InstanceProblem(ConnectionProblem):
+    """The Dagster instance's storage (the run history) could not be opened or reached."""
+
+
+@contextmanager
+def sync_instance() -> Iterator[dg.DagsterInstance]:
+    """The instance runs are recorded in: $DAGSTER_HOME's if set, else the one `dagster dev` uses here.
+
+    `dagster dev` started without DAGSTER_HOME in a directory reads ./dagster.yaml, whose
+    storage (the classes above) is Postgres at DAGSTER_POSTGRES_URL or SQLite
+    in ./.dagster_home/storage; this builds the same instance, so runs of the CLI and the
+    API show up in that UI. Without a ./dagster.yaml the same storage choice is applied.
+    """
+    # No public API builds an instance from ./dagster.yaml with its home in ./.dagster_home (or
+    # from overrides when there is no dagster.yaml): DagsterInstance.get() needs DAGSTER_HOME.
+    from dagster._core.instance.ref import InstanceRef
+
+    try:
+        if os.environ.get("DAGSTER_HOME"):
+            instance = dg.DagsterInstance.get()
+        else:
+            cwd = Path.cwd()
+            has_yaml = (cwd / "dagster.yaml").exists()
+            instance = dg.DagsterInstance.from_ref(
+                InstanceRef.from_dir(
+                    str(cwd / ".dagster_home"),
+                    config_dir=str(cwd),
+                    overrides=None if has_yaml else PACKAGED_INSTANCE,
+                )
+            )
+    except Exception as exc:
+        raise InstanceProblem(_instance_error(exc)) from None
+    with instance:
+        yield instance
+
+
+def _instance_error(exc: Exception) -> str:
+    # Imported here: run workers load this module for its storage classes alone.
+    from .connections import explain_postgres_error
+
+    where = (
+        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
+        if os.environ.get("DAGSTER_HOME")
+        else f"{Path.cwd() / 'dagster.yaml'} semantics, storage in ./.dagster_home"
+    )
+    url = os.environ.get(URL_ENV)
+    if url:
+        detail = explain_postgres_error(exc, url) + " (DAGSTER_POSTGRES_URL, Dagster's run storage)"
+    else:
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return f"cannot open the Dagster instance ({where}): {detail}"

@@ -75,7 +75,7 @@ def test_package_exports_the_api():
 
 
 def test_full_sync_returns_the_guides_statistics_from_a_dagster_run(sync, writer, pg_conn, caplog):
-    from rp_pipeline.api import sync_instance
+    from rp_pipeline.instance_storage import sync_instance
 
     write_tree(writer)
     with caplog.at_level("INFO", logger="rp_pipeline"):

@@ -267,8 +267,9 @@ def test_sync_interval_that_is_not_a_number(redis_url, postgres_url, work_dir):
 
 
 def user_facing_kinds():
-    from rp_pipeline.api import InstanceProblem, SyncOutcome, SyncRunFailed
     from rp_pipeline.errors import ConnectionProblem, PermissionProblem, SyncFailed
+    from rp_pipeline.instance_storage import InstanceProblem
+    from rp_pipeline.report import SyncOutcome, SyncRunFailed
     from rp_pipeline.settings import ConfigError
 
     failed_run = SyncOutcome(

@@ -163,7 +163,7 @@ def test_three_sources_sync_through_the_api_with_exact_rows_per_source(
     ).fetchall()
     assert versions == 1  # ("shared", "1") is one version, whichever source wrote it
     # Each run was a partition of the job, tagged with its source.
-    from rp_pipeline.api import sync_instance
+    from rp_pipeline.instance_storage import sync_instance
 
     with sync_instance() as instance:
         runs = instance.get_runs(dg.RunsFilter(job_name="redis_to_postgres_sync"))

@@ -123,7 +123,8 @@ def test_cli_exits_2_with_one_line_when_the_marker_may_not_be_set(
 def test_the_dagster_run_fails_its_step_with_the_same_line(
     users, writer, key_prefix, sync_config, work_dir, monkeypatch
 ):
-    from rp_pipeline.api import RedisPgSync, sync_instance
+    from rp_pipeline.api import RedisPgSync
+    from rp_pipeline.instance_storage import sync_instance
 
     for name in ("DAGSTER_HOME", "DAGSTER_POSTGRES_URL"):
         monkeypatch.delenv(name, raising=False)
