@@ -45,16 +45,10 @@ from .settings import (
     schedule_interval_seconds,
 )
 from .sources import resolve_origin
+from .strategies import strategy_of
 
 GROUP = "redis_to_postgres"
 OWNERS = ["team:ml-platform"]
-HOW_READ = {
-    entities.HASH_BY_ID: "one hash per record, ids from the counter `{counter}`",
-    entities.PARAMS_PER_RUN: "one hash per training run, one row per field",
-    entities.METRIC_SERIES: "sorted sets of JSON points, one per run and metric",
-    entities.MEMBERS_PER_EXPERIMENT: "a set of run ids per experiment and one hash per membership",
-}
-
 
 # Types as Postgres reports them (information_schema.columns.data_type).
 INFORMATION_SCHEMA_TYPES = {entities.TIMESTAMPTZ: "timestamp with time zone"}
@@ -149,7 +143,7 @@ def _code_references(spec: EntitySpec, specs_file: Path) -> dg.CodeReferencesMet
 
 
 def describe(spec: EntitySpec) -> str:
-    how = HOW_READ[spec.strategy].format(counter=spec.counter)
+    how = strategy_of(spec).describe(spec)
     parents = f" Parents: {', '.join(p.entity for p in spec.parents)}." if spec.parents else ""
     mode = (
         "read incrementally above a watermark, appended"

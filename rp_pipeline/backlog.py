@@ -7,10 +7,11 @@ one MGET) and knows its own "synced up to" (the watermarks, or the last material
 
 from __future__ import annotations
 
-from .entities import ENTITIES, HASH_BY_ID
+from .entities import ENTITIES
+from .strategies import strategy_of
 
 # Entities whose ids a Redis counter allocates, in dependency order.
-COUNTED = tuple(spec for spec in ENTITIES if spec.strategy == HASH_BY_ID and spec.counter)
+COUNTED = tuple(spec for spec in ENTITIES if strategy_of(spec).allocates_ids and spec.counter)
 
 
 def counter_keys(prefix: str) -> list[str]:

@@ -14,14 +14,16 @@ from alembic import command
 from alembic.config import Config
 
 from .connections import explain_postgres_refusal
-from .entities import HASH_BY_ID, EntitySpec
+from .entities import EntitySpec
 from .errors import PermissionProblem
 from .settings import SyncConfig, sqlalchemy_url
 
 
 def has_redis_id(spec: EntitySpec) -> bool:
-    """Rows identified by their origin carry the Redis id they came from."""
-    return spec.by_origin and spec.strategy == HASH_BY_ID
+    """Rows identified by their origin carry the Redis id they came from (when Redis allocated one)."""
+    from .strategies import strategy_of  # strategies → retention → load → schema: import on use
+
+    return spec.by_origin and strategy_of(spec).allocates_ids
 
 
 def identity_index_name(spec: EntitySpec) -> str:

@@ -11,7 +11,7 @@ import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from urllib.parse import parse_qsl, quote, unquote
 
-from .entities import BY_NAME
+from .entities import BY_NAME, ENTITIES
 from .errors import UserFacingError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -144,11 +144,17 @@ class SyncConfig:
                 raise ConfigError(
                     f"conflict policy for {entity} must be one of {CONFLICT_POLICIES}, not {policy!r}"
                 )
-        for entity in self.retention_hours:
-            if entity not in ("predictions", "metrics"):
-                raise ConfigError(
-                    f"retention is supported for predictions and metrics, not {entity!r}"
-                )
+        if self.retention_hours:
+            # Which entities can expire is their read strategy's to say (imported here: the
+            # strategies need this module).
+            from .strategies import strategy_of
+
+            expiring = [spec.name for spec in ENTITIES if strategy_of(spec).expires(spec)]
+            for entity in self.retention_hours:
+                if entity not in expiring:
+                    raise ConfigError(
+                        f"retention is supported for {' and '.join(expiring)}, not {entity!r}"
+                    )
         if self.chunk_size < 1:
             raise ConfigError("chunk size must be at least 1")
         if not self.memory_budget_mb > 0:

@@ -86,6 +86,17 @@ class ReadStrategy:
     records are narrow); no retention."""
 
     name: str
+    # Whether a Redis counter allocates the records' ids (the backlog counts them; rows keep the
+    # Redis id they came from).
+    allocates_ids = False
+
+    def describe(self, spec: EntitySpec) -> str:
+        """How the records are stored, in a few words (the asset's description)."""
+        raise NotImplementedError
+
+    def expires(self, spec: EntitySpec) -> bool:
+        """Whether `expire` can delete this entity's records (retention can be set for it)."""
+        return False
 
     def plan(
         self,
@@ -154,6 +165,14 @@ class HashById(ReadStrategy):
     entities read only the ids past the watermark, plus those that were pending."""
 
     name = HASH_BY_ID
+    allocates_ids = True
+
+    def describe(self, spec: EntitySpec) -> str:
+        return f"one hash per record, ids from the counter `{spec.counter}`"
+
+    def expires(self, spec: EntitySpec) -> bool:
+        records = spec.records
+        return records is not None and records.scored_by_time and records.per_parent
 
     def plan(self, spec, src, book, config, pending, chunk_bytes) -> ReadPlan:
         if spec.incremental:
@@ -183,9 +202,9 @@ class HashById(ReadStrategy):
         """Records whose per-parent index is scored by minus their logging time (predictions):
         old index entries, up to the watermark, each deleted with its index entry by a script
         that checks every field first (retention.py)."""
-        records = spec.records
-        if records is None or not records.scored_by_time or not records.per_parent:
+        if not self.expires(spec):
             return super().expire(spec, src, conn, config, cutoff)
+        records = spec.records
         parent = BY_NAME[next(p.entity for p in spec.parents if p.field == records.fields[0])]
         origin = resolve_origin(src, conn, config)
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
@@ -275,6 +294,9 @@ class ParamsPerRun(_PerParent):
     name = PARAMS_PER_RUN
     parent = TRAINING_RUNS
 
+    def describe(self, spec: EntitySpec) -> str:
+        return "one hash per training run, one row per field"
+
     def read_parents(self, spec: EntitySpec, src: RedisSource, run_ids: Sequence[int]):
         """One row per (run, parameter) from each run's hash."""
         keys = [src.key(spec.key, id=i) for i in run_ids]
@@ -305,6 +327,9 @@ class MembersPerExperiment(_PerParent):
 
     name = MEMBERS_PER_EXPERIMENT
     parent = EXPERIMENTS
+
+    def describe(self, spec: EntitySpec) -> str:
+        return "a set of run ids per experiment and one hash per membership"
 
     def read_parents(self, spec: EntitySpec, src: RedisSource, experiment_ids: Sequence[int]):
         """One row per (experiment, run) pair listed in the experiment's run set."""
@@ -350,6 +375,12 @@ class MetricSeries(ReadStrategy):
     whose size changed since the last sync are read."""
 
     name = METRIC_SERIES
+
+    def describe(self, spec: EntitySpec) -> str:
+        return "sorted sets of JSON points, one per run and metric"
+
+    def expires(self, spec: EntitySpec) -> bool:
+        return spec.retention_field is not None
 
     def plan(self, spec, src, book, config, pending, chunk_bytes) -> ReadPlan:
         cards: dict[str, int] = {}
@@ -442,7 +473,7 @@ class MetricSeries(ReadStrategy):
     def expire(self, spec, src, conn, config, cutoff) -> int:
         """Points older than the cutoff (by the spec's retention field), each removed by its
         member: the member is the point itself, so removing it cannot lose a newer write."""
-        if spec.retention_field is None:
+        if not self.expires(spec):
             return super().expire(spec, src, conn, config, cutoff)
         origin = resolve_origin(src, conn, config)
         book = Bookkeeping(conn, config.sync_schema, origin.name, spec.name, origin.generation)
