@@ -18,6 +18,7 @@ from redis.exceptions import RedisClusterException
 
 from .entities import BY_NAME
 from .errors import ConnectionProblem, PermissionProblem, first_line
+from .layout import GENERATION_KEY, METRIC_SERIES_HEAD, PREDICTION
 from .settings import (
     ConfigError,
     SyncConfig,
@@ -274,11 +275,13 @@ class RedisAccess:
 
 
 CONNECTION_ACCESS = RedisAccess("PING", "(no key)", "+@connection", "connection check")
+# The ACL patterns below are built from the layout, so a key that moves there moves here too.
+_MARKER_KEYS = "{prefix}" + GENERATION_KEY.rpartition(":")[0] + ":*"
 MARKER_ACCESS = RedisAccess(
     "SET",
-    "{prefix}rp_pipeline:*",
-    "+set %RW~{prefix}rp_pipeline:*",
-    "the sync's generation marker {prefix}rp_pipeline:generation",
+    _MARKER_KEYS,
+    f"+set %RW~{_MARKER_KEYS}",
+    "the sync's generation marker {prefix}" + GENERATION_KEY,
 )
 CLUSTER_ACCESS = RedisAccess(
     "CLUSTER SLOTS", "(no key)", "+cluster|slots", "finding the nodes of a Redis Cluster"
@@ -289,11 +292,20 @@ READ_ACCESS = RedisAccess(
     "+@read %R~{prefix}*",
     "reading the layout",
 )
+# What retention deletes: prediction hashes, their per-model-version indexes, metric series.
+_RETENTION_KEYS = tuple(
+    "{prefix}" + head + "*"
+    for head in (
+        PREDICTION.record_head,
+        PREDICTION.index.partition("{parent}")[0],
+        METRIC_SERIES_HEAD,
+    )
+)
 RETENTION_ACCESS = RedisAccess(
     "EVALSHA/ZREM",
-    "{prefix}prediction:*, {prefix}idx:predictions:*, {prefix}metric:*",
+    ", ".join(_RETENTION_KEYS),
     "+evalsha +script|load +script|exists +del +zrem "
-    "%RW~{prefix}prediction:* %RW~{prefix}idx:predictions:* %RW~{prefix}metric:*",
+    + " ".join(f"%RW~{keys}" for keys in _RETENTION_KEYS),
     "retention (SYNC_RETENTION_HOURS) deleting synced records",
 )
 

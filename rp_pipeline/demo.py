@@ -20,10 +20,12 @@ from .api import RedisPgSync
 from .cli import EXIT_OK, EXIT_SYNC_FAILED, configure_logging, run_guarded
 from .connections import connect_postgres
 from .errors import SyncFailed
+from .layout import MODEL
 from .settings import DEFAULT_KEY_PREFIX, SyncConfig, redact_url
 from .writer import RedisWriter
 
-# (name, description, architecture, framework, task_type, input_shape, output_shape, versions)
+# (name, description, architecture, framework, task_type, input_shape, output_shape, versions):
+# RedisWriter.create_model's arguments, then the versions to create
 MODELS = (
     (
         "ResNet50-Redis",
@@ -56,7 +58,8 @@ MODELS = (
         ("0.1.0",),
     ),
 )
-# (name, description, source_path, format, size_bytes, num_samples, split_info)
+# (name, description, source_path, format, size_bytes, num_samples, split_info): the first
+# arguments of RedisWriter.create_dataset, in its order
 DATASETS = (
     (
         "ImageNet-Redis",
@@ -151,7 +154,7 @@ def run_demo_with(sync: RedisPgSync) -> dict[str, int]:
 def already_loaded(writer: RedisWriter, config: SyncConfig) -> str | None:
     """Why the demo need not write again, or None: its models are in Redis, or already in Postgres."""
     names = [m[0] for m in MODELS]
-    if any(writer.client.hmget(f"{config.key_prefix}model:name_to_id", names)):
+    if any(writer.client.hmget(config.key_prefix + MODEL.name_map, names)):
         return f"is already in Redis under the prefix {config.key_prefix!r}"
     with connect_postgres(config) as conn:
         exists = conn.execute(
@@ -175,16 +178,9 @@ def populate(writer: RedisWriter) -> None:
     """The sample tree: models and versions, datasets, runs with hyperparameters and metrics,
     experiments with their runs, and predictions (one batch, plus a few one at a time)."""
     version_ids: dict[tuple[str, str], int] = {}
-    for name, description, architecture, framework, task, shape_in, shape_out, versions in MODELS:
-        model_id = writer.create_model(
-            name,
-            description=description,
-            architecture=architecture,
-            framework=framework,
-            task_type=task,
-            input_shape=shape_in,
-            output_shape=shape_out,
-        )
+    for *model, versions in MODELS:  # a row is create_model's arguments, then the versions
+        name = model[0]
+        model_id = writer.create_model(*model)
         for version in versions:
             version_ids[name, version] = writer.create_model_version(
                 model_id,
@@ -193,17 +189,11 @@ def populate(writer: RedisWriter) -> None:
                 config={"optimizer": "adamw", "precision": "fp16"},
             )
     dataset_ids = {
-        name: writer.create_dataset(
-            name,
-            description=description,
-            source_path=path,
-            format=fmt,
-            size_bytes=size,
-            num_samples=samples,
-            split_info=split,
-            preprocessing={"resize": 224} if fmt == "jpeg" else {},
+        # A row is create_dataset's arguments up to split_info; preprocessing follows the format.
+        row[0]: writer.create_dataset(
+            *row, preprocessing={"resize": 224} if row[3] == "jpeg" else {}
         )
-        for name, description, path, fmt, size, samples, split in DATASETS
+        for row in DATASETS
     }
     run_ids: dict[str, int] = {}
     for n, (model, version, dataset, run_name, completed, epochs) in enumerate(RUNS):

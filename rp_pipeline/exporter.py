@@ -37,7 +37,7 @@ from .bookkeeping import source_labels, sync_status
 from .connections import WatchedConnection
 from .entities import BY_NAME, EntitySpec
 from .errors import first_line
-from .extract import GENERATION_KEY
+from .layout import GENERATION_KEY
 from .settings import (
     ConfigError,
     SyncConfig,
