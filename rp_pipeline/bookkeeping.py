@@ -17,6 +17,13 @@ import psycopg.rows
 
 from .entities import sql_name as q
 
+# The counts one entity's sync reports, as both its history row and its running totals take them.
+_COUNTS = ("inserted", "updated", "unchanged", "skipped", "rejected", "pending")
+
+
+def _counts(result) -> dict[str, int]:
+    return {name: getattr(result, name) for name in _COUNTS}
+
 
 class Bookkeeping:
     def __init__(
@@ -340,15 +347,10 @@ class Bookkeeping:
             "%(unchanged)s, %(skipped)s, %(rejected)s, %(pending)s, %(deleted)s, %(watermark)s, %(duration)s, "
             "%(after_id)s, %(up_to_id)s, %(updated_ids)s)",
             self._params(
+                **_counts(result),
                 run_id=run_id,
                 started_at=result.started_at,
                 read=result.read,
-                inserted=result.inserted,
-                updated=result.updated,
-                unchanged=result.unchanged,
-                skipped=result.skipped,
-                rejected=result.rejected,
-                pending=result.pending,
                 deleted=result.deleted,
                 watermark=result.watermark,
                 duration=result.duration_seconds,
@@ -376,16 +378,7 @@ class Bookkeeping:
             "skipped_total = s.skipped_total + EXCLUDED.skipped_total, "
             "rejected_total = s.rejected_total + EXCLUDED.rejected_total, "
             "pending = EXCLUDED.pending, rejected_held = EXCLUDED.rejected_held",
-            self._params(
-                run_id=run_id,
-                duration=result.duration_seconds,
-                inserted=result.inserted,
-                updated=result.updated,
-                unchanged=result.unchanged,
-                skipped=result.skipped,
-                rejected=result.rejected,
-                pending=result.pending,
-            ),
+            self._params(**_counts(result), run_id=run_id, duration=result.duration_seconds),
         )
 
     def record_deleted(self, run_id: str, deleted: int) -> None:
