@@ -177,14 +177,7 @@ class Bookkeeping:
 
     def pending_among(self, keys: list[str]) -> set[str]:
         """Which of these Redis keys wait as pending (any generation), for the reconciliation."""
-        return {
-            r[0]
-            for r in self.conn.execute(
-                f"SELECT redis_key FROM {self.s}.pending WHERE source = %(source)s "
-                "AND entity = %(entity)s AND redis_key = ANY(%(keys)s)",
-                self._params(keys=keys),
-            ).fetchall()
-        }
+        return self._keys_in("pending", keys)
 
     # -- rejected records ------------------------------------------------------------------------
     def reject(self, rejected: pd.DataFrame) -> int:
@@ -241,10 +234,14 @@ class Bookkeeping:
 
     def rejected_among(self, keys: list[str]) -> set[str]:
         """Which of these Redis keys are held as rejected records, for the reconciliation."""
+        return self._keys_in("rejected_records", keys)
+
+    def _keys_in(self, table: str, keys: list[str]) -> set[str]:
+        """Which of these Redis keys this entity has rows for in one of the sync's tables."""
         return {
             r[0]
             for r in self.conn.execute(
-                f"SELECT DISTINCT redis_key FROM {self.s}.rejected_records WHERE source = %(source)s "
+                f"SELECT DISTINCT redis_key FROM {self.s}.{table} WHERE source = %(source)s "
                 "AND entity = %(entity)s AND redis_key = ANY(%(keys)s)",
                 self._params(keys=keys),
             ).fetchall()

@@ -90,9 +90,11 @@ class ReadStrategy:
     # Redis id they came from).
     allocates_ids = False
 
+    description: str  # how the records are stored, in a few words; "{counter}" = the spec's
+
     def describe(self, spec: EntitySpec) -> str:
-        """How the records are stored, in a few words (the asset's description)."""
-        raise NotImplementedError
+        """How this entity's records are stored (the asset's description)."""
+        return self.description.format(counter=spec.counter)
 
     def expires(self, spec: EntitySpec) -> bool:
         """Whether `expire` can delete this entity's records (retention can be set for it)."""
@@ -160,15 +162,23 @@ def _sample(ids: range, size: int) -> list[int]:
     return sorted(random.sample(ids, min(size, len(ids))))
 
 
+def _replies(
+    src: RedisSource, keys: Sequence[str], *command: str | int
+) -> Iterator[tuple[str, object, str | None]]:
+    """Each key with its reply to `command` on it (pipelined: `*command[:1], key, *command[1:]`),
+    and why it could not be read (None when it could): an unreadable key is a rejected record."""
+    name, args = command[0], command[1:]
+    for key, reply in zip(keys, pipelined(src.client, ((name, k, *args) for k in keys))):
+        yield key, reply, (f"cannot read: {reply}" if isinstance(reply, Exception) else None)
+
+
 class HashById(ReadStrategy):
     """`{key}` hashes by id: ids from the counter and the index, orphans included; incremental
     entities read only the ids past the watermark, plus those that were pending."""
 
     name = HASH_BY_ID
     allocates_ids = True
-
-    def describe(self, spec: EntitySpec) -> str:
-        return f"one hash per record, ids from the counter `{spec.counter}`"
+    description = "one hash per record, ids from the counter `{counter}`"
 
     def expires(self, spec: EntitySpec) -> bool:
         records = spec.records
@@ -293,21 +303,15 @@ class ParamsPerRun(_PerParent):
 
     name = PARAMS_PER_RUN
     parent = TRAINING_RUNS
-
-    def describe(self, spec: EntitySpec) -> str:
-        return "one hash per training run, one row per field"
+    description = "one hash per training run, one row per field"
 
     def read_parents(self, spec: EntitySpec, src: RedisSource, run_ids: Sequence[int]):
         """One row per (run, parameter) from each run's hash."""
         keys = [src.key(spec.key, id=i) for i in run_ids]
         records = []
-        for run_id, key, reply in zip(
-            run_ids, keys, pipelined(src.client, (("HGETALL", k) for k in keys))
-        ):
-            if isinstance(reply, Exception):
-                records.append(
-                    {"_key": key, "_error": f"cannot read: {reply}", "training_run_id": str(run_id)}
-                )
+        for run_id, (key, reply, error) in zip(run_ids, _replies(src, keys, "HGETALL")):
+            if error:
+                records.append({"_key": key, "_error": error, "training_run_id": str(run_id)})
                 continue
             for name, value in (reply or {}).items():
                 records.append(
@@ -327,9 +331,7 @@ class MembersPerExperiment(_PerParent):
 
     name = MEMBERS_PER_EXPERIMENT
     parent = EXPERIMENTS
-
-    def describe(self, spec: EntitySpec) -> str:
-        return "a set of run ids per experiment and one hash per membership"
+    description = "a set of run ids per experiment and one hash per membership"
 
     def read_parents(self, spec: EntitySpec, src: RedisSource, experiment_ids: Sequence[int]):
         """One row per (experiment, run) pair listed in the experiment's run set."""
@@ -343,18 +345,16 @@ class MembersPerExperiment(_PerParent):
         fields = [c.redis_field for c in spec.columns]
         keys = [src.key(spec.key, experiment_id=e, run_id=r) for e, r in pairs]
         records = []
-        for (experiment_id, run_id), key, reply in zip(
-            pairs, keys, pipelined(src.client, (("HMGET", k, *fields) for k in keys))
+        for (experiment_id, run_id), (key, reply, error) in zip(
+            pairs, _replies(src, keys, "HMGET", *fields)
         ):
             record = {
                 "_key": key,
-                "_error": None,
+                "_error": error,
                 "experiment_id": str(experiment_id),
                 "training_run_id": run_id,
             }
-            if isinstance(reply, Exception):
-                record["_error"] = f"cannot read: {reply}"
-            else:
+            if not error:
                 record.update(zip(spec.column_names, reply))
             records.append(record)
         return _frame(records, spec)
@@ -375,9 +375,7 @@ class MetricSeries(ReadStrategy):
     whose size changed since the last sync are read."""
 
     name = METRIC_SERIES
-
-    def describe(self, spec: EntitySpec) -> str:
-        return "sorted sets of JSON points, one per run and metric"
+    description = "sorted sets of JSON points, one per run and metric"
 
     def expires(self, spec: EntitySpec) -> bool:
         return spec.retention_field is not None
@@ -442,12 +440,10 @@ class MetricSeries(ReadStrategy):
     def read_series(self, spec: EntitySpec, src: RedisSource, keys: Sequence[str]) -> pd.DataFrame:
         """One row per point: the JSON member's fields, never parsed out of the key."""
         records = []
-        for key, reply in zip(keys, pipelined(src.client, (("ZRANGE", k, 0, -1) for k in keys))):
+        for key, reply, error in _replies(src, keys, "ZRANGE", 0, -1):
             run_id = self.run_id(src, key)
-            if isinstance(reply, Exception):
-                records.append(
-                    {"_key": key, "_error": f"cannot read: {reply}", "training_run_id": run_id}
-                )
+            if error:
+                records.append({"_key": key, "_error": error, "training_run_id": run_id})
                 continue
             for member in reply:
                 record = {"_key": key, "_member": member, "_error": None, "training_run_id": run_id}
