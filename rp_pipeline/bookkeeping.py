@@ -470,10 +470,13 @@ def source_labels(
 
 
 def run_history(conn: psycopg.Connection, sync_schema: str, run_id: str) -> list[tuple]:
-    """(entity, inserted, updated, rejected, the run's seconds) for each entity one run synced."""
+    """(entity, inserted, updated, rejected, the run's seconds) for each entity one run synced.
+    The seconds run from the first table's start to the last one's end (started_at plus its
+    duration: finished_at is its transaction's now(), which may have begun long before the end)."""
     return conn.execute(
-        "SELECT entity, inserted, updated, rejected, extract(epoch FROM max(finished_at) OVER () "
-        f"- min(started_at) OVER ()) FROM {q(sync_schema)}.entity_runs WHERE run_id = %s",
+        "SELECT entity, inserted, updated, rejected, extract(epoch FROM max(started_at "
+        "+ make_interval(secs => coalesce(duration_seconds, 0))) OVER () - min(started_at) OVER ()) "
+        f"FROM {q(sync_schema)}.entity_runs WHERE run_id = %s",
         (run_id,),
     ).fetchall()
 

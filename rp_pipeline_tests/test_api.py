@@ -174,3 +174,28 @@ def test_configuration_from_arguments_and_environment(monkeypatch):
     )
     with pytest.raises(TypeError, match="unknown setting"):
         RedisPgSync(no_such_setting=1)
+
+
+def test_the_runs_summary_line_counts_the_whole_sync(sync, writer, pg_conn):
+    """'Sync complete in N s' (the run's log line and statistics) spans every table's sync, the
+    longest last: not up to the start of the last table's final transaction."""
+    from rp_pipeline.assets import run_statistics
+
+    version = writer.create_model_version(writer.create_model("timed"), "1")
+    for start in range(0, 20_000, 1_000):
+        writer.log_predictions(
+            [
+                {"model_version_id": version, "input_data": {"i": i}, "output_data": {"o": i}}
+                for i in range(start, start + 1_000)
+            ]
+        )
+    sync.full_sync()
+    run_id = sync.last_outcome.run_id
+    _, seconds = run_statistics(sync.config, run_id)
+    (tables,) = pg_conn.execute(
+        f'SELECT sum(duration_seconds) FROM "{sync.config.sync_schema}".entity_runs WHERE run_id = %s',
+        (run_id,),
+    ).fetchone()
+    assert tables > 0.1  # predictions' sync took long enough for the difference to show
+    assert seconds >= 0.99 * tables
+    assert seconds <= sync.last_outcome.seconds
