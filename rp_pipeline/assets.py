@@ -18,7 +18,8 @@ import itertools
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -285,6 +286,57 @@ class TableLog:
         self.lines = []
 
 
+def sync_order(specs: Sequence[EntitySpec]) -> list[EntitySpec]:
+    """The tables in dependency order, each incremental (append-heavy) table as early as its
+    parents allow: its checks, the costliest, then run while the tables after it sync."""
+    remaining, placed, order = list(specs), set(), []
+    while remaining:
+        ready = [s for s in remaining if all(p.entity in placed for p in s.parents)] or remaining
+        spec = next((s for s in ready if s.incremental), ready[0])
+        remaining.remove(spec)
+        placed.add(spec.name)
+        order.append(spec)
+    return order
+
+
+class BackgroundChecks:
+    """A table's checks, run on a connection of their own while the next tables sync; their results
+    come back in the order the tables were checked (`done()` between tables, `all()` at the end).
+    A check that raised raises here, as it did inline."""
+
+    def __init__(self, config: SyncConfig):
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rp_pipeline-checks")
+        self.pending: list[Future] = []
+        self.conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> "BackgroundChecks":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+        if self.conn is not None:
+            self.conn.close()
+
+    def _run(self, spec, names, written, client, source) -> list:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = connect_postgres(self.config)
+        return list(table_checks(spec, names, written, self.conn, client, self.config, source))
+
+    def submit(self, spec, names, written, client, source) -> None:
+        self.pending.append(self.pool.submit(self._run, spec, names, written, client, source))
+
+    def done(self) -> Iterator[dg.AssetCheckResult]:
+        while self.pending and self.pending[0].done():
+            yield from self.pending.pop(0).result()
+
+    def all(self) -> Iterator[dg.AssetCheckResult]:
+        while self.pending:
+            yield from self.pending.pop(0).result()
+
+
 def sync_tables(
     context: dg.AssetExecutionContext, client, conn: psycopg.Connection, config: SyncConfig
 ) -> Iterator:
@@ -300,49 +352,56 @@ def sync_tables(
     failed: dict[str, Exception] = {}
     waiting: list[str] = []
     source: str | None = None  # the origin of the rows this cycle wrote, for the checks
-    for spec in ENTITIES:
-        written, changed = None, True
-        if spec.name in tables:
-            if any(p.entity in failed or p.entity in waiting for p in spec.parents):
-                waiting.append(spec.name)
-                continue
-            lines = TableLog()  # "Syncing ..." and the table's lines: one event
-            lines.info(f"Syncing {spec.name}...")
-            try:
-                result = sync_entity(
-                    spec, client, conn, config, run_id=context.run.run_id, logger=lines
-                )
-            except Exception as exc:
+    with BackgroundChecks(config) as background:
+        for spec in sync_order(ENTITIES):
+            yield from background.done()
+            written, changed = None, True
+            if spec.name in tables:
+                if any(p.entity in failed or p.entity in waiting for p in spec.parents):
+                    waiting.append(spec.name)
+                    continue
+                lines = TableLog()  # "Syncing ..." and the table's lines: one event
+                lines.info(f"Syncing {spec.name}...")
+                try:
+                    result = sync_entity(
+                        spec, client, conn, config, run_id=context.run.run_id, logger=lines
+                    )
+                except Exception as exc:
+                    lines.emit(context.log)
+                    failed[spec.name] = exc
+                    if not isinstance(
+                        exc, UserFacingError
+                    ):  # a bug: keep its traceback in the logs
+                        context.log.exception(f"{spec.name}: {_failure_text(spec.name, exc)}")
+                    continue
+                source = result.origin
+                if result.read or result.rejected or result.pending or result.deleted:
+                    lines.info(
+                        f"{spec.name}: {result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
+                        f"{result.skipped} skipped, {result.rejected} rejected, {result.pending} pending "
+                        f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)"
+                    )
                 lines.emit(context.log)
-                failed[spec.name] = exc
-                if not isinstance(exc, UserFacingError):  # a bug: keep its traceback in the logs
-                    context.log.exception(f"{spec.name}: {_failure_text(spec.name, exc)}")
-                continue
-            source = result.origin
-            if result.read or result.rejected or result.pending or result.deleted:
-                lines.info(
-                    f"{spec.name}: {result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
-                    f"{result.skipped} skipped, {result.rejected} rejected, {result.pending} pending "
-                    f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)"
+                yield dg.MaterializeResult(
+                    asset_key=spec.name,
+                    metadata=materialization_metadata(result, config, conn.info.dbname),
                 )
-            lines.emit(context.log)
-            yield dg.MaterializeResult(
-                asset_key=spec.name,
-                metadata=materialization_metadata(result, config, conn.info.dbname),
-            )
-            # rejection_samples: records it met and could not load, new or still bad (the WARN check follows them)
-            written, changed = (
-                WrittenRows.of(result),
-                bool(result.inserted or result.updated or result.rejection_samples),
-            )
-        if changed and checks.get(
-            spec.name
-        ):  # a table the cycle left as it was keeps its last results
-            if (
-                source is None
-            ):  # checks run on their own: the origin of the data set Redis holds now
-                source = resolve_origin(RedisSource(client, config.key_prefix), conn, config).name
-            yield from table_checks(spec, checks[spec.name], written, conn, client, config, source)
+                # rejection_samples: records it met and could not load, new or still bad (the WARN check follows them)
+                written, changed = (
+                    WrittenRows.of(result),
+                    bool(result.inserted or result.updated or result.rejection_samples),
+                )
+            if changed and checks.get(
+                spec.name
+            ):  # a table the cycle left as it was keeps its last results
+                if (
+                    source is None
+                ):  # checks run on their own: the origin of the data set Redis holds now
+                    source = resolve_origin(
+                        RedisSource(client, config.key_prefix), conn, config
+                    ).name
+                background.submit(spec, checks[spec.name], written, client, source)
+        yield from background.all()
     if tables:
         record_statistics(context, config, conn)
     if failed:
