@@ -58,9 +58,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout
 
-from rp_pipeline.writer import RedisWriter  # noqa: E402
+from bench_cluster import write_predictions  # noqa: E402  (the same records, written the same way)
 
-BATCH = 1000
 LABELS = ("a", "b", "c")
 # Variables that would point the sync processes elsewhere than this benchmark's servers.
 INHERITED = (
@@ -83,25 +82,6 @@ class ProcessFigures:
     cpu: float  # user + system seconds
     peak_rss_mb: float
     returncode: int
-
-
-def write_predictions(url: str, prefix: str, n: int) -> None:
-    with RedisWriter.from_url(url, key_prefix=prefix) as writer:
-        version = writer.create_model_version(writer.create_model("bench"), "1.0")
-        for start in range(0, n, BATCH):
-            writer.log_predictions(
-                [
-                    {
-                        "model_version_id": version,
-                        "input_data": {"i": i, "features": [i * 0.5, -i, 3.25] * 8},
-                        "output_data": {"label": i % 7, "p": 0.125 * (i % 8)},
-                        "confidence": 0.9,
-                        "inference_time_ms": 3.5,
-                        "metadata": {"client": "bench", "batch": start},
-                    }
-                    for i in range(start, min(n, start + BATCH))
-                ]
-            )
 
 
 def delete_prefix(url: str, prefix: str) -> None:

@@ -17,17 +17,8 @@ from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.engine import sync_all
 from rp_pipeline.schema import migrate
 
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
+from .faults import TABLES
+
 IDENTITY = {  # what makes a row unique for a user looking for duplicates
     "models": "name",
     "model_versions": "model_id, version",

@@ -11,18 +11,7 @@ import subprocess
 import sys
 
 from .cli_support import REPO, clean_env
-
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
+from .faults import TABLES
 
 
 def row_counts(conn) -> dict[str, int]:

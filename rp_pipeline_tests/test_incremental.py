@@ -16,17 +16,7 @@ from psycopg.rows import dict_row
 
 from rp_pipeline.engine import stats_from_results
 
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
+from .faults import TABLES
 
 
 def rows(conn, sql: str, *params) -> list[dict]:

@@ -44,20 +44,9 @@ from rp_pipeline.writer import RedisWriter
 
 from .acl_support import README, SYNC_ACL
 from .cli_support import REPO, clean_env, run_cli
-from .faults import atomic_writer_process, fill
+from .faults import TABLES, atomic_writer_process, fill
 from .spec_writer import SpecWriter
 
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
 # Foreign keys → the table they name: compared through the referenced row's values, never its id.
 REFERENCES = {
     "model_id": "models",

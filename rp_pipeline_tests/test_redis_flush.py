@@ -13,17 +13,7 @@ from __future__ import annotations
 import pytest
 from psycopg.rows import dict_row
 
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
+from .faults import TABLES
 
 
 def rows(conn, sql: str, *params) -> list[dict]:

@@ -14,17 +14,7 @@ from rp_pipeline.schema import MIGRATIONS_DIR, migrate
 from rp_pipeline_tests.catalog import read_catalog
 from rp_pipeline_tests.test_schema_migration import OLD_ADAPTER_DDL
 
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
+from .faults import TABLES
 
 # The spec's "Indexes and foreign keys analysts rely on", as (table, columns).
 SPEC_INDEXES = {

@@ -22,17 +22,8 @@ from psycopg.rows import dict_row
 from rp_pipeline.engine import stats_from_results
 from rp_pipeline.schema import migrate
 
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
+from .faults import TABLES
+
 IMAGENET_BYTES = 150_000_000_000
 
 

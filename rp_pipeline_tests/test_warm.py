@@ -26,6 +26,8 @@ import pytest
 from rp_pipeline.connections import connect_postgres, connect_redis
 from rp_pipeline.warm import WarmOptions, _Warm, warm
 
+from .faults import TABLES
+
 JSON_FIELDS = {
     "config",
     "split_info",
@@ -47,17 +49,6 @@ NUMBER_FIELDS = {
 }
 TIME_FIELDS = {"created_at", "updated_at", "started_at", "completed_at", "timestamp"}
 ID_FIELDS = {"id", "model_id", "model_version_id", "dataset_id", "experiment_id", "training_run_id"}
-TABLES = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
 
 
 class LayoutReader:
