@@ -22,20 +22,9 @@ from rp_pipeline.schema import migrate
 from rp_pipeline.writer import RedisWriter
 
 from .acl_support import RETENTION_ACL, SYNC_ACL, WRITER_ACL, acl_users
+from .faults import TABLES as NINE
 from .faults import fill, write_prediction_by_hand
 from .test_retention import old, write_point
-
-NINE = (
-    "models",
-    "model_versions",
-    "datasets",
-    "training_runs",
-    "hyperparameters",
-    "metrics",
-    "experiments",
-    "experiment_runs",
-    "predictions",
-)
 
 
 @pytest.fixture
