@@ -118,11 +118,17 @@ class WrittenRows:
             book.row_count(schema, table),
         )
 
-    def where(self, alias: str) -> str:
-        """SQL selecting these rows by primary key (parameters: after, up_to, updated, source)."""
+    def inserted(self, table: str) -> str:
+        """SQL for the CTE `inserted`: the rows this sync inserted (parameters: after, up_to, source).
+
+        They are found by primary-key range alone, then by origin. Given the origin as an index
+        condition too, a planner without fresh statistics (right after a load) reads the identity
+        index's entry for every row ever synced from that origin: the whole table, usually.
+        """
         return (
-            f"(({alias}.id > %(after)s AND {alias}.id <= %(up_to)s AND {alias}.origin_source = %(source)s) "
-            f"OR {alias}.id = ANY(%(updated)s))"
+            f"inserted_range AS MATERIALIZED (SELECT * FROM {table} "
+            "WHERE id > %(after)s AND id <= %(up_to)s), "
+            "inserted AS (SELECT * FROM inserted_range WHERE origin_source = %(source)s)"
         )
 
     def params(self) -> dict:
@@ -191,7 +197,8 @@ def content_duplicates(
             # each, nothing hashed: almost always none).
             match = " AND ".join(f"o.{q(c)} = n.{q(c)}" for c in not_null)
             candidates = (
-                f"n AS MATERIALIZED (SELECT n.* FROM {table} n WHERE {new.replace('c.', 'n.')} AND "
+                f"{written.inserted(table)}, "
+                f"n AS MATERIALIZED (SELECT n.* FROM inserted n WHERE "
                 f"EXISTS (SELECT 1 FROM {table} o WHERE {match} AND o.id <> n.id)), "
                 f"k AS (SELECT DISTINCT {', '.join(f'n.{q(c)}' for c in not_null)} FROM n), "
             )
@@ -251,8 +258,11 @@ def dangling_foreign_keys(
         f"count(*) FILTER (WHERE c.{q(p.column)} IS NOT NULL AND p{i}.id IS NULL)"
         for i, p in enumerate(parents)
     )
+    table = f"{s}.{q(spec.name)}"
     row = conn.execute(
-        f"SELECT {counts} FROM {s}.{q(spec.name)} c {joins} WHERE {written.where('c')}",
+        f"WITH {written.inserted(table)}, "
+        "written AS (SELECT id FROM inserted UNION SELECT unnest(%(updated)s::bigint[])) "
+        f"SELECT {counts} FROM written w JOIN {table} c ON c.id = w.id {joins}",
         written.params(),
     ).fetchone()
     return {p.column: int(n) for p, n in zip(parents, row)}
