@@ -213,6 +213,8 @@ def validate(
 
     def reject(mask, reason, waits=False):
         nonlocal frame
+        if not mask.any():  # the usual case: no frame is built for a rule nothing broke
+            return
         frame, bad = _reject(spec, frame, mask, reason)
         (incomplete if waits and incomplete is not None else rejected).append(
             bad[["_key", "reason"]] if waits and incomplete is not None else bad

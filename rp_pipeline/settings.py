@@ -111,7 +111,7 @@ class SyncConfig:
     # A child waits this long for its parent, then is rejected.
     pending_max_age_seconds: float = 3600.0
     # Records per chunk at most; the memory budget may close a chunk sooner.
-    chunk_size: int = 20_000
+    chunk_size: int = 10_000
     # What one sync holds in flight: chunks being read, prepared and loaded.
     memory_budget_mb: float = 256.0
     statement_timeout_ms: int = 300_000
