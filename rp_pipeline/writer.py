@@ -30,10 +30,12 @@ slots). On a cluster its ACL user needs +cluster|slots as well (the rules below 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 
@@ -260,29 +262,27 @@ class RedisWriter:
 
         Each chunk of BATCH_CHUNK records is allocated and written by one atomic
         script call, so the counter is never ahead of the records here either.
+        The next chunk is encoded and sent while Redis runs the one before.
         All records share one logging time.
         """
         score, timestamp = _logging_time()
-        ids: list[int] = []
-        chunk: list[tuple[Any, str, tuple]] = []
-        for record in records:
-            parent = record["model_version_id"]
-            values = _prediction_values(
-                parent,
-                record["input_data"],
-                record["output_data"],
-                record.get("confidence"),
-                record.get("inference_time_ms"),
-                record.get("metadata"),
-                timestamp,
+        rows = (
+            (
+                record["model_version_id"],
+                score,
+                _prediction_values(
+                    record["model_version_id"],
+                    record["input_data"],
+                    record["output_data"],
+                    record.get("confidence"),
+                    record.get("inference_time_ms"),
+                    record.get("metadata"),
+                    timestamp,
+                ),
             )
-            chunk.append((parent, score, values))
-            if len(chunk) == BATCH_CHUNK:
-                ids += self._insert_many(PREDICTION, chunk)
-                chunk = []
-        if chunk:
-            ids += self._insert_many(PREDICTION, chunk)
-        return ids
+            for record in records
+        )
+        return self._insert_chunks(PREDICTION, _chunked(rows, BATCH_CHUNK))
 
     # -- writes without an id ------------------------------------------------
 
@@ -406,12 +406,31 @@ class RedisWriter:
     def _insert_one(
         self, entity: HashRecords, values: tuple, parent: Any = None, score: str = ""
     ) -> int:
-        return self._insert_many(entity, [(parent, score, values)])[0]
+        return self._insert_chunks(entity, [[(parent, score, values)]])[0]
 
-    def _insert_many(self, entity: HashRecords, rows: list[tuple[Any, str, tuple]]) -> list[int]:
-        """Allocate ids for rows of (parent id, index score or '' for the id, field values) and write them."""
+    def _insert_chunks(
+        self, entity: HashRecords, chunks: Iterable[list[tuple[Any, str, tuple]]]
+    ) -> list[int]:
+        """Allocate ids for rows of (parent id, index score or '' for the id, field values) and write
+        them, one script call per chunk; the ids in row order."""
         if self.on_cluster:
-            return self._insert_many_in_order(entity, rows)
+            return [i for rows in chunks for i in self._insert_many_in_order(entity, rows)]
+        sizes: list[int] = []
+
+        def calls() -> Iterator[tuple[list[str], list]]:
+            for rows in chunks:
+                sizes.append(len(rows))
+                yield self._insert_call(entity, rows)
+
+        ids: list[int] = []
+        for chunk, first in enumerate(_script_replies(self.client, self._insert, calls())):
+            ids += range(int(first), int(first) + sizes[chunk])
+        return ids
+
+    def _insert_call(
+        self, entity: HashRecords, rows: list[tuple[Any, str, tuple]]
+    ) -> tuple[list[str], list]:
+        """The insert script's (keys, args) for these rows."""
         args = list(self._heads[entity])
         args[1] = len(rows)
         keys = [self._key(entity.counter)]
@@ -421,8 +440,7 @@ class RedisWriter:
             args += map(encode_scalar, values)
         if entity.name_map:
             keys.append(self._key(entity.name_map))
-        first = int(self._insert(keys=keys, args=args))
-        return list(range(first, first + len(rows)))
+        return keys, args
 
     def _insert_many_in_order(
         self, entity: HashRecords, rows: list[tuple[Any, str, tuple]]
@@ -463,6 +481,72 @@ def is_cluster_node(client: redis.Redis) -> bool:
         hello = dict(zip(hello[::2], hello[1::2]))
     mode = hello.get("mode", hello.get(b"mode"))  # bytes from a client that does not decode replies
     return mode in ("cluster", b"cluster")
+
+
+def _chunked(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _script_replies(
+    client: redis.Redis, script, calls: Iterable[tuple[list[str], list]]
+) -> Iterator[Any]:
+    """Run a registered script once per (keys, args) on one pooled connection; the replies in order.
+
+    Each call is packed by hiredis in C (a batch call carries about ten arguments per record, which
+    redis-py would encode one by one in Python) and sent before the previous call's reply is read,
+    so the next call is encoded while Redis runs the one before. Error replies raise as redis-py
+    raises them. NOSCRIPT (Redis restarted or flushed its scripts) fails a call before it wrote
+    anything: the script is loaded again and the calls that failed are sent again, in order; a
+    call that ran (another client loaded the script meanwhile) keeps its reply.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    unread: deque[bytes] = deque()
+
+    def oldest() -> Iterator[Any]:
+        try:
+            reply = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            replies = [None] + [_or_noscript(conn) for _ in range(len(unread) - 1)]
+            client.script_load(script.script)
+            for packed, reply in zip(unread, replies):
+                if reply is None:
+                    conn.send_packed_command([packed])
+                    reply = conn.read_response()
+                yield reply
+            unread.clear()
+            return
+        unread.popleft()
+        yield reply
+
+    try:
+        for keys, args in calls:
+            unread.append(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
+            conn.send_packed_command([unread[-1]])
+            if len(unread) > 1:
+                yield from oldest()
+        while unread:
+            yield from oldest()
+    except BaseException:
+        conn.disconnect()  # a reply may be left unread: never reuse the connection
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _or_noscript(conn) -> Any:
+    """The next reply; None for NOSCRIPT (the insert script never returns nil)."""
+    try:
+        return conn.read_response()
+    except redis.exceptions.NoScriptError:
+        return None
 
 
 def _prediction_values(

@@ -681,3 +681,24 @@ def test_writer_takes_an_existing_client_even_without_decoding(redis_url, key_pr
     assert redis_client.hget(f"{key_prefix}run:{run_id}", "status") == "completed"
     assert writer.get_statistics()["completed_runs"] == 1
     client.close()
+
+
+def test_a_batch_after_redis_lost_its_scripts_writes_every_record_once(
+    writer, redis_client, key_prefix
+):
+    # A restart or SCRIPT FLUSH: the chunks sent before the script is loaded again fail alike
+    # (NOSCRIPT, nothing written) and are sent again, in order, each once.
+    assert writer.log_prediction(1, {"x": -1}, 0) == 1
+    redis_client.script_flush()
+    count = BATCH_CHUNK * 2 + 5
+    ids = writer.log_predictions(
+        {"model_version_id": 1, "input_data": {"x": i}, "output_data": i} for i in range(count)
+    )
+    assert ids == list(range(2, count + 2))
+    assert redis_client.get(f"{key_prefix}counter:prediction") == str(count + 1)
+    assert redis_client.zcard(f"{key_prefix}idx:predictions:1") == count + 1
+    for i in (0, BATCH_CHUNK - 1, BATCH_CHUNK, count - 1):
+        stored = redis_client.hget(f"{key_prefix}prediction:{ids[i]}", "input")
+        assert json.loads(stored) == {"x": i}
+    redis_client.script_flush()
+    assert writer.log_prediction(1, {"x": "after"}, 0) == count + 2
