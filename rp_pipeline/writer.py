@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
+from itertools import islice
 from typing import Any
 
 import hiredis
@@ -484,13 +485,8 @@ def is_cluster_node(client: redis.Redis) -> bool:
 
 
 def _chunked(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+    items = iter(items)
+    while chunk := list(islice(items, size)):
         yield chunk
 
 
