@@ -74,15 +74,29 @@ echo "== 3/5 Postgres login"
 _redacted() {  # URL -> the URL with its password as *** (without importing the package: it loads Dagster)
   python3 -c 'import re, sys; print(re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", sys.argv[1]))' "$1"
 }
-_pg_login() {  # -> ok | auth | other: <message>
+_pg_login() {  # -> ok | created <database> | auth | other: <message>
   .venv/bin/python - <<'PY'
 import os
 import re
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 try:
     url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", os.environ["POSTGRES_URL"])
-    psycopg.connect(url, connect_timeout=10).close()
-    print("ok")
+    try:
+        psycopg.connect(url, connect_timeout=10).close()
+        print("ok")
+    except psycopg.OperationalError as exc:
+        # The role logs in but the database is missing: create it when the role may.
+        name = conninfo_to_dict(url).get("dbname")
+        if not (name and f'database "{name}" does not exist' in str(exc)):
+            raise
+        try:
+            with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.Error:
+            raise exc from None
+        print(f"created {name}")
 except psycopg.OperationalError as exc:
     text = str(exc)
     refused = ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry")
@@ -93,6 +107,10 @@ _as_postgres() {  # run a command as the postgres system user (peer authenticati
   if [ "$(id -u)" -eq 0 ]; then (cd /tmp && runuser -u postgres -- "$@"); else (cd /tmp && sudo -u postgres "$@"); fi
 }
 status=$(_pg_login)
+if [ "${status%% *}" = created ]; then
+  echo "   created database ${status#created } (POSTGRES_URL named a database that did not exist)"
+  status=ok
+fi
 if [ "$status" = ok ]; then
   echo "   logged in as $(_redacted "$POSTGRES_URL")"
 elif [ "$status" = auth ] && [ -z "$POSTGRES_URL_GIVEN" ]; then
