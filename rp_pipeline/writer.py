@@ -263,7 +263,9 @@ class RedisWriter:
 
         Each chunk of BATCH_CHUNK records is allocated and written by one atomic
         script call, so the counter is never ahead of the records here either.
-        The next chunk is encoded and sent while Redis runs the one before.
+        The next chunk is encoded and sent while Redis runs the one before: when Redis refuses a
+        chunk (out of memory, an ACL), the error is raised, the chunks before it are written and
+        so may be the one sent after it; each chunk is written whole or not at all.
         All records share one logging time.
         """
         score, timestamp = _logging_time()
