@@ -17,6 +17,8 @@ import inspect
 import itertools
 import logging
 import os
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -259,14 +261,27 @@ redis_to_postgres = build_sync_assets(source_labels(), schedule_interval_seconds
 
 
 class TableLog:
-    """The sync's log lines for one table, handed to Dagster as one message per run of same-level lines:
-    a table whose sync names every record it wrote ("Run synced: ...") costs one event, not one per record."""
+    """The sync's log lines for one table, handed to Dagster as one message per run of same-level
+    lines: a table whose sync names every record it wrote ("Run synced: ...") costs one event, not
+    one per record. A table still syncing after PROGRESS_EVERY_SECONDS is a long load: from then
+    on its lines (a progress line every PROGRESS_EVERY_SECONDS) go out as they come, so the run's
+    logs show it moving, not only its end."""
 
-    def __init__(self):
+    def __init__(self, logger):
+        self.logger = logger
         self.lines: list[tuple[int, str]] = []
+        self.count = 0  # lines logged, emitted or not
+        self.started = time.monotonic()
+        self.owner = threading.get_ident()  # Dagster's log is written from the step's thread only
 
     def log(self, level: int, msg: str, *args, **_kwargs) -> None:
         self.lines.append((level, msg % args if args else msg))
+        self.count += 1
+        if (
+            threading.get_ident() == self.owner
+            and time.monotonic() - self.started >= engine.PROGRESS_EVERY_SECONDS
+        ):
+            self.emit()
 
     def debug(self, msg, *args, **kwargs):
         self.log(logging.DEBUG, msg, *args)
@@ -280,10 +295,10 @@ class TableLog:
     def error(self, msg, *args, **kwargs):
         self.log(logging.ERROR, msg, *args)
 
-    def emit(self, logger) -> None:
-        for level, group in itertools.groupby(self.lines, key=lambda line: line[0]):
-            logger.log(level, "\n".join(text for _, text in group))
-        self.lines = []
+    def emit(self) -> None:
+        lines, self.lines = self.lines, []
+        for level, group in itertools.groupby(lines, key=lambda line: line[0]):
+            self.logger.log(level, "\n".join(text for _, text in group))
 
 
 def sync_order(specs: Sequence[EntitySpec]) -> list[EntitySpec]:
@@ -360,14 +375,14 @@ def sync_tables(
                 if any(p.entity in failed or p.entity in waiting for p in spec.parents):
                     waiting.append(spec.name)
                     continue
-                lines = TableLog()  # "Syncing ..." and the table's lines: one event
+                lines = TableLog(context.log)  # "Syncing ..." and the table's lines: one event
                 lines.info(f"Syncing {spec.name}...")
                 try:
                     result = sync_entity(
                         spec, client, conn, config, run_id=context.run.run_id, logger=lines
                     )
                 except Exception as exc:
-                    lines.emit(context.log)
+                    lines.emit()
                     failed[spec.name] = exc
                     if not isinstance(
                         exc, UserFacingError
@@ -375,13 +390,21 @@ def sync_tables(
                         context.log.exception(f"{spec.name}: {_failure_text(spec.name, exc)}")
                     continue
                 source = result.origin
-                if result.read or result.rejected or result.pending or result.deleted:
+                if (  # a table read and found unchanged says so in its metadata only
+                    result.inserted
+                    or result.updated
+                    or result.skipped
+                    or result.rejected
+                    or result.pending
+                    or result.deleted
+                ):
                     lines.info(
                         f"{spec.name}: {result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
                         f"{result.skipped} skipped, {result.rejected} rejected, {result.pending} pending "
                         f"in {result.duration_seconds:.2f}s ({result.rows_per_second:,.0f} rows/s)"
                     )
-                lines.emit(context.log)
+                if lines.count > 1:  # a table the cycle left alone logs nothing (its header alone)
+                    lines.emit()
                 yield dg.MaterializeResult(
                     asset_key=spec.name,
                     metadata=materialization_metadata(result, config, conn.info.dbname),

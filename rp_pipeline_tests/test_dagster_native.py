@@ -73,6 +73,43 @@ def test_a_sync_cycle_is_one_step_with_a_materialization_per_table(writer, sync_
     assert instance.get_run_by_id(result.run_id).tags["rp_pipeline/predictions"] == "30"
 
 
+def test_a_long_load_logs_its_progress_as_it_goes_and_a_quiet_table_logs_nothing(
+    writer, sync_config, monkeypatch
+):
+    import dataclasses
+
+    from rp_pipeline import engine
+
+    fill(writer, predictions=2_000)
+    # Every chunk of 200 counts as a long wait: each logs a progress line.
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_SECONDS", 0.0)
+    result, instance = run_job(dataclasses.replace(sync_config, chunk_size=200))
+    assert result.success
+    logs = instance.all_logs(result.run_id)
+    progress = [
+        i
+        for i, e in enumerate(logs)
+        if "predictions: " in e.user_message and "so far" in e.user_message
+    ]
+    # One event per progress line, as the load goes: not one message at the end.
+    assert len(progress) >= 5
+    (materialized,) = [
+        i
+        for i, e in enumerate(logs)
+        if e.dagster_event
+        and e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        and e.dagster_event.asset_key.to_user_string() == "predictions"
+    ]
+    assert max(progress) < materialized
+
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_SECONDS", 10.0)
+    idle, instance = run_job(sync_config, instance)
+    assert idle.success
+    lines = [e.user_message for e in instance.all_logs(idle.run_id) if not e.dagster_event]
+    assert not [line for line in lines if "Syncing" in line], lines
+    assert len(idle.asset_materializations_for_node("redis_to_postgres")) == len(ENTITIES)
+
+
 def test_every_materialization_carries_the_standard_table_metadata(
     writer, sync_config, pg_conn, postgres_url
 ):
