@@ -60,15 +60,13 @@ sys.path.insert(0, str(REPO))  # runnable from a checkout
 
 from bench_cluster import write_predictions  # noqa: E402  (the same records, written the same way)
 
+from rp_pipeline.settings import ENVIRONMENT_VARIABLES  # noqa: E402
+
 LABELS = ("a", "b", "c")
-# Variables that would point the sync processes elsewhere than this benchmark's servers.
+# Variables that would point the sync processes elsewhere than this benchmark's servers: every
+# setting the sync reads, and Dagster's instance.
 INHERITED = (
-    "REDIS_URL",
-    "POSTGRES_URL",
-    "REDIS_KEY_PREFIX",
-    "POSTGRES_SCHEMA",
-    "SYNC_SCHEMA",
-    "SYNC_SOURCE",
+    *ENVIRONMENT_VARIABLES,
     "DAGSTER_HOME",
     "DAGSTER_POSTGRES_URL",
     "DAGSTER_POSTGRES_SCHEMA",

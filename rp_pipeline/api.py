@@ -212,8 +212,7 @@ class RedisPgSync:
         seconds = time.perf_counter() - clock
         failures, failed_steps, problem = run_failures(result, self._redact)
         try:
-            found = run_statistics(config, run_id)
-            stats = found[0] if isinstance(found, tuple) else found  # (stats, seconds) or stats
+            stats, _ = run_statistics(config, run_id)
         except Exception as exc:
             if result.success:
                 raise

@@ -6,23 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rp_pipeline.settings import ENVIRONMENT_VARIABLES
+
 REPO = Path(__file__).resolve().parents[1]
-# Variables that would point a subprocess at the developer's own servers or instance.
+# Variables that would point a subprocess at the developer's own servers or instance: every
+# setting the sync reads, Dagster's instance, and the path the package is imported from.
 INHERITED = (
-    "REDIS_URL",
-    "POSTGRES_URL",
-    "REDIS_KEY_PREFIX",
-    "POSTGRES_SCHEMA",
-    "SYNC_SCHEMA",
-    "SYNC_INTERVAL",
-    "SYNC_SOURCE",
-    "SYNC_CONFLICT_POLICY",
-    "SYNC_RETENTION_HOURS",
-    "SYNC_LOCK_TIMEOUT_MS",
-    "SYNC_STATEMENT_TIMEOUT_MS",
-    "SYNC_CHUNK_SIZE",
-    "SYNC_PENDING_MAX_AGE",
-    "SYNC_METRIC_RESCAN_SECONDS",
+    *ENVIRONMENT_VARIABLES,
     "DAGSTER_HOME",
     "DAGSTER_POSTGRES_URL",
     "DAGSTER_POSTGRES_SCHEMA",
