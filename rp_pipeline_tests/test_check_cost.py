@@ -30,10 +30,13 @@ class Recorder:
         return self.conn.execute(query, params)
 
 
-def pages_read(conn: psycopg.Connection, query: str, params) -> int:
-    """Shared buffers the statement touched (hit or read), every plan node included."""
+def pages_read(conn: psycopg.Connection, statements: list) -> int:
+    """Shared buffers the last statement touched (hit or read, every plan node included), run as
+    the check ran it: after the statements before it (its settings), in one transaction."""
+    *before, (query, params) = statements
     with conn.transaction():
-        conn.execute("SET LOCAL enable_seqscan = off")  # as the duplicate search sets it
+        for statement in before:
+            conn.execute(*statement)
         (plan,) = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, params
         ).fetchone()[0]
@@ -67,11 +70,10 @@ def test_a_small_cycle_checks_read_only_what_it_wrote(writer, run_sync, sync_con
         ).fetchone()
         assert index_pages > 200  # big enough that reading it is told apart from probing 10 rows
 
-        recorder = Recorder(conn)
-        assert content_duplicates(recorder, sync_config, PREDICTIONS, written) == []
-        assert dangling_foreign_keys(recorder, sync_config, PREDICTIONS, written) == {
+        search, lookup = Recorder(conn), Recorder(conn)
+        assert content_duplicates(search, sync_config, PREDICTIONS, written) == []
+        assert dangling_foreign_keys(lookup, sync_config, PREDICTIONS, written) == {
             "model_version_id": 0
         }
-        search, lookup = recorder.statements[-2:]
-        assert pages_read(conn, *search) < index_pages / 4
-        assert pages_read(conn, *lookup) < index_pages / 4
+        assert pages_read(conn, search.statements) < index_pages / 4
+        assert pages_read(conn, lookup.statements) < index_pages / 4
