@@ -29,6 +29,7 @@ slots). On a cluster its ACL user needs +cluster|slots as well (the rules below 
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -507,6 +508,12 @@ def _script_replies(
     pool = client.connection_pool
     conn = pool.get_connection()
     unread: deque[bytes] = deque()
+    # hiredis writes text as strict UTF-8; a client set to another encoding gets its own bytes.
+    encoder = conn.encoder
+    own_encoding = (codecs.lookup(encoder.encoding).name, encoder.encoding_errors) != (
+        "utf-8",
+        "strict",
+    )
 
     def oldest() -> Iterator[Any]:
         try:
@@ -526,7 +533,10 @@ def _script_replies(
 
     try:
         for keys, args in calls:
-            unread.append(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
+            call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            unread.append(
+                hiredis.pack_command(tuple(map(encoder.encode, call)) if own_encoding else call)
+            )
             conn.send_packed_command([unread[-1]])
             if len(unread) > 1:
                 yield from oldest()

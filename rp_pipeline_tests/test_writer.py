@@ -702,3 +702,17 @@ def test_a_batch_after_redis_lost_its_scripts_writes_every_record_once(
         assert json.loads(stored) == {"x": i}
     redis_client.script_flush()
     assert writer.log_prediction(1, {"x": "after"}, 0) == count + 2
+
+
+def test_a_client_set_to_another_encoding_writes_its_own_bytes(redis_url, key_prefix):
+    # An application's client with encoding="latin-1" stores "é" as one byte, as redis-py would.
+    client = redis.Redis.from_url(redis_url, encoding="latin-1")
+    writer = RedisWriter(client, key_prefix=key_prefix)
+    model = writer.create_model("modèle")
+    pred = writer.log_prediction(1, {"x": 1}, 0, metadata={"note": "café"})
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.hget(f"{key_prefix}model:{model}", "name") == "modèle".encode("latin-1")
+    assert raw.hget(f"{key_prefix}model:name_to_id", "modèle".encode("latin-1")) == b"1"
+    assert json.loads(raw.hget(f"{key_prefix}prediction:{pred}", "metadata")) == {"note": "café"}
+    client.close()
+    raw.close()
